@@ -1,0 +1,27 @@
+# The two commands a user needs: `make demo` and `make test`. Both install what they need (scripts/bootstrap.sh).
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: all bootstrap test lint demo bench clean
+
+all: test
+
+bootstrap:
+	scripts/bootstrap.sh
+
+lint: bootstrap
+	$(VENV)/bin/ruff check agent lease netops tests bench
+	$(VENV)/bin/ruff format --check agent lease netops tests bench
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: bootstrap
+	$(PY) -m agent.demo
+
+bench: bootstrap
+	$(PY) bench/lease_ops.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

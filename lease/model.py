@@ -1,0 +1,75 @@
+"""Values the lease store returns. Durations are in milliseconds measured on the database clock."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """One cluster's lease row as the database saw it at one instant.
+
+    `remaining_ms` is expires_at minus the database's own now, computed inside the same statement that read the
+    row, so no client clock is involved. It is None when the cluster has no row yet.
+    """
+
+    cluster: str
+    holder: str | None
+    epoch: int
+    remaining_ms: int | None
+    ttl_ms: int | None = None
+    handover_to: str | None = None
+
+    @property
+    def held(self) -> bool:
+        """True when some node holds an unexpired lease."""
+        return self.holder is not None and self.remaining_ms is not None and self.remaining_ms > 0
+
+    def held_by(self, node: str) -> bool:
+        return self.held and self.holder == node
+
+
+@dataclass(frozen=True)
+class AcquireResult:
+    """Outcome of try_acquire. On success `epoch` is the new fencing token; on a miss, `seen` tells who holds
+    the lease and for how long, so a standby can schedule its next attempt at the expiry."""
+
+    acquired: bool
+    epoch: int
+    seen: LeaseState
+
+
+class EventKind(enum.StrEnum):
+    ACQUIRED = "acquired"  # the lease was free (never held, or released)
+    TAKEOVER = "takeover"  # another node's lease had expired
+    RESUMED = "resumed"  # the same node re-acquired its own lease (restart)
+    RELEASED = "released"
+    FENCED = "fenced"  # a holder dropped the common IP because it could not renew in time
+    STEPPED_DOWN = "stepped_down"
+    PROMOTED = "promoted"
+    DEMOTED = "demoted"
+    NOTE = "note"
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    cluster: str
+    at: datetime
+    node: str | None
+    kind: str
+    epoch: int | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    cluster: str
+    node: str
+    role: str
+    app_healthy: bool | None
+    url: str | None
+    agent_version: str | None
+    last_seen_age_s: float | None = None

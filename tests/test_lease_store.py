@@ -1,0 +1,190 @@
+"""The lease contract, run unchanged against PostgreSQL, MariaDB and SQLite (and MS SQL when configured)
+through their real ODBC drivers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from lease import EventKind, InvalidName, LeaseState, ProtocolViolation, SqlLeaseStore
+from lease.store import _judge
+from tests.conftest import unique
+
+
+async def wait_until_expired(store: SqlLeaseStore, cluster: str, deadline_s: float = 5.0) -> LeaseState:
+    """Poll the database clock until the lease has expired; fail at the deadline."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        state = await store.read(cluster)
+        if not state.held:
+            return state
+        await asyncio.sleep(max(0.01, (state.remaining_ms or 0) / 1000.0))
+    raise AssertionError(f"lease of {cluster} did not expire within {deadline_s}s")
+
+
+async def test_unknown_cluster_reads_as_free_with_epoch_zero(store: SqlLeaseStore) -> None:
+    state = await store.read(unique("c"))
+    assert state.holder is None and state.epoch == 0 and not state.held
+
+
+async def test_first_acquire_gets_epoch_one_and_is_recorded(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    result = await store.try_acquire(c, "m1", 5000)
+    assert result.acquired and result.epoch == 1
+    state = await store.read(c)
+    assert state.holder == "m1" and state.epoch == 1 and state.ttl_ms == 5000
+    assert state.remaining_ms is not None and 4000 < state.remaining_ms <= 5000
+    events = await store.list_events(c)
+    assert [(e.kind, e.node, e.epoch) for e in events] == [(EventKind.ACQUIRED, "m1", 1)]
+
+
+async def test_other_node_cannot_take_unexpired_lease(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    await store.try_acquire(c, "m1", 5000)
+    miss = await store.try_acquire(c, "m2", 5000)
+    assert not miss.acquired
+    assert miss.seen.holder == "m1" and miss.seen.epoch == 1
+    assert miss.seen.remaining_ms is not None and miss.seen.remaining_ms > 0
+    assert (await store.read(c)).holder == "m1"
+
+
+async def test_same_node_resumes_its_lease_with_a_new_epoch(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    await store.try_acquire(c, "m1", 5000)
+    again = await store.try_acquire(c, "m1", 5000)
+    assert again.acquired and again.epoch == 2
+    assert (await store.list_events(c, limit=1))[0].kind == EventKind.RESUMED
+
+
+async def test_renew_extends_expiry_on_the_database_clock(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    got = await store.try_acquire(c, "m1", 1000)
+    before = await store.read(c)
+    assert await store.renew(c, "m1", got.epoch, 8000)
+    after = await store.read(c)
+    assert before.remaining_ms is not None and before.remaining_ms <= 1000
+    assert after.remaining_ms is not None and 7000 < after.remaining_ms <= 8000
+    assert after.epoch == got.epoch
+
+
+async def test_renew_with_wrong_epoch_or_node_changes_nothing(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    got = await store.try_acquire(c, "m1", 5000)
+    assert not await store.renew(c, "m1", got.epoch + 1, 9000)
+    assert not await store.renew(c, "m2", got.epoch, 9000)
+    state = await store.read(c)
+    assert state.remaining_ms is not None and state.remaining_ms <= 5000
+
+
+async def test_takeover_after_expiry_bumps_epoch_and_is_recorded(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    first = await store.try_acquire(c, "m1", 300)
+    await wait_until_expired(store, c)
+    second = await store.try_acquire(c, "m2", 5000)
+    assert second.acquired and second.epoch == first.epoch + 1
+    assert not await store.renew(c, "m1", first.epoch, 5000)
+    newest = (await store.list_events(c, limit=1))[0]
+    assert (newest.kind, newest.node, newest.epoch) == (EventKind.TAKEOVER, "m2", 2)
+
+
+async def test_expired_lease_cannot_be_renewed_even_if_nobody_took_it(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    got = await store.try_acquire(c, "m1", 200)
+    await wait_until_expired(store, c)
+    assert not await store.renew(c, "m1", got.epoch, 5000)
+
+
+async def test_release_frees_the_lease_at_once(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    got = await store.try_acquire(c, "m1", 60000)
+    assert await store.release(c, "m1", got.epoch, detail="graceful stop")
+    state = await store.read(c)
+    assert state.holder is None and not state.held
+    assert not await store.renew(c, "m1", got.epoch, 5000)
+    taken = await store.try_acquire(c, "m2", 5000)
+    assert taken.acquired and taken.epoch == 2
+    kinds = [e.kind for e in await store.list_events(c)]
+    assert kinds == [EventKind.ACQUIRED, EventKind.RELEASED, EventKind.ACQUIRED]
+
+
+async def test_release_by_a_non_holder_changes_nothing(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    got = await store.try_acquire(c, "m1", 5000)
+    assert not await store.release(c, "m2", got.epoch)
+    assert not await store.release(c, "m1", got.epoch + 7)
+    assert (await store.read(c)).holder == "m1"
+    assert len(await store.list_events(c)) == 1
+
+
+async def test_acquire_with_a_stale_expected_state_loses_the_compare_and_set(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    stale = await store.read(c)
+    await store.ensure_cluster(c)
+    await store.try_acquire(c, "m1", 5000)
+    lost = await store.try_acquire(c, "m2", 5000, expected=LeaseState(c, None, stale.epoch, -1))
+    assert not lost.acquired
+    assert lost.seen.holder == "m1" and lost.seen.epoch == 1
+    assert (await store.read(c)).holder == "m1"
+
+
+async def test_node_rows_are_upserted_and_listed(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    await store.record_node(c, "m1", "standby", None, "http://m1:8080", "0.1.0")
+    await store.record_node(c, "m1", "active", True, "http://m1:8080", "0.1.0")
+    await store.record_node(c, "m2", "standby", False, None, "0.1.0")
+    nodes = {n.node: n for n in await store.list_nodes(c)}
+    assert set(nodes) == {"m1", "m2"}
+    assert nodes["m1"].role == "active" and nodes["m1"].app_healthy is True
+    assert nodes["m2"].app_healthy is False and nodes["m2"].url is None
+    age = nodes["m1"].last_seen_age_s
+    assert age is not None and 0 <= age < 5
+
+
+async def test_events_are_listed_newest_first_with_limit_and_since(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    for i in range(5):
+        await store.record_event(c, "m1", EventKind.NOTE, None, f"note {i}")
+    events = await store.list_events(c, limit=3)
+    assert [e.detail for e in events] == ["note 4", "note 3", "note 2"]
+    newer = await store.list_events(c, since_id=events[1].id)
+    assert [e.detail for e in newer] == ["note 4"]
+    assert all(e.at.tzinfo is not None for e in events)
+
+
+async def test_status_view_shows_holder_seconds_left_and_standby_age(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    await store.try_acquire(c, "m1", 30000)
+    await store.record_node(c, "m1", "active", True, "http://m1", "0.1.0")
+    await store.record_node(c, "m2", "standby", None, "http://m2", "0.1.0")
+    row = await store.status_row(c)
+    assert row is not None
+    assert row["holder"] == "m1" and row["epoch"] == 1 and row["expired"] is False
+    assert 25 < row["seconds_left"] <= 30
+    assert row["holder_role"] == "active" and row["holder_app_healthy"] is True
+    assert 0 <= row["standby_last_seen_age_s"] < 5
+
+
+@pytest.mark.parametrize("bad", ["x'; DROP TABLE fos_lease; --", "a b", "", "-lead", "ü", "x" * 65, "m1\n"])
+async def test_injection_looking_names_are_refused_and_change_nothing(store: SqlLeaseStore, bad: str) -> None:
+    c = unique("c")
+    await store.try_acquire(c, "m1", 5000)
+    with pytest.raises(InvalidName, match="name"):
+        await store.try_acquire(bad, "m1", 5000)
+    with pytest.raises(InvalidName, match="node name"):
+        await store.try_acquire(c, bad, 5000)
+    with pytest.raises(InvalidName):
+        await store.record_node(c, bad, "standby", None, None, None)
+    state = await store.read(c)
+    assert state.holder == "m1" and state.epoch == 1
+    assert [e.node for e in await store.list_events(c)] == ["m1"]
+
+
+def test_rowcount_other_than_zero_or_one_is_a_protocol_violation() -> None:
+    assert _judge(1, "x") is True
+    assert _judge(0, "x") is False
+    with pytest.raises(ProtocolViolation, match="NOCOUNT"):
+        _judge(-1, "x")
+    with pytest.raises(ProtocolViolation):
+        _judge(2, "x")
