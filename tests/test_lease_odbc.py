@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import pyodbc
 import pytest
 
 from lease import (
@@ -105,16 +106,24 @@ async def test_dialect_is_detected_from_the_connection(server: DbServer) -> None
     await store.close()
 
 
-async def test_mariadb_without_option_in_the_dsn_still_judges_matched_rows(mariadb_server: DbServer) -> None:
+async def test_mariadb_without_option_in_the_dsn_still_counts_matched_rows(mariadb_server: DbServer) -> None:
     await _init(mariadb_server)
-    dsn = ";".join(p for p in mariadb_server.dsn().split(";") if not p.lower().startswith("option="))
+    dsn = ";".join(p for p in mariadb_server.dsn().split(";") if not p.upper().startswith("OPTION="))
     store = SqlLeaseStore(dsn)
     c = unique("c")
-    got = await store.try_acquire(c, "m1", 5000)
-    # Two renewals in a row: the second may write identical values, which MariaDB reports as 0 *changed* rows.
-    assert await store.renew(c, "m1", got.epoch, 5000)
-    assert await store.renew(c, "m1", got.epoch, 5000)
+    await store.try_acquire(c, "m1", 5000)
+    effective = store._dsn
     await store.close()
+    no_change = "UPDATE fos_lease SET epoch = epoch WHERE cluster_name = ?"
+    plain = pyodbc.connect(dsn, autocommit=True)
+    fixed = pyodbc.connect(effective, autocommit=True)
+    try:
+        # Without FOUND_ROWS MariaDB reports 0 *changed* rows for a matched row; the store's DSN must report 1.
+        assert plain.cursor().execute(no_change, c).rowcount == 0
+        assert fixed.cursor().execute(no_change, c).rowcount == 1
+    finally:
+        plain.close()
+        fixed.close()
 
 
 def test_unknown_dialect_is_a_config_error_naming_the_field() -> None:

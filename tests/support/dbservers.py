@@ -76,9 +76,10 @@ class DbServer:
                 "Database": database,
                 "Uid": USER,
                 "Pwd": password,
-                "Option": "2",
-                "ReadTimeout": "5",
-                "WriteTimeout": "5",
+                "OPTION": "2",
+                "CONN_TIMEOUT": "5",
+                "READ_TIMEOUT": "5",
+                "WRITE_TIMEOUT": "5",
             }
         parts.update(extra)
         return ";".join(f"{k}={v}" for k, v in parts.items())

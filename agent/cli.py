@@ -1,0 +1,157 @@
+"""The `fos` command line. Errors are one line on stderr; exit codes: 0 ok, 1 the operation failed (database
+unreachable, address taken, agent stopped on a fault), 2 bad input (usage, config) and nothing was changed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lease import SqlLeaseStore, StoreError
+
+from . import __version__
+from .config import Config, ConfigError, load
+from .timing import check
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, not argparse's usage block, and exit 2 like every other bad input.
+        print(f"{self.prog}: {message}; see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _store(cfg: Config) -> SqlLeaseStore:
+    return SqlLeaseStore(cfg.database.dsn, dialect=cfg.database.dialect, call_timeout=max(cfg.call_timeout, 5.0))
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = load(args.config)
+    check(cfg)
+    print(
+        f"{args.config}: ok (cluster {cfg.cluster}, nodes {cfg.node_names()}, ttl {cfg.lease.ttl:g}s, "
+        f"heartbeat {cfg.lease.heartbeat:g}s)"
+    )
+    return EXIT_OK
+
+
+async def _init_db(cfg: Config) -> str:
+    store = _store(cfg)
+    try:
+        before, after = await store.init_schema(timeout=60)
+        await store.ensure_cluster(cfg.cluster)
+        return (
+            f"schema version {after} in the {store.dialect.name} database (was {before}); "
+            f"cluster {cfg.cluster!r} is ready"
+        )
+    finally:
+        await store.close()
+
+
+def cmd_init_db(args: argparse.Namespace) -> int:
+    cfg = load(args.config)
+    print(asyncio.run(_init_db(cfg)))
+    return EXIT_OK
+
+
+async def _status(cfg: Config) -> dict[str, Any]:
+    store = _store(cfg)
+    try:
+        row = await store.status_row(cfg.cluster)
+        nodes = await store.list_nodes(cfg.cluster)
+        events = await store.list_events(cfg.cluster, limit=10)
+    finally:
+        await store.close()
+    return {
+        "cluster": cfg.cluster,
+        "lease": row,
+        "nodes": [
+            {
+                "node": n.node,
+                "role": n.role,
+                "app_healthy": n.app_healthy,
+                "url": n.url,
+                "agent_version": n.agent_version,
+                "last_seen_age_s": n.last_seen_age_s,
+            }
+            for n in nodes
+        ],
+        "events": [
+            {"id": e.id, "at": e.at.isoformat(), "node": e.node, "kind": e.kind, "epoch": e.epoch, "detail": e.detail}
+            for e in events
+        ],
+    }
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    lease = status["lease"] or {}
+    holder = lease.get("holder") or "(none)"
+    left = lease.get("seconds_left")
+    left_text = "-" if left is None or lease.get("expired") else f"{left:.1f}s"
+    print(
+        f"cluster {status['cluster']}: holder {holder}, epoch {lease.get('epoch', 0)}, "
+        f"lease left {left_text}{' (expired)' if lease.get('expired') and lease.get('holder') else ''}"
+    )
+    print(f"{'NODE':<16} {'ROLE':<10} {'APP':<8} {'SEEN':>8}  URL")
+    for n in status["nodes"]:
+        app = {True: "healthy", False: "failing", None: "-"}[n["app_healthy"]]
+        seen = "-" if n["last_seen_age_s"] is None else f"{n['last_seen_age_s']:.1f}s"
+        print(f"{n['node']:<16} {n['role']:<10} {app:<8} {seen:>8}  {n['url'] or ''}")
+    print("recent events:")
+    for e in status["events"]:
+        epoch = "-" if e["epoch"] is None else str(e["epoch"])
+        print(f"  {e['at'][:23]}  {e['node'] or '-':<12} {e['kind']:<13} epoch {epoch:<5} {e['detail'] or ''}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = load(args.config)
+    status = asyncio.run(_status(cfg))
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+    else:
+        _print_status(status)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fos", description="Fail Over Service: keeps one node of a pair serving the common IP.")
+    parser.add_argument("--version", action="version", version=f"fos {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", "-c", required=True, help="the cluster file (TOML)")
+        return p
+
+    p = with_config(sub.add_parser("init-db", help="create or upgrade the fos tables and the cluster's lease row"))
+    p.set_defaults(func=cmd_init_db)
+    p = with_config(sub.add_parser("status", help="show holder, nodes and recent events from the database"))
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+    cfg = sub.add_parser("config", help="configuration commands")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    p = with_config(cfg_sub.add_parser("check", help="validate the cluster file without starting anything"))
+    p.set_defaults(func=cmd_config_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"fos: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as exc:
+        print(f"fos: database: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
