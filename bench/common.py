@@ -38,8 +38,12 @@ def _fmt(v: Any) -> str:
 
 
 def save(name: str, payload: dict[str, Any]) -> str:
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            check=False).stdout.strip() or "unknown"
+    commit = (
+        subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        or "unknown"
+    )
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = os.path.join(ROOT, "bench", "results", f"{name}-{stamp}-{commit}.json")
     with open(path, "w") as f:

@@ -16,10 +16,10 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import percentile, save, table  # noqa: E402
+from common import percentile, save, table
 
-from lease import SqlLeaseStore  # noqa: E402
-from tests.support import dbservers  # noqa: E402
+from lease import SqlLeaseStore
+from tests.support import dbservers
 
 TTL_MS = 60_000
 
@@ -65,10 +65,14 @@ async def measure(dsn: str, dialect: str, rows: int, seconds: float, workers: in
     await asyncio.gather(*(worker(i) for i in range(workers)))
     elapsed = time.monotonic() - started
     return {
-        "db": dialect, "rows": rows, "workers": workers,
+        "db": dialect,
+        "rows": rows,
+        "workers": workers,
         "renew_per_s": len(renew_ms) / elapsed,
-        "renew_p50_ms": percentile(renew_ms, 50), "renew_p99_ms": percentile(renew_ms, 99),
-        "acquire_p50_ms": percentile(acquire_ms, 50), "acquire_p99_ms": percentile(acquire_ms, 99),
+        "renew_p50_ms": percentile(renew_ms, 50),
+        "renew_p99_ms": percentile(renew_ms, 99),
+        "acquire_p50_ms": percentile(acquire_ms, 50),
+        "acquire_p99_ms": percentile(acquire_ms, 99),
         "renewals_lost": lost,
     }
 
@@ -107,10 +111,22 @@ def main() -> None:
     parser.add_argument("--only", default="postgresql,mysql,sqlite", type=lambda s: s.split(","))
     args = parser.parse_args()
     results = asyncio.run(run(args))
-    print(table(results, [("db", "database"), ("rows", "lease rows"), ("workers", "workers"),
-                          ("renew_per_s", "renewals/s"), ("renew_p50_ms", "renew p50 ms"),
-                          ("renew_p99_ms", "renew p99 ms"), ("acquire_p50_ms", "acquire p50 ms"),
-                          ("acquire_p99_ms", "acquire p99 ms"), ("renewals_lost", "lost")]))
+    print(
+        table(
+            results,
+            [
+                ("db", "database"),
+                ("rows", "lease rows"),
+                ("workers", "workers"),
+                ("renew_per_s", "renewals/s"),
+                ("renew_p50_ms", "renew p50 ms"),
+                ("renew_p99_ms", "renew p99 ms"),
+                ("acquire_p50_ms", "acquire p50 ms"),
+                ("acquire_p99_ms", "acquire p99 ms"),
+                ("renewals_lost", "lost"),
+            ],
+        )
+    )
     print(f"saved {save('lease_ops', {'args': vars(args), 'results': results})}")
 
 

@@ -19,10 +19,17 @@ FOS = [sys.executable, "-m", "agent"]
 
 def write_config(path: Path, cluster: str, dsn: str, dialect: str | None = None, **lease: float) -> Path:
     lines = [
-        "[cluster]", f'name = "{cluster}"', 'common_ip = "10.99.0.100/24"',
-        "[[nodes]]", 'name = "m1"', 'interface = "eth0"',
-        "[[nodes]]", 'name = "m2"', 'interface = "eth0"',
-        "[database]", 'dsn = "${FOS_TEST_DSN}"',
+        "[cluster]",
+        f'name = "{cluster}"',
+        'common_ip = "10.99.0.100/24"',
+        "[[nodes]]",
+        'name = "m1"',
+        'interface = "eth0"',
+        "[[nodes]]",
+        'name = "m2"',
+        'interface = "eth0"',
+        "[database]",
+        'dsn = "${FOS_TEST_DSN}"',
     ]
     if dialect:
         lines.append(f'dialect = "{dialect}"')
@@ -41,16 +48,40 @@ def native_query(kind: str, server: DbServer | None, sqlite_path: str | None, sq
     """Run SQL through the database's own command-line client, as a DBA would."""
     if kind == "sqlite":
         assert sqlite_path is not None
-        return subprocess.run(["sqlite3", "-header", sqlite_path, sql], capture_output=True, text=True,
-                              check=True).stdout
+        return subprocess.run(
+            ["sqlite3", "-header", sqlite_path, sql], capture_output=True, text=True, check=True
+        ).stdout
     assert server is not None
     if kind == "postgresql":
-        argv = ["psql", "-h", "127.0.0.1", "-p", str(server.port), "-U", dbservers.USER, "-d", dbservers.DATABASE,
-                "-c", sql]
+        argv = [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(server.port),
+            "-U",
+            dbservers.USER,
+            "-d",
+            dbservers.DATABASE,
+            "-c",
+            sql,
+        ]
         env = {**os.environ, "PGPASSWORD": dbservers.PASSWORD}
     else:
-        argv = ["mariadb", "--no-defaults", "-h", "127.0.0.1", "-P", str(server.port), "-u", dbservers.USER,
-                f"-p{dbservers.PASSWORD}", dbservers.DATABASE, "-e", sql]
+        argv = [
+            "mariadb",
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            str(server.port),
+            "-u",
+            dbservers.USER,
+            f"-p{dbservers.PASSWORD}",
+            dbservers.DATABASE,
+            "-e",
+            sql,
+        ]
         env = dict(os.environ)
     return subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout
 
@@ -74,8 +105,12 @@ def test_init_db_then_plain_sql_on_the_status_view_shows_the_cluster_row(
     assert first.returncode == 0, first.stderr
     again = fos("init-db", "--config", str(cfg), dsn=dsn)
     assert again.returncode == 0 and "(was 1)" in again.stdout
-    out = native_query(kind, server, sqlite_path,
-                       f"SELECT cluster_name, epoch, expired FROM fos_lease_status WHERE cluster_name = '{cluster}'")
+    out = native_query(
+        kind,
+        server,
+        sqlite_path,
+        f"SELECT cluster_name, epoch, expired FROM fos_lease_status WHERE cluster_name = '{cluster}'",
+    )
     assert cluster in out
     status = fos("status", "--json", "--config", str(cfg), dsn=dsn)
     assert status.returncode == 0, status.stderr

@@ -10,17 +10,20 @@ from agent.config import ConfigError, parse
 from agent.timing import KERNEL_LATENESS_S, RHO, address_lifetime, check, fence_deadline
 
 
-def cfg(ttl: float, heartbeat: float, call_timeout: float | None = None, margin: float = 0.2,
-        driver: str = "netlink") -> Any:
+def cfg(
+    ttl: float, heartbeat: float, call_timeout: float | None = None, margin: float = 0.2, driver: str = "netlink"
+) -> Any:
     db: dict[str, Any] = {"dsn": "Driver=SQLite3;Database=/tmp/x.db"}
     if call_timeout is not None:
         db["call_timeout"] = call_timeout
-    return parse({
-        "cluster": {"name": "c", "common_ip": "10.0.0.5/24", "address_driver": driver},
-        "nodes": [{"name": "m1", "interface": "eth0"}],
-        "database": db,
-        "lease": {"ttl": ttl, "heartbeat": heartbeat, "fence_margin": margin},
-    })
+    return parse(
+        {
+            "cluster": {"name": "c", "common_ip": "10.0.0.5/24", "address_driver": driver},
+            "nodes": [{"name": "m1", "interface": "eth0"}],
+            "database": db,
+            "lease": {"ttl": ttl, "heartbeat": heartbeat, "fence_margin": margin},
+        }
+    )
 
 
 @pytest.mark.parametrize(("ttl", "hb"), [(180, 10), (3, 1), (2, 0.5), (10, 3)])
