@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from lease import SqlLeaseStore, StoreError
+from netops import NetopsError, find_interface, format_table, list_interfaces, probe_address
 
 from . import __version__
 from .config import Config, ConfigError, load
@@ -118,6 +120,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_iflist(args: argparse.Namespace) -> int:
+    interfaces = list_interfaces()
+    if args.json:
+        print(json.dumps([i.as_dict() for i in interfaces], indent=2))
+    else:
+        print(format_table(interfaces))
+    return EXIT_OK
+
+
+def cmd_check_ip(args: argparse.Namespace) -> int:
+    try:
+        ip = str(ipaddress.ip_address(args.address.split("/")[0]))
+    except ValueError:
+        raise ConfigError(f"ADDRESS {args.address!r} is not an IP address: give one like 192.168.10.50") from None
+    iface = find_interface(args.interface)
+    if not iface.usable:
+        raise ConfigError(f"--interface {args.interface} is {iface.state}: choose the NIC of the network that is UP")
+    mac = asyncio.run(probe_address(args.interface, ip, args.timeout))
+    if mac:
+        print(f"{ip} is in use: {mac} answers for it on {args.interface}")
+        return EXIT_FAILED
+    print(f"{ip} is free on {args.interface}: no host answered within {args.timeout:g}s")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fos", description="Fail Over Service: keeps one node of a pair serving the common IP.")
     parser.add_argument("--version", action="version", version=f"fos {__version__}")
@@ -136,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     p = with_config(cfg_sub.add_parser("check", help="validate the cluster file without starting anything"))
     p.set_defaults(func=cmd_config_check)
+    p = sub.add_parser("iflist", help="list network interfaces with state, MAC and addresses")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_iflist)
+    p = sub.add_parser("check-ip", help="is ADDRESS free to use as the common IP? (exit 0 free, 1 in use)")
+    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument("--interface", "-i", required=True, help="the NIC on the address's network")
+    p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for an answer (default 1)")
+    p.set_defaults(func=cmd_check_ip)
     return parser
 
 
@@ -149,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"fos: database: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except NetopsError as exc:
+        print(f"fos: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILED
 

@@ -6,6 +6,7 @@ import itertools
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -107,3 +108,19 @@ async def store(dialect: str, dsns: dict[str, str]) -> AsyncIterator[SqlLeaseSto
         _initialised.add(dialect)
     yield s
     await s.close()
+
+
+@pytest.fixture
+def lan() -> Iterator[Any]:
+    """A fresh LAN of namespaced test hosts, removed afterwards even when the test fails."""
+    from tests.support.netns import Lan
+
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("network namespace tests need root, and CI runs as root")
+        pytest.skip("network namespace tests need root (CAP_NET_ADMIN, CAP_NET_RAW)")
+    net = Lan()
+    try:
+        yield net
+    finally:
+        net.close()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,3 +158,17 @@ def test_init_db_with_a_wrong_password_says_so_and_exits_1(tmp_path: Path, pg_se
     result = fos("init-db", "--config", str(cfg), dsn=dsn)
     assert result.returncode == 1
     assert "refused the login" in result.stderr and "Not-The-Password-1" not in result.stderr
+
+
+def test_check_ip_says_free_in_use_or_usage_error(lan: Any) -> None:
+    m1, m2 = lan.add_host("m1"), lan.add_host("m2")
+    vip = "10.213.0.100"
+    free = m2.run(*FOS, "check-ip", vip, "--interface", "eth0", "--timeout", "0.5", check=False)
+    assert free.returncode == 0 and "is free" in free.stdout
+    m1.run("ip", "addr", "add", f"{vip}/24", "dev", "eth0")
+    used = m2.run(*FOS, "check-ip", vip, "--interface", "eth0", "--timeout", "0.5", check=False)
+    assert used.returncode == 1 and m1.mac in used.stdout
+    bad_if = m2.run(*FOS, "check-ip", vip, "--interface", "eth7", check=False)
+    assert bad_if.returncode == 2 and "eth7" in bad_if.stderr and bad_if.stderr.count("\n") == 1
+    bad_ip = m2.run(*FOS, "check-ip", "10.213.0.999", "--interface", "eth0", check=False)
+    assert bad_ip.returncode == 2 and "not an IP address" in bad_ip.stderr

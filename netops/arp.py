@@ -1,0 +1,117 @@
+"""IPv4 announcements and conflict probes with ARP frames on a raw AF_PACKET socket we own (no `arping`
+process to spawn, find or parse). Needs CAP_NET_RAW."""
+
+from __future__ import annotations
+
+import ipaddress
+import select
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+ETH_P_ARP = 0x0806
+ETH_P_IP = 0x0800
+PACKET_OUTGOING = 4
+ARP_REQUEST, ARP_REPLY = 1, 2
+BROADCAST = b"\xff" * 6
+ZERO_MAC = b"\x00" * 6
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes(int(x, 16) for x in mac.split(":"))
+
+
+def mac_text(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def arp_frame(op: int, eth_dst: bytes, sender_mac: bytes, sender_ip: str, target_mac: bytes, target_ip: str) -> bytes:
+    eth = eth_dst + sender_mac + struct.pack("!H", ETH_P_ARP)
+    arp = struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, op)
+    arp += sender_mac + socket.inet_aton(sender_ip) + target_mac + socket.inet_aton(target_ip)
+    return eth + arp
+
+
+@dataclass(frozen=True)
+class ArpPacket:
+    op: int
+    sender_mac: str
+    sender_ip: str
+    target_mac: str
+    target_ip: str
+
+
+def parse_arp(frame: bytes) -> ArpPacket | None:
+    """Parse an Ethernet ARP frame for IPv4; None for anything else."""
+    if len(frame) < 42 or struct.unpack("!H", frame[12:14])[0] != ETH_P_ARP:
+        return None
+    htype, ptype, hlen, plen, op = struct.unpack("!HHBBH", frame[14:22])
+    if (htype, ptype, hlen, plen) != (1, ETH_P_IP, 6, 4):
+        return None
+    return ArpPacket(
+        op,
+        mac_text(frame[22:28]),
+        socket.inet_ntoa(frame[28:32]),
+        mac_text(frame[32:38]),
+        socket.inet_ntoa(frame[38:42]),
+    )
+
+
+def gratuitous_frames(mac: str, ip: str) -> list[bytes]:
+    """Both forms, since some switches and hosts honour only one: a broadcast request and a broadcast reply,
+    each with sender and target IP set to the announced address."""
+    m = mac_bytes(mac)
+    return [
+        arp_frame(ARP_REQUEST, BROADCAST, m, ip, ZERO_MAC, ip),
+        arp_frame(ARP_REPLY, BROADCAST, m, ip, BROADCAST, ip),
+    ]
+
+
+def _packet_socket(ifname: str) -> socket.socket:
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+    sock.bind((ifname, ETH_P_ARP))
+    return sock
+
+
+def send_gratuitous_arp(ifname: str, mac: str, ip: str, count: int, interval: float) -> int:
+    """Send `count` rounds of gratuitous ARP; return the number of frames sent. Blocking; run it in a thread."""
+    sent = 0
+    with _packet_socket(ifname) as sock:
+        for i in range(count):
+            for frame in gratuitous_frames(mac, ip):
+                sock.send(frame)
+                sent += 1
+            if i + 1 < count:
+                time.sleep(interval)
+    return sent
+
+
+def arp_probe(ifname: str, mac: str, ip: str, timeout: float, probes: int = 2) -> str | None:
+    """RFC 5227 probe: ARP requests from 0.0.0.0 asking for `ip`. Return the MAC of another host that answers
+    for (or announces) the address within `timeout`, else None. Blocking; run it in a thread."""
+    ipaddress.IPv4Address(ip)
+    own = mac.lower()
+    probe = arp_frame(ARP_REQUEST, BROADCAST, mac_bytes(mac), "0.0.0.0", ZERO_MAC, ip)
+    deadline = time.monotonic() + timeout
+    gap = timeout / max(1, probes)
+    with _packet_socket(ifname) as sock:
+        next_probe, left = time.monotonic(), probes
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return None
+            if left and now >= next_probe:
+                sock.send(probe)
+                left -= 1
+                next_probe = now + gap
+            wait = min(deadline, next_probe if left else deadline) - time.monotonic()
+            ready, _, _ = select.select([sock], [], [], max(0.0, wait))
+            if not ready:
+                continue
+            frame, addr = sock.recvfrom(2048)
+            if addr[2] == PACKET_OUTGOING:
+                continue
+            pkt = parse_arp(frame)
+            if pkt and pkt.sender_ip == ip and pkt.sender_mac != own:
+                return pkt.sender_mac

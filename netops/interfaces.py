@@ -1,0 +1,80 @@
+"""Network interfaces as the kernel reports them over netlink (pyroute2): never by parsing `ip` output."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from .errors import NetopsError
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    index: int
+    mac: str
+    state: str  # the kernel's operstate: UP, DOWN, UNKNOWN (loopback, some virtual NICs), LOWERLAYERDOWN ...
+    admin_up: bool
+    addresses: list[str] = field(default_factory=list)  # "a.b.c.d/prefix" and IPv6 likewise
+
+    @property
+    def usable(self) -> bool:
+        """Up for carrying the common IP: administratively up with a live link."""
+        return self.admin_up and self.state in ("UP", "UNKNOWN")
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_interface(a).network for a in self.addresses]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "index": self.index,
+            "mac": self.mac,
+            "state": self.state,
+            "addresses": list(self.addresses),
+        }
+
+
+IFF_UP = 0x1
+
+
+def list_interfaces(ipr: IPRoute | None = None) -> list[Interface]:
+    own = ipr is None
+    ipr = ipr or IPRoute()
+    try:
+        addrs: dict[int, list[str]] = {}
+        for a in ipr.get_addr():
+            addrs.setdefault(a["index"], []).append(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
+        out = []
+        for link in ipr.get_links():
+            out.append(
+                Interface(
+                    name=link.get("IFLA_IFNAME"),
+                    index=link["index"],
+                    mac=link.get("IFLA_ADDRESS") or "",
+                    state=link.get("IFLA_OPERSTATE") or "UNKNOWN",
+                    admin_up=bool(link["flags"] & IFF_UP),
+                    addresses=addrs.get(link["index"], []),
+                )
+            )
+        return sorted(out, key=lambda i: i.index)
+    finally:
+        if own:
+            ipr.close()
+
+
+def find_interface(name: str, ipr: IPRoute | None = None) -> Interface:
+    for iface in list_interfaces(ipr):
+        if iface.name == name:
+            return iface
+    raise NetopsError(f"interface {name!r} does not exist on this machine: pick one from `fos iflist`")
+
+
+def format_table(interfaces: list[Interface]) -> str:
+    rows = [("NAME", "STATE", "MAC", "ADDRESSES")]
+    rows += [(i.name, i.state, i.mac, ", ".join(i.addresses) or "-") for i in interfaces]
+    widths = [max(len(r[c]) for r in rows) for c in range(3)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)

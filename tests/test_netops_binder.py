@@ -1,0 +1,184 @@
+"""The common IP on real network namespaces: bind, kernel lifetime, move with announcements, conflict probe,
+and never touching an address fos did not add. Each operation runs inside a test host via tests.support.nsbind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from tests.support.netns import SUBNET, SUBNET6, Host, Lan, wait_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VIP = f"{SUBNET}.100"
+VIP6 = f"{SUBNET6}100"
+WEBAPP = os.path.join(ROOT, "examples", "webapp.py")
+
+
+def netop(host: Host, action: str, address: str, *extra: str) -> Any:
+    argv = [sys.executable, "-m", "tests.support.nsbind", action, "--address", address, *extra]
+    out = subprocess.run(host.argv(argv), capture_output=True, text=True, timeout=30, cwd=ROOT, check=False)
+    doc = json.loads(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else {"ok": False, "error": out.stderr}
+    return doc
+
+
+def http_get(client: Host, ip: str, timeout: float = 1.0) -> str | None:
+    host = f"[{ip}]" if ":" in ip else ip
+    code = (
+        f"import urllib.request;print(urllib.request.urlopen('http://{host}:8080/', timeout={timeout}).read().decode())"
+    )
+    out = client.run(sys.executable, "-c", code, check=False, timeout=timeout + 10)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def start_webapp(host: Host) -> None:
+    host.popen([sys.executable, WEBAPP, "--name", host.name, "--port", "8080"])
+    wait_for(lambda: http_get(host, "127.0.0.1"), 10, 0.05, f"webapp on {host.name}")
+
+
+@pytest.fixture
+def trio(lan: Lan) -> tuple[Host, Host, Host]:
+    return lan.add_host("m1"), lan.add_host("m2"), lan.add_host("client")
+
+
+@pytest.mark.parametrize("vip", [f"{VIP}/24", f"{VIP6}/64"], ids=["ipv4", "ipv6"])
+def test_bind_on_m1_serves_the_client_and_its_neighbour_cache_shows_m1(trio: tuple[Host, Host, Host], vip: str) -> None:
+    m1, _, client = trio
+    ip = vip.split("/")[0]
+    assert netop(m1, "bind", vip) == {"ok": True, "result": True}
+    assert netop(m1, "bind", vip) == {"ok": True, "result": False}, "a second bind must be a no-op"
+    assert netop(m1, "is_bound", vip)["result"] is True
+    start_webapp(m1)
+    answer = wait_for(lambda: http_get(client, ip), 10, 0.05, "the client to reach the common IP")
+    assert answer.startswith("m1")
+    assert client.neighbour_mac(ip) == m1.mac
+
+
+@pytest.mark.parametrize("vip", [f"{VIP}/24", f"{VIP6}/64"], ids=["ipv4", "ipv6"])
+def test_an_address_with_a_2s_lifetime_disappears_by_itself(trio: tuple[Host, Host, Host], vip: str) -> None:
+    m1 = trio[0]
+    ip = vip.split("/")[0]
+    started = time.monotonic()
+    assert netop(m1, "bind", vip, "--lifetime", "2", "--force")["ok"]
+    bound_at = time.monotonic()
+    wait_for(lambda: not m1.has_address(ip), 4.0, 0.01, "the kernel to remove the address")
+    gone = time.monotonic()
+    # The address was added between `started` and `bound_at`, so the kernel's lateness lies between these.
+    late_min, late_max = gone - bound_at - 2.0, gone - started - 2.0
+    print(f"kernel removed {vip} between {late_min:.3f} and {late_max:.3f}s after its 2s lifetime")
+    assert late_max >= 0, "removed before its lifetime ran out"
+    assert gone - bound_at <= 2.5, f"still there {gone - bound_at:.3f}s after a 2s lifetime"
+
+
+def test_an_address_refreshed_every_second_stays(trio: tuple[Host, Host, Host]) -> None:
+    m1 = trio[0]
+    holder = m1.popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.support.nsbind",
+            "hold",
+            "--address",
+            f"{VIP}/24",
+            "--lifetime",
+            "2",
+            "--seconds",
+            "4",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None
+    assert json.loads(holder.stdout.readline())["ok"]
+    end = time.monotonic() + 3.5
+    samples = 0
+    while time.monotonic() < end:
+        assert m1.has_address(VIP), "the refreshed address disappeared"
+        samples += 1
+        time.sleep(0.05)
+    assert samples > 20
+    holder.wait(timeout=10)
+    # Refreshing stopped: the last lifetime (2 s) runs out.
+    wait_for(lambda: not m1.has_address(VIP), 3.0, 0.02, "the unrefreshed address to expire")
+
+
+@pytest.mark.parametrize("vip", [f"{VIP}/24", f"{VIP6}/64"], ids=["ipv4", "ipv6"])
+def test_moving_to_m2_with_announce_updates_the_client_within_a_second(trio: tuple[Host, Host, Host], vip: str) -> None:
+    m1, m2, client = trio
+    ip = vip.split("/")[0]
+    start_webapp(m1)
+    start_webapp(m2)
+    assert netop(m1, "bind", vip)["ok"]
+    wait_for(lambda: http_get(client, ip), 10, 0.05, "the client to reach m1")
+    assert client.neighbour_mac(ip) == m1.mac
+    assert netop(m1, "unbind", vip)["result"] is True
+    moved = time.monotonic()
+    assert netop(m2, "bind_announce", vip)["ok"]
+    wait_for(lambda: client.neighbour_mac(ip) == m2.mac, 1.0, 0.01, "the client's cache to show m2")
+    print(f"client cache showed m2 {time.monotonic() - moved:.3f}s after the move began")
+    assert (http_get(client, ip) or "").startswith("m2")
+
+
+@pytest.mark.parametrize("vip", [f"{VIP}/24", f"{VIP6}/64"], ids=["ipv4", "ipv6"])
+def test_probe_sees_the_holder_and_bind_refuses_a_conflict_unless_forced(
+    trio: tuple[Host, Host, Host], vip: str
+) -> None:
+    m1, m2, _ = trio
+    assert netop(m2, "probe", vip)["result"] is None, "nobody holds it yet"
+    assert netop(m1, "bind", vip)["ok"]
+    assert netop(m2, "probe", vip)["result"] == m1.mac
+    refused = netop(m2, "bind", vip)
+    assert refused["ok"] is False and refused["type"] == "AddressConflict" and m1.mac in refused["error"]
+    assert not m2.has_address(vip.split("/")[0])
+    forced = netop(m2, "bind", vip, "--force")
+    assert forced["ok"] and m2.has_address(vip.split("/")[0])
+    assert netop(m2, "unbind", vip)["result"] is True
+    assert netop(m1, "unbind", vip)["result"] is True
+    assert netop(m2, "probe", vip)["result"] is None, "free again after unbind"
+
+
+@pytest.mark.parametrize("vip", [f"{VIP}/24", f"{VIP6}/64"], ids=["ipv4", "ipv6"])
+def test_unbind_never_removes_an_address_fos_did_not_add(trio: tuple[Host, Host, Host], vip: str) -> None:
+    m1 = trio[0]
+    ip = vip.split("/")[0]
+    m1.run("ip", "addr", "add", vip, "dev", "eth0", *(["nodad"] if ":" in ip else []))
+    assert netop(m1, "unbind", vip) == {"ok": True, "result": False}
+    assert m1.has_address(ip)
+    assert netop(m1, "is_bound", vip)["result"] is False
+    taken = netop(m1, "bind", vip)
+    assert taken["ok"] is False and "not by fos" in taken["error"]
+    assert m1.has_address(ip)
+
+
+def test_unbind_when_absent_is_fine(trio: tuple[Host, Host, Host]) -> None:
+    assert netop(trio[0], "unbind", f"{VIP}/24") == {"ok": True, "result": False}
+
+
+def test_refresh_does_not_re_add_an_address_the_kernel_removed(trio: tuple[Host, Host, Host]) -> None:
+    m1 = trio[0]
+    assert netop(m1, "bind", f"{VIP}/24", "--lifetime", "1")["ok"]
+    wait_for(lambda: not m1.has_address(VIP), 3.0, 0.02, "expiry")
+    assert netop(m1, "refresh", f"{VIP}/24", "--lifetime", "5")["result"] is False
+    assert not m1.has_address(VIP)
+
+
+@pytest.mark.parametrize(
+    ("vip", "message"),
+    [("10.99.0.100/24", "is not in a subnet of eth0"), (f"{VIP}/24", "interface 'eth9' does not exist")],
+)
+def test_bind_refuses_a_wrong_subnet_or_interface(trio: tuple[Host, Host, Host], vip: str, message: str) -> None:
+    extra = ["--interface", "eth9"] if "eth9" in message else []
+    result = netop(trio[0], "bind", vip, *extra)
+    assert result["ok"] is False and message in result["error"]
+
+
+def test_bind_refuses_an_interface_that_is_down(trio: tuple[Host, Host, Host]) -> None:
+    m1 = trio[0]
+    m1.run("ip", "link", "set", "eth0", "down")
+    result = netop(m1, "bind", f"{VIP}/24")
+    assert result["ok"] is False and "bring it up" in result["error"]

@@ -1,0 +1,36 @@
+"""NIC listing through netlink, checked inside a test host whose interfaces we know exactly."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from netops import Interface
+from tests.support.netns import Lan
+
+
+def test_iflist_json_inside_a_namespace_lists_exactly_its_interfaces(lan: Lan) -> None:
+    m1 = lan.add_host("m1")
+    out = m1.run(sys.executable, "-m", "agent", "iflist", "--json")
+    doc = json.loads(out.stdout)
+    assert sorted(i["name"] for i in doc) == ["eth0", "lo"]
+    eth0 = next(i for i in doc if i["name"] == "eth0")
+    assert eth0["mac"] == m1.mac and eth0["state"] == "UP"
+    assert f"{m1.ip}/24" in eth0["addresses"] and f"{m1.ip6}/64" in eth0["addresses"]
+    assert set(eth0) == {"name", "index", "mac", "state", "addresses"}
+
+
+def test_iflist_table_shows_state_mac_and_addresses(lan: Lan) -> None:
+    m1 = lan.add_host("m1")
+    m1.run("ip", "link", "set", "eth0", "down")
+    lines = m1.run(sys.executable, "-m", "agent", "iflist").stdout.splitlines()
+    assert lines[0].split() == ["NAME", "STATE", "MAC", "ADDRESSES"]
+    eth0 = next(line for line in lines if line.startswith("eth0"))
+    assert "DOWN" in eth0 and m1.mac in eth0 and f"{m1.ip}/24" in eth0
+
+
+def test_usable_needs_admin_up_and_a_live_link() -> None:
+    assert Interface("e", 2, "", "UP", True).usable
+    assert Interface("lo", 1, "", "UNKNOWN", True).usable
+    assert not Interface("e", 2, "", "LOWERLAYERDOWN", True).usable
+    assert not Interface("e", 2, "", "DOWN", False).usable
