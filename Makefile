@@ -18,7 +18,7 @@ test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: bootstrap
-	$(PY) -m agent.demo
+	$(PY) examples/demo.py
 
 bench: bootstrap
 	$(PY) bench/lease_ops.py

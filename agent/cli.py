@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import ipaddress
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +19,9 @@ from netops import NetopsError, find_interface, format_table, list_interfaces, p
 
 from . import __version__
 from .config import Config, ConfigError, load
+from .logs import configure as configure_logs
+from .node import select_node
+from .service import serve
 from .timing import check
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -145,6 +151,15 @@ def cmd_check_ip(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    configure_logs(args.log_level, args.log_json)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack: for a stuck agent
+    cfg = load(args.config)
+    check(cfg)
+    node = select_node(cfg, args.node)
+    return asyncio.run(serve(cfg, node, args.state_dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fos", description="Fail Over Service: keeps one node of a pair serving the common IP.")
     parser.add_argument("--version", action="version", version=f"fos {__version__}")
@@ -154,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", "-c", required=True, help="the cluster file (TOML)")
         return p
 
+    p = with_config(sub.add_parser("run", help="run the agent on this node"))
+    p.add_argument("--node", help="this machine's [[nodes]] name (default: by hostname, then by local address)")
+    p.add_argument(
+        "--state-dir",
+        default=os.environ.get("FOS_STATE_DIR", "/run/fos"),
+        help="where the supervised application's pid is kept (default /run/fos)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-json", action="store_true", help="log JSON lines instead of key=value")
+    p.set_defaults(func=cmd_run)
     p = with_config(sub.add_parser("init-db", help="create or upgrade the fos tables and the cluster's lease row"))
     p.set_defaults(func=cmd_init_db)
     p = with_config(sub.add_parser("status", help="show holder, nodes and recent events from the database"))

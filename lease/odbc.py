@@ -115,7 +115,8 @@ class OwnedConnection:
 
     async def close(self, timeout: float) -> None:
         try:
-            await asyncio.wait_for(self.conn.close(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.conn.close()
         except (TimeoutError, pyodbc.Error):
             pass
         finally:

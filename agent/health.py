@@ -1,0 +1,84 @@
+"""Health checks of the application: an HTTP URL answering 2xx, a local TCP port accepting connections, or a
+command exiting 0. Each attempt is bounded by its timeout; a run of `failures` consecutive failures is a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aiohttp
+
+from .app import Application, _spawn, _terminate_group
+from .clock import Clock, within
+from .config import HealthConfig
+
+
+class HealthCheck:
+    def __init__(self, cfg: HealthConfig, app: Application, clock: Clock) -> None:
+        self.cfg = cfg
+        self.app = app
+        self.clock = clock
+        self.healthy: bool | None = None
+        self.last_detail = "not checked yet"
+
+    async def check_once(self) -> tuple[bool, str]:
+        cfg = self.cfg
+        try:
+            if cfg.http:
+                timeout = aiohttp.ClientTimeout(total=cfg.timeout)
+                async with aiohttp.ClientSession(timeout=timeout) as session, session.get(cfg.http) as resp:
+                    return 200 <= resp.status < 300, f"GET {cfg.http} -> {resp.status}"
+            if cfg.tcp is not None:
+                _, writer = await within(asyncio.open_connection("127.0.0.1", cfg.tcp), cfg.timeout)
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+                return True, f"tcp {cfg.tcp} accepts"
+            if cfg.command:
+                proc = await _spawn(cfg.command, {})
+                try:
+                    code = await within(proc.wait(), cfg.timeout)
+                except TimeoutError:
+                    await _terminate_group(proc, 0.5)
+                    return False, f"health command timed out after {cfg.timeout:g}s"
+                return code == 0, f"health command exited {code}"
+        except (TimeoutError, OSError, aiohttp.ClientError) as exc:
+            return False, f"{type(exc).__name__}: {exc}"[:200]
+        running = self.app.running()
+        return running is not False, "process running" if running else "no health check configured"
+
+    async def wait_healthy(self, grace: float) -> tuple[bool, str]:
+        """Check every interval until the first success or until `grace` seconds have passed."""
+        end = self.clock.now() + grace
+        while True:
+            if self.app.exited.is_set():
+                self.healthy = False
+                return False, "the application exited during start-up"
+            ok, detail = await self.check_once()
+            self.healthy, self.last_detail = ok, detail
+            if ok:
+                return True, detail
+            if self.clock.now() >= end:
+                return False, f"not healthy within {grace:g}s: {detail}"
+            await self.clock.sleep(min(self.cfg.interval, max(0.05, end - self.clock.now())))
+
+    async def watch(self) -> str:
+        """Return (with the reason) once the application has failed: its process exited, or `failures`
+        consecutive checks failed."""
+        failures = 0
+        while True:
+            exited = asyncio.create_task(self.app.exited.wait())
+            try:
+                await asyncio.wait({exited}, timeout=self.cfg.interval)
+            finally:
+                exited.cancel()
+            if self.app.exited.is_set():
+                self.healthy = False
+                return "the application process exited"
+            ok, detail = await self.check_once()
+            self.last_detail = detail
+            failures = 0 if ok else failures + 1
+            self.healthy = ok or (failures < self.cfg.failures and self.healthy is not False)
+            if failures >= self.cfg.failures:
+                self.healthy = False
+                return f"{failures} health checks failed in a row: {detail}"

@@ -1,0 +1,89 @@
+"""The agent's read-only HTTP endpoint for monitoring and load balancers (aiohttp).
+
+GET /health   200 while the loop is alive and consistent; 503 if it stalled, or if we hold the lease but
+              renewals are failing
+GET /active   200 only on the node that holds the lease, has the common IP bound and a healthy app
+GET /standby  200 on a node that is a ready standby
+GET /status   JSON of the agent's view
+GET /metrics  Prometheus text
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from . import __version__
+from .roles import Role
+from .runner import Agent
+
+
+def status(agent: Agent) -> dict[str, Any]:
+    now = agent.clock.now()
+    return {
+        "cluster": agent.cfg.cluster,
+        "node": agent.node.name,
+        "version": __version__,
+        "role": agent.role.value,
+        "reason": agent.transition_reason,
+        "epoch": agent.epoch,
+        "fence_in_s": None if agent.fence_at is None else round(agent.fence_at - now, 3),
+        "renew_failing": agent.renew_failing,
+        "common_ip": str(agent.cfg.common_ip) if agent.cfg.common_ip else None,
+        "ip_bound": agent.ip_bound,
+        "app_healthy": agent.health.healthy,
+        "app_detail": agent.health.last_detail,
+        "loop_age_s": round(now - agent.last_tick, 3),
+    }
+
+
+def loop_stalled(agent: Agent) -> bool:
+    # The loop ticks at least every heartbeat / 2 in every role; three missed ticks mean it is stuck.
+    return agent.clock.now() - agent.last_tick > max(1.5 * agent.cfg.lease.heartbeat, 1.0)
+
+
+def is_active(agent: Agent) -> bool:
+    return agent.role is Role.ACTIVE and agent.ip_bound_or_unmanaged() and agent.health.healthy is True
+
+
+def make_app(agent: Agent) -> web.Application:
+    async def health(_: web.Request) -> web.Response:
+        doc = status(agent)
+        if loop_stalled(agent):
+            return web.json_response({**doc, "problem": "the agent loop stalled"}, status=503)
+        if agent.role in (Role.ACTIVE, Role.PROMOTING) and agent.renew_failing:
+            return web.json_response({**doc, "problem": "holding the lease but cannot renew it"}, status=503)
+        return web.json_response(doc)
+
+    async def active(_: web.Request) -> web.Response:
+        ok = is_active(agent) and not loop_stalled(agent)
+        return web.json_response(status(agent), status=200 if ok else 503)
+
+    async def standby(_: web.Request) -> web.Response:
+        ok = agent.role is Role.STANDBY and not loop_stalled(agent)
+        return web.json_response(status(agent), status=200 if ok else 503)
+
+    async def status_view(_: web.Request) -> web.Response:
+        return web.json_response(status(agent))
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=agent.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/active", active)
+    app.router.add_get("/standby", standby)
+    app.router.add_get("/status", status_view)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def start_server(agent: Agent, listen: str) -> web.AppRunner:
+    host, _, port = listen.rpartition(":")
+    # Never let a lingering client connection hold up a graceful stop.
+    runner = web.AppRunner(make_app(agent), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port)).start()
+    return runner

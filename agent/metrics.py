@@ -1,0 +1,38 @@
+"""Prometheus metrics of one agent (its own registry, so several agents can share a process in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .roles import Role
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.role = Gauge("fos_role", "1 for the agent's current role", ["role"], registry=r)
+        self.epoch = Gauge("fos_epoch", "epoch (fencing token) of the lease this node holds, 0 if none", registry=r)
+        self.lease_seconds_left = Gauge(
+            "fos_lease_seconds_left", "seconds until this holder's local fence deadline, 0 if not holding", registry=r
+        )
+        self.renew_latency = Histogram(
+            "fos_renew_latency_seconds",
+            "duration of lease renewals",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.renew_failures = Counter("fos_renew_failures", "renewals that failed or timed out", registry=r)
+        self.transitions = Counter("fos_transitions", "role transitions", ["to"], registry=r)
+        self.app_healthy = Gauge("fos_app_healthy", "1 if the application is healthy, 0 if not", registry=r)
+        self.ip_bound = Gauge("fos_ip_bound", "1 if the common IP is bound on this node", registry=r)
+        for role in Role:
+            self.role.labels(role=role.value).set(0)
+
+    def set_role(self, role: Role) -> None:
+        for r in Role:
+            self.role.labels(role=r.value).set(1 if r is role else 0)
+        self.transitions.labels(to=role.value).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
