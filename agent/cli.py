@@ -51,7 +51,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 async def _init_db(cfg: Config) -> str:
     store = _store(cfg)
     try:
-        before, after = await store.init_schema(timeout=60)
+        before, after = await store.init_schema(timeout=15)
         await store.ensure_cluster(cfg.cluster)
         return (
             f"schema version {after} in the {store.dialect.name} database (was {before}); "

@@ -92,6 +92,7 @@ class Config:
     announce: AnnounceConfig
     http_listen: str | None
     probe_conflict: bool = True
+    probe_timeout: float = 0.2
 
     @property
     def call_timeout(self) -> float:
@@ -233,6 +234,7 @@ def parse(data: dict[str, Any], path: str = "<config>", env: dict[str, str] | No
         raise ConfigError("cluster.common_ip is missing: set it, or set cluster.address_driver = 'none'")
     alias_url = cl.get("alias_url", str)
     probe = cl.get("probe_conflict", bool, True)
+    probe_timeout = cl.number("probe_timeout", 0.2)
     cl.done()
 
     raw_nodes = top.get("nodes", list, required=True)
@@ -329,4 +331,5 @@ def parse(data: dict[str, Any], path: str = "<config>", env: dict[str, str] | No
         announce=announce,
         http_listen=listen or None,
         probe_conflict=probe,
+        probe_timeout=probe_timeout,
     )

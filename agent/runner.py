@@ -290,7 +290,7 @@ class Agent:
         assert self.fence_at is not None and self.epoch is not None
         async with self._ip_lock:
             lifetime = address_lifetime(self.fence_at, self.clock.now())
-            if lifetime is None:
+            if lifetime is None and self.cfg.address_driver == "netlink":
                 raise AppError("too little of the lease is left to bind the common IP safely")
             await self.binder.bind(lifetime, force=not self.cfg.probe_conflict)
             self.ip_bound = True

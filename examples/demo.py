@@ -72,8 +72,11 @@ def in_ns(host: Host, code: str, timeout: float = 5) -> str | None:
 
 
 def get(client: Host, url: str, timeout: float = 0.5) -> str | None:
-    return in_ns(client, f"import urllib.request;print(urllib.request.urlopen('{url}', timeout={timeout}).read()"
-                         ".decode().strip())", timeout)
+    return in_ns(
+        client,
+        f"import urllib.request;print(urllib.request.urlopen('{url}', timeout={timeout}).read().decode().strip())",
+        timeout,
+    )
 
 
 def role_of(client: Host, node: Host) -> str | None:
@@ -83,14 +86,21 @@ def role_of(client: Host, node: Host) -> str | None:
 
 def start_agent(host: Host, config: str, logdir: str) -> subprocess.Popen[bytes]:
     log = open(os.path.join(logdir, f"{host.name}.log"), "ab")  # noqa: SIM115 - lives as long as the agent
-    return host.popen([sys.executable, "-m", "agent", "run", "--config", config, "--node", host.name,
-                       "--state-dir", logdir], stdout=log, stderr=log, cwd=ROOT)
+    return host.popen(
+        [sys.executable, "-m", "agent", "run", "--config", config, "--node", host.name, "--state-dir", logdir],
+        stdout=log,
+        stderr=log,
+        cwd=ROOT,
+    )
 
 
 def main() -> int:
     if os.geteuid() != 0:
-        print("make demo needs root: it creates network namespaces and binds the common IP there "
-              "(CAP_NET_ADMIN, CAP_NET_RAW). Run it as root, e.g. `sudo make demo`.", file=sys.stderr)
+        print(
+            "make demo needs root: it creates network namespaces and binds the common IP there "
+            "(CAP_NET_ADMIN, CAP_NET_RAW). Run it as root, e.g. `sudo make demo`.",
+            file=sys.stderr,
+        )
         return 1
     work = tempfile.mkdtemp(prefix="fos-demo-")
     lan = Lan()
@@ -98,11 +108,22 @@ def main() -> int:
         m1, m2, client = lan.add_host("m1"), lan.add_host("m2"), lan.add_host("client")
         config = os.path.join(work, "fos.toml")
         with open(config, "w") as f:
-            f.write(CONFIG.format(vip=VIP, m1=m1.ip, m2=m2.ip, db=os.path.join(work, "lease.db"), ttl=TTL,
-                                  hb=HEARTBEAT, python=sys.executable,
-                                  webapp=os.path.join(ROOT, "examples", "webapp.py")))
-        say(f"test LAN ready: m1 {m1.ip}, m2 {m2.ip}, client {client.ip}; common IP {VIP}; "
-            f"lease ttl {TTL}s, heartbeat {HEARTBEAT}s; SQLite lease database in {work}")
+            f.write(
+                CONFIG.format(
+                    vip=VIP,
+                    m1=m1.ip,
+                    m2=m2.ip,
+                    db=os.path.join(work, "lease.db"),
+                    ttl=TTL,
+                    hb=HEARTBEAT,
+                    python=sys.executable,
+                    webapp=os.path.join(ROOT, "examples", "webapp.py"),
+                )
+            )
+        say(
+            f"test LAN ready: m1 {m1.ip}, m2 {m2.ip}, client {client.ip}; common IP {VIP}; "
+            f"lease ttl {TTL}s, heartbeat {HEARTBEAT}s; SQLite lease database in {work}"
+        )
         subprocess.run([sys.executable, "-m", "agent", "init-db", "--config", config], check=True, cwd=ROOT)
         agents = {"m1": start_agent(m1, config, work)}
         wait_for(lambda: role_of(client, m1) == "active", 30, 0.2, "m1 to become active")
@@ -134,8 +155,13 @@ def main() -> int:
         agents["m1"] = start_agent(m1, config, work)
         wait_for(lambda: role_of(client, m1) == "standby", 30, 0.2, "m1 to come back as standby")
         say(f"m1 is back as standby; the client still gets: {get(client, f'http://{VIP}:8080/')}")
-        status = subprocess.run([sys.executable, "-m", "agent", "status", "--config", config], capture_output=True,
-                                text=True, cwd=ROOT, check=False)
+        status = subprocess.run(
+            [sys.executable, "-m", "agent", "status", "--config", config],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
         print("\n$ fos status\n" + status.stdout, flush=True)
         for proc in agents.values():
             proc.send_signal(signal.SIGTERM)

@@ -166,7 +166,13 @@ class TransientUnavailable(StoreUnavailable):
 
 
 _MISSING_TABLE = ("no such table", "does not exist", "doesn't exist", "invalid object name")
-_AUTH = ("password authentication failed", "access denied", "login failed", "authentication failed")
+_AUTH = (
+    "password authentication failed",
+    "access denied",
+    "login failed",
+    "authentication failed",
+    "no pg_hba.conf entry",
+)
 _TRANSIENT_STATES = ("08", "HYT", "40")
 
 
@@ -182,7 +188,10 @@ def classify(exc: pyodbc.Error) -> StoreError:
             "libsqliteodbc, tdsodbc or msodbcsql18) and check the Driver= name against `odbcinst -q -d`"
         )
     if state.startswith("28") or any(s in lowered for s in _AUTH):
-        return StoreAuthError(f"the database refused the login ({line}): check Uid/Pwd in database.dsn")
+        return StoreAuthError(
+            f"the database refused the login ({line}): check Uid/Pwd in database.dsn and that the server admits "
+            "this client (pg_hba.conf, GRANT)"
+        )
     if any(s in lowered for s in _MISSING_TABLE) or state in ("42S02", "42P01"):
         return SchemaMissing(f"the fos tables are missing ({line}): run `fos init-db --config FILE` first")
     if state.startswith(_TRANSIENT_STATES) or "locked" in lowered or "busy" in lowered or "timeout" in lowered:

@@ -142,6 +142,9 @@ def start_postgresql(host: str = "127.0.0.1", port: int | None = None, netns: st
         capture_output=True,
         timeout=120,
     )
+    if netns:  # clients come from the other test hosts, not from loopback
+        with open(os.path.join(data, "pg_hba.conf"), "a") as hba:
+            hba.write("host all all 0.0.0.0/0 scram-sha-256\n")
     listen = "*" if netns else host
     argv = [
         f"{bindir}/postgres",

@@ -1,0 +1,274 @@
+"""Two real `fos run` agents in network namespaces, the lease on PostgreSQL in its own host (SQLite for a subset),
+a client probing the common IP every 20 ms and a sampler recording every ~10 ms which node has it bound.
+Every scenario asserts the common IP was never bound on both nodes at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.cluster import VIP, Cluster
+from tests.support.netns import Lan, wait_for
+
+TTL, HEARTBEAT = 3, 1
+
+
+@pytest.fixture
+def make_cluster(lan: Lan) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def make(db: str = "postgresql", **kwargs: Any) -> Cluster:
+        cluster = Cluster(lan, db, ttl=TTL, heartbeat=HEARTBEAT, **kwargs)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        for name in ("m1", "m2"):
+            print(f"----- {name} agent log -----\n{cluster.log_text(name)[-6000:]}")
+        cluster.close()
+
+
+def assert_never_both(c: Cluster) -> None:
+    both = c.sampler.both_bound()
+    assert not both, f"common IP bound on both nodes at {len(both)} samples, first at {both[0]}"
+    assert len(c.sampler.samples) > 100 and c.sampler.max_gap() < 0.2, "the sampler did not sample often enough"
+
+
+def served_by(c: Cluster, node: str, after: float, timeout: float) -> float:
+    return float(
+        wait_for(lambda: c.prober.first_answer_from(node, after), timeout, 0.02, f"the client to be served by {node}")
+    )
+
+
+@pytest.mark.parametrize("db", ["postgresql", "sqlite"])
+def test_cold_start_gives_exactly_one_active_node(make_cluster: Callable[..., Cluster], db: str) -> None:
+    c = make_cluster(db)
+    c.start("m1")
+    c.start("m2")
+    wait_for(
+        lambda: sorted([c.role("m1") or "", c.role("m2") or ""]) == ["active", "standby"],
+        30,
+        0.1,
+        "one active and one standby",
+    )
+    active = "m1" if c.role("m1") == "active" else "m2"
+    standby = "m2" if active == "m1" else "m1"
+    assert c.http_code(active, "/active") == 200 and c.http_code(standby, "/active") == 503
+    assert c.http_code(standby, "/standby") == 200 and c.http_code(active, "/standby") == 503
+    assert c.http_code(active, "/health") == 200 and c.http_code(standby, "/health") == 200
+    served_by(c, active, 0, 10)
+    assert c.sampler.holder_at(time.monotonic()) == (active,)
+    assert_never_both(c)
+
+
+@pytest.mark.parametrize("db", ["postgresql", "sqlite"])
+def test_kill_9_of_the_active_agent_moves_the_service_after_the_ttl(
+    make_cluster: Callable[..., Cluster], db: str
+) -> None:
+    c = make_cluster(db)
+    c.active_pair()
+    served_by(c, "m1", 0, 10)
+    killed = time.monotonic()
+    c.kill_agent("m1", with_app=True)
+    at = served_by(c, "m2", killed, TTL + 10)
+    m1_lost = max(s.at for s in c.sampler.samples if "m1" in s.holders)
+    m2_got = c.sampler.first_time("m2", killed)
+    assert m2_got is not None and m1_lost < m2_got
+    print(
+        f"[{db}] kill -9: m1 lost the IP {m1_lost - killed:.2f}s after the kill (kernel lifetime), m2 bound it "
+        f"at {m2_got - killed:.2f}s, the client was served by m2 {at - killed:.2f}s after the kill"
+    )
+    assert at - killed < TTL + 5
+    assert_never_both(c)
+
+
+@pytest.mark.parametrize("db", ["postgresql", "sqlite"])
+def test_sigterm_on_the_active_hands_over_well_under_the_ttl(make_cluster: Callable[..., Cluster], db: str) -> None:
+    c = make_cluster(db)
+    c.active_pair()
+    served_by(c, "m1", 0, 10)
+    stopped = time.monotonic()
+    c.agents["m1"].send_signal(signal.SIGTERM)
+    assert c.agents["m1"].wait(timeout=15) == 0
+    at = served_by(c, "m2", stopped, TTL + 5)
+    m2_got = c.sampler.first_time("m2", stopped)
+    assert m2_got is not None
+    print(
+        f"[{db}] SIGTERM: m2 bound the IP {m2_got - stopped:.2f}s and served the client {at - stopped:.2f}s "
+        "after the signal"
+    )
+    assert m2_got - stopped < TTL * 0.5, "a released lease must be taken well before the ttl"
+    assert c.app_pid("m1") is None, "the stopped agent's application must be gone"
+    assert_never_both(c)
+
+
+def test_cutting_the_active_hosts_link_fences_it_and_the_standby_takes_over(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    c = make_cluster()
+    c.active_pair()
+    served_by(c, "m1", 0, 10)
+    cut = time.monotonic()
+    c.m1.cut_link()
+    at = served_by(c, "m2", cut, TTL + 10)
+    m1_lost = max(s.at for s in c.sampler.samples if "m1" in s.holders)
+    print(f"link cut: m1 dropped the IP {m1_lost - cut:.2f}s after the cut, client served by m2 at {at - cut:.2f}s")
+    assert m1_lost - cut < TTL, "m1 must fence itself before the lease can expire"
+    c.m1.restore_link()
+    c.wait_role("m1", "standby", 20)
+    time.sleep(0.5)
+    assert c.role("m2") == "active" and c.prober.answers_after(time.monotonic() - 0.3) <= {"m2"}
+    assert_never_both(c)
+
+
+def test_an_agent_frozen_past_the_ttl_fences_on_wake_and_never_rebinds(make_cluster: Callable[..., Cluster]) -> None:
+    c = make_cluster()
+    c.active_pair()
+    served_by(c, "m1", 0, 10)
+    frozen = time.monotonic()
+    os.kill(c.agents["m1"].pid, signal.SIGSTOP)
+    served_by(c, "m2", frozen, TTL + 10)
+    m1_lost = max(s.at for s in c.sampler.samples if "m1" in s.holders)
+    m2_got = c.sampler.first_time("m2", frozen)
+    assert m2_got is not None and m1_lost < m2_got, "the kernel must drop the frozen node's IP before m2 binds"
+    print(
+        f"SIGSTOP: the kernel removed m1's IP {m1_lost - frozen:.2f}s into the freeze; m2 bound it at "
+        f"{m2_got - frozen:.2f}s"
+    )
+    os.kill(c.agents["m1"].pid, signal.SIGCONT)
+    woke = time.monotonic()
+    c.wait_role("m1", "standby", 15)
+    time.sleep(1.0)
+    assert not any("m1" in s.holders for s in c.sampler.samples if s.at >= woke), "m1 re-bound after waking"
+    assert "fence deadline" in c.log_text("m1")
+    assert_never_both(c)
+
+
+def test_the_active_cut_from_the_database_only_fences_and_the_standby_takes_over(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    c = make_cluster()
+    c.active_pair()
+    served_by(c, "m1", 0, 10)
+    cut = time.monotonic()
+    c.cut_db("m1")
+    at = served_by(c, "m2", cut, TTL + 10)
+    print(f"DB cut from m1: client served by m2 {at - cut:.2f}s after the cut")
+    assert c.role("m1") == "standby"
+    c.restore_db("m1")
+    time.sleep(2)
+    assert c.role("m1") == "standby" and c.role("m2") == "active"
+    assert_never_both(c)
+
+
+def test_a_database_outage_shorter_than_the_fence_deadline_causes_no_failover(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    c = make_cluster()
+    c.active_pair()
+    served_by(c, "m1", 0, 10)
+    before = c.status("m1")
+    assert before is not None
+    start = time.monotonic()
+    c.cut_db("m1")
+    c.cut_db("m2")
+    time.sleep(1.3)  # the outage itself: shorter than ttl(1-rho) - fence_margin after the last renewal
+    c.restore_db("m1")
+    c.restore_db("m2")
+    time.sleep(TTL)
+    after = c.status("m1")
+    assert after is not None and after["role"] == "active" and after["epoch"] == before["epoch"]
+    assert c.role("m2") == "standby"
+    assert not any("m2" in s.holders for s in c.sampler.samples), "m2 must never have bound the IP"
+    assert c.prober.answers_after(start + 0.1) <= {"m1"}, "the client must have kept being served by m1"
+    assert_never_both(c)
+
+
+def test_an_application_crash_on_the_active_moves_the_service(make_cluster: Callable[..., Cluster]) -> None:
+    c = make_cluster()
+    c.active_pair()
+    served_by(c, "m1", 0, 10)
+    pid = c.app_pid("m1")
+    assert pid is not None
+    crashed = time.monotonic()
+    os.killpg(pid, signal.SIGKILL)
+    at = served_by(c, "m2", crashed, TTL + 10)
+    print(f"app crash: client served by m2 {at - crashed:.2f}s after the crash")
+    assert at - crashed < TTL + 3
+    assert "the application failed" in c.log_text("m1")
+    assert_never_both(c)
+
+
+def test_an_agent_restarted_within_the_ttl_resumes_without_a_failover(make_cluster: Callable[..., Cluster]) -> None:
+    c = make_cluster()
+    c.active_pair()
+    served_by(c, "m1", 0, 10)
+    c.kill_agent("m1")  # the agent only: the app keeps running and the IP keeps its kernel lifetime
+    restarted = time.monotonic()
+    c.start("m1")
+    c.wait_role("m1", "active", 20)
+    served_by(c, "m1", restarted + 0.5, 10)
+    time.sleep(1.0)
+    assert c.role("m2") == "standby"
+    assert not any("m2" in s.holders for s in c.sampler.samples), "no failover: m2 never bound the IP"
+    assert "m2" not in c.prober.answers_after(0)
+    assert_never_both(c)
+
+
+BAD = [
+    ("interface", {"interface": "eth9"}, "interface 'eth9' does not exist"),
+    ("subnet", {"common_ip": "10.99.0.100/24"}, "is not in a subnet of eth0"),
+    ("timing", {"ttl": 10, "heartbeat": 5}, "lease.heartbeat = 5 is more than lease.ttl / 3"),
+    ("password", {"password": "Wrong-Pass-7"}, "refused the login"),
+    ("schema", {"schema": "missing"}, "fos init-db"),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_configs_exit_2_with_one_line_and_start_nothing(
+    make_cluster: Callable[..., Cluster], case: str, change: dict[str, Any], message: str
+) -> None:
+    c = make_cluster()
+    with open(c.config) as f:
+        text = f.read()
+    if "interface" in change:
+        text = text.replace('interface = "eth0"', f'interface = "{change["interface"]}"')
+    if "common_ip" in change:
+        text = text.replace(f'common_ip = "{VIP}/24"', f'common_ip = "{change["common_ip"]}"')
+    if "ttl" in change:
+        text = text.replace(f"ttl = {TTL}", f"ttl = {change['ttl']}").replace(
+            f"heartbeat = {HEARTBEAT}", f"heartbeat = {change['heartbeat']}"
+        )
+    if "password" in change:
+        text = text.replace("Pwd=fos-test-Secret1", f"Pwd={change['password']}")
+    if "schema" in change:
+        text = text.replace("Database=fos;", "Database=fos_empty;")
+    bad = os.path.join(c.work, f"bad-{case}.toml")
+    with open(bad, "w") as f:
+        f.write(text)
+    out = c.m1.run(
+        sys.executable,
+        "-m",
+        "agent",
+        "run",
+        "--config",
+        bad,
+        "--node",
+        "m1",
+        "--state-dir",
+        c.work,
+        check=False,
+        timeout=30,
+    )
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "Wrong-Pass-7" not in out.stderr
+    assert not c.m1.has_address(VIP) and c.app_pid("m1") is None
+    assert c.http_code("m1", "/health") is None, "no HTTP endpoint may have been started"

@@ -1,0 +1,227 @@
+"""The agent's loop against the in-memory store, a fake binder and a fake application: fast checks of the
+role transitions and their order (IP before app), including hung and failing database calls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from agent.clock import SystemClock
+from agent.config import Config, parse
+from agent.roles import Role
+from agent.runner import Agent
+from lease import EventKind
+from lease.memory import MemoryLeaseStore
+from tests.support.fakes import FakeApp, FakeBinder
+
+
+def config(ttl: float = 0.6, heartbeat: float = 0.15, driver: str = "none", **app: Any) -> Config:
+    return parse(
+        {
+            "cluster": {"name": "c1", "address_driver": driver, "common_ip": "10.0.0.100/24"},
+            "nodes": [{"name": "m1", "interface": "eth0"}, {"name": "m2", "interface": "eth0"}],
+            "database": {"dsn": "unused", "call_timeout": heartbeat / 2},
+            "lease": {"ttl": ttl, "heartbeat": heartbeat, "fence_margin": 0.1, "min_hold": 0.2},
+            "application": {"hold_off": 0.5, "health": {"interval": 0.05, "timeout": 0.05, "start_grace": 1}, **app},
+        }
+    )
+
+
+def first_unbind_after_bind(binder: FakeBinder) -> float:
+    bound = binder.times("bind")[-1]
+    return min(t for t in binder.times("unbind") if t > bound)
+
+
+def boottime() -> float:
+    return SystemClock().now()
+
+
+class Node:
+    def __init__(self, cfg: Config, name: str, store: Any, binder: FakeBinder | None = None) -> None:
+        self.binder = binder or FakeBinder()
+        self.app = FakeApp()
+        self.agent = Agent(cfg, cfg.node(name), store, self.binder, self.app, SystemClock())
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> Node:
+        self.task = asyncio.create_task(self.agent.run())
+        return self
+
+    async def kill(self) -> None:
+        """Vanish without releasing anything, like a killed process."""
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> float:
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.005)
+    return time.monotonic() - start
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryLeaseStore]:
+    yield MemoryLeaseStore(clock=boottime)
+
+
+async def test_a_single_node_acquires_binds_starts_the_app_and_becomes_active(store: MemoryLeaseStore) -> None:
+    m1 = Node(config(), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, what="active")
+    assert m1.binder.bound and m1.app.env == {"FOS_NODE": "m1", "FOS_CLUSTER": "c1", "FOS_EPOCH": "1"}
+    assert [e.kind for e in store.events] == [EventKind.ACQUIRED, EventKind.PROMOTED]
+    first_expiry = store.rows["c1"].expires_at
+    await until(lambda: store.rows["c1"].expires_at > first_expiry + 0.2, what="renewals to extend the lease")
+    assert (await store.read("c1")).held_by("m1")
+    await m1.kill()
+
+
+async def test_hung_renewals_fence_the_holder_before_the_lease_can_expire(store: MemoryLeaseStore) -> None:
+    cfg = config()
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    hang = asyncio.Event()
+
+    async def hung_renew(*args: Any, **kwargs: Any) -> bool:
+        await hang.wait()  # a database call that never returns
+        return True
+
+    store.renew = hung_renew  # type: ignore[method-assign]
+    expiry = store.rows["c1"].expires_at  # no renewal can move it any more
+    await until(lambda: m1.agent.role is Role.STANDBY and not m1.binder.bound, 3, "fenced back to standby")
+    unbound, stopped = first_unbind_after_bind(m1.binder), m1.app.stopped_at[-1]
+    assert unbound <= stopped, "the IP must go before the app stops"
+    # The IP was dropped before the database could consider the lease expired (both clocks read CLOCK_BOOTTIME).
+    unbound_boottime = boottime() - (time.monotonic() - unbound)
+    assert unbound_boottime < expiry, f"IP dropped {unbound_boottime - expiry:.3f}s after the lease expired"
+    assert any(e.kind == EventKind.FENCED for e in store.events)
+    await m1.kill()
+
+
+async def test_a_renewal_that_finds_another_epoch_fences_at_once(store: MemoryLeaseStore) -> None:
+    m1 = Node(config(ttl=3, heartbeat=0.5), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    store.rows["c1"].epoch += 1  # someone else's acquisition
+    took = await until(lambda: m1.agent.role is Role.STANDBY, 2, "fenced")
+    assert took < 1.0 and not m1.binder.bound
+    await m1.kill()
+
+
+async def test_app_failure_steps_down_and_the_standby_takes_over(store: MemoryLeaseStore) -> None:
+    cfg = config()
+    m1, m2 = Node(cfg, "m1", store).start(), None
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store).start()
+    await until(lambda: m2.agent.role is Role.STANDBY)
+    m1.app.crash()
+    await until(lambda: m2.agent.role is Role.ACTIVE, 3, "m2 active")
+    assert not m1.binder.bound and m1.agent.role is Role.STANDBY
+    assert any(e.kind == EventKind.STEPPED_DOWN and e.node == "m1" for e in store.events)
+    # m1 holds off instead of flapping back.
+    await asyncio.sleep(0.3)
+    assert m2.agent.role is Role.ACTIVE
+    await m1.kill()
+    await m2.kill()
+
+
+async def test_graceful_stop_drops_the_ip_stops_the_app_and_releases(store: MemoryLeaseStore) -> None:
+    m1 = Node(config(ttl=30, heartbeat=2), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m1.agent.request_stop("test")
+    assert m1.task is not None
+    await asyncio.wait_for(m1.task, 3)
+    assert m1.agent.role is Role.STOPPED and not m1.binder.bound
+    assert first_unbind_after_bind(m1.binder) <= m1.app.stopped_at[-1]
+    assert store.rows["c1"].holder is None
+    assert store.events[-2].kind == EventKind.RELEASED
+
+
+async def test_standby_acquires_right_at_expiry_not_at_its_next_poll(store: MemoryLeaseStore) -> None:
+    cfg = config(ttl=1.0, heartbeat=0.3)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store).start()
+    await until(lambda: m2.agent.role is Role.STANDBY)
+    await m1.kill()
+    expiry = store.rows["c1"].expires_at
+    await until(lambda: store.rows["c1"].holder == "m2", 3, "take-over")
+    late = (store.rows["c1"].expires_at - cfg.lease.ttl) - expiry
+    assert 0 <= late < 0.05, f"took over {late:.3f}s after expiry"
+    await m2.kill()
+
+
+async def test_a_database_outage_shorter_than_the_fence_deadline_changes_nothing(store: MemoryLeaseStore) -> None:
+    cfg = config(ttl=1.2, heartbeat=0.2)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    roles: list[Role] = []
+    store.available = False
+    for _ in range(40):  # 0.4 s, a third of the ttl
+        roles.append(m1.agent.role)
+        await asyncio.sleep(0.01)
+    store.available = True
+    await asyncio.sleep(0.4)
+    assert set(roles) == {Role.ACTIVE} and m1.agent.role is Role.ACTIVE
+    assert store.rows["c1"].epoch == 1 and m1.binder.bound
+    assert m1.agent.metrics.renew_failures._value.get() >= 1
+    await m1.kill()
+
+
+async def test_a_restarted_agent_resumes_its_own_lease_without_a_failover(store: MemoryLeaseStore) -> None:
+    cfg = config(ttl=2, heartbeat=0.5)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store).start()
+    await until(lambda: m2.agent.role is Role.STANDBY)
+    await m1.kill()
+    again = Node(cfg, "m1", store, binder=m1.binder).start()
+    await until(lambda: again.agent.role is Role.ACTIVE, 3, "resumed")
+    assert store.rows["c1"].holder == "m1" and store.rows["c1"].epoch == 2
+    assert [e.kind for e in store.events if e.kind in (EventKind.RESUMED, EventKind.TAKEOVER)] == [EventKind.RESUMED]
+    assert m2.agent.role is Role.STANDBY
+    await again.kill()
+    await m2.kill()
+
+
+async def test_a_conflicting_address_aborts_promotion_and_releases_the_lease(store: MemoryLeaseStore) -> None:
+    m1 = Node(config(), "m1", store, binder=FakeBinder(conflict=True)).start()
+    await until(lambda: any(e.kind == EventKind.STEPPED_DOWN for e in store.events), 3, "step-down")
+    assert not m1.binder.bound and m1.app.started_at == []
+    assert store.rows["c1"].holder is None
+    await m1.kill()
+
+
+async def test_a_standby_removes_a_common_ip_left_bound_by_a_crash(store: MemoryLeaseStore) -> None:
+    cfg = config(ttl=30, heartbeat=2)
+    holder = Node(cfg, "m2", store).start()
+    await until(lambda: holder.agent.role is Role.ACTIVE)
+    m1 = Node(cfg, "m1", store, binder=FakeBinder(bound=True)).start()
+    await until(lambda: not m1.binder.bound, 2, "leftover IP removed")
+    assert m1.agent.role is Role.STANDBY
+    await m1.kill()
+    await holder.kill()
+
+
+async def test_the_kernel_lifetime_always_ends_before_the_fence_deadline(store: MemoryLeaseStore) -> None:
+    cfg = config(ttl=3, heartbeat=0.5, driver="netlink")
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    await until(lambda: len(m1.binder.times("refresh")) >= 3, 5, "refreshes")
+    for name, _, lifetime in m1.binder.ops:
+        if name in ("bind", "refresh"):
+            assert lifetime is not None and lifetime >= 1
+    fence_at = m1.agent.fence_at
+    assert fence_at is not None
+    last_refresh = m1.binder.times("refresh")[-1]
+    # lifetime (whole seconds) + kernel lateness must end before the fence deadline
+    assert boottime() - (time.monotonic() - last_refresh) + (m1.binder.lifetime or 0) + 0.5 <= fence_at + 1e-6
+    await m1.kill()
