@@ -20,8 +20,12 @@ test: lint
 demo: bootstrap
 	$(PY) examples/demo.py
 
+# About 30 minutes: lease store ops, lease store scale, failover versus keepalived, a 10-minute footprint run.
 bench: bootstrap
 	$(PY) bench/lease_ops.py
+	$(PY) bench/lease_scale.py
+	$(PY) bench/failover.py
+	$(PY) bench/footprint.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,3 +52,27 @@ def save(name: str, payload: dict[str, Any]) -> str:
     with open(path, "w") as f:
         json.dump({"name": name, "date": stamp, "commit": commit, **payload}, f, indent=2)
     return path
+
+
+@contextlib.contextmanager
+def databases(only: list[str]) -> Iterator[list[tuple[str, str]]]:
+    """Throwaway servers for the dialects asked for; yields (dialect, dsn) pairs and stops them afterwards."""
+    from tests.support import dbservers
+
+    servers: list[dbservers.DbServer] = []
+    targets: list[tuple[str, str]] = []
+    try:
+        if "postgresql" in only:
+            servers.append(dbservers.start_postgresql())
+            targets.append(("postgresql", servers[-1].dsn()))
+        if "mysql" in only:
+            servers.append(dbservers.start_mariadb())
+            targets.append(("mysql", servers[-1].dsn()))
+        if "sqlite" in only:
+            targets.append(
+                ("sqlite", f"Driver=SQLite3;Database={tempfile.mkdtemp(prefix='fos-bench-')}/lease.db;Timeout=5000")
+            )
+        yield targets
+    finally:
+        for s in servers:
+            s.stop()

@@ -18,6 +18,7 @@ import re
 import signal
 import statistics
 import sys
+import tempfile
 import time
 from datetime import datetime
 from typing import Any
@@ -62,45 +63,45 @@ def heal(c: Cluster, fault: str, failed: str) -> None:
 
 
 def fos_runs(lan_factory: Any, ttl: float, heartbeat: float, reps: int) -> list[dict[str, Any]]:
-    rows = []
-    for fault in FAULTS:
-        lan = lan_factory()
-        c = Cluster(lan, "postgresql", ttl=ttl, heartbeat=heartbeat)
-        try:
-            c.active_pair()
-            results: list[dict[str, float]] = []
-            for _ in range(reps):
-                active = "m1" if c.role("m1") == "active" else "m2"
-                standby = "m2" if active == "m1" else "m1"
-                wait_for(
-                    lambda a=active: c.prober.first_answer_from(a, time.monotonic() - 0.5),
-                    20,
-                    0.02,
-                    "the client to be served",
-                )
-                t0, w0 = time.monotonic(), time.time()
-                inject(c, fault, active)
-                served = wait_for(
-                    lambda s=standby, t=t0: c.prober.first_answer_from(s, t), ttl * 3 + 20, 0.01, "the take-over"
-                )
-                acquired_wall = log_time_of(c.log_text(standby), standby, "promoting", w0)
-                after_expiry = None
-                events = c.m1.run(
-                    sys.executable, "-m", "agent", "status", "--json", "--config", c.config, check=False
-                ).stdout
-                match = TAKEOVER.search(events) if fault != "sigterm" else None
-                if acquired_wall is not None and match:
-                    expiry_wall = acquired_wall - int(match.group(1)) / 1000.0
-                    after_expiry = served - (t0 + (expiry_wall - w0))
-                results.append({"served": served - t0, "after_expiry": after_expiry})
-                heal(c, fault, active)
-                wait_for(lambda a=active: c.role(a) == "standby", 60, 0.1, "the failed node to be standby again")
-            both = len(c.sampler.both_bound())
-        finally:
-            c.close()
-            lan.close()
-        rows.append(summarise(f"fos ttl {ttl:g}/hb {heartbeat:g}", fault, results, both))
-    return rows
+    return [fos_fault(lan_factory(), ttl, heartbeat, fault, reps) for fault in FAULTS]
+
+
+def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> dict[str, Any]:
+    c = Cluster(lan, "postgresql", ttl=ttl, heartbeat=heartbeat)
+    try:
+        c.active_pair()
+        results: list[dict[str, float]] = []
+        for _ in range(reps):
+            active = "m1" if c.role("m1") == "active" else "m2"
+            standby = "m2" if active == "m1" else "m1"
+            wait_for(
+                lambda a=active: c.prober.first_answer_from(a, time.monotonic() - 0.5),
+                20,
+                0.02,
+                "the client to be served",
+            )
+            t0, w0 = time.monotonic(), time.time()
+            inject(c, fault, active)
+            served = wait_for(
+                lambda s=standby, t=t0: c.prober.first_answer_from(s, t), ttl * 3 + 20, 0.01, "the take-over"
+            )
+            acquired_wall = log_time_of(c.log_text(standby), standby, "promoting", w0)
+            after_expiry = None
+            events = c.client.run(
+                sys.executable, "-m", "agent", "status", "--json", "--config", c.config, check=False
+            ).stdout
+            match = TAKEOVER.search(events) if fault != "sigterm" else None
+            if acquired_wall is not None and match:
+                expiry_wall = acquired_wall - int(match.group(1)) / 1000.0
+                after_expiry = served - (t0 + (expiry_wall - w0))
+            results.append({"served": served - t0, "after_expiry": after_expiry})
+            heal(c, fault, active)
+            wait_for(lambda a=active: c.role(a) == "standby", 60, 0.1, "the failed node to be standby again")
+        both = len(c.sampler.both_bound())
+    finally:
+        c.close()
+        lan.close()
+    return summarise(f"fos ttl {ttl:g}/hb {heartbeat:g}", fault, results, both)
 
 
 def summarise(setup: str, fault: str, results: list[dict[str, Any]], both: int) -> dict[str, Any]:
@@ -157,61 +158,63 @@ def start_keepalived(host: Host, work: str, priority: int) -> Any:
     ]
     return host.popen(
         argv,
-        stdout=open(os.path.join(work, f"{host.name}.kad.log"), "ab"),  # noqa: SIM115
+        stdout=open(os.path.join(work, f"{host.name}.kad.log"), "ab"),
         stderr=open(os.path.join(work, f"{host.name}.kad.err"), "ab"),
-    )  # noqa: SIM115
+    )
 
 
 def keepalived_runs(lan_factory: Any, reps: int) -> list[dict[str, Any]]:
-    import tempfile
+    return [keepalived_fault(lan_factory(), fault, reps) for fault in FAULTS]
 
-    rows = []
-    for fault in FAULTS:
-        lan = lan_factory()
-        work = tempfile.mkdtemp(prefix="fos-kad-")
-        m1, m2, client = lan.add_host("m1"), lan.add_host("m2"), lan.add_host("client")
-        hosts = {"m1": m1, "m2": m2}
-        sampler = IpSampler([m1, m2], VIP)
-        sampler.start()
-        prober = Prober(client)
-        try:
-            apps = {n: h.popen([sys.executable, WEBAPP, "--name", n, "--port", "8080"]) for n, h in hosts.items()}
-            kad = {"m1": start_keepalived(m1, work, 150), "m2": start_keepalived(m2, work, 100)}
-            results = []
-            for _ in range(reps):
-                wait_for(lambda: len(sampler.holder_at(time.monotonic())) == 1, 30, 0.05, "one VRRP master")
-                active = sampler.holder_at(time.monotonic())[0]
-                standby = "m2" if active == "m1" else "m1"
-                wait_for(lambda a=active: prober.first_answer_from(a, time.monotonic() - 0.5), 20, 0.02, "served")
-                t0 = time.monotonic()
+
+def keepalived_fault(lan: Lan, fault: str, reps: int) -> dict[str, Any]:
+    work = tempfile.mkdtemp(prefix="fos-kad-")
+    m1, m2, client = lan.add_host("m1"), lan.add_host("m2"), lan.add_host("client")
+    hosts = {"m1": m1, "m2": m2}
+    sampler = IpSampler([m1, m2], VIP)
+    sampler.start()
+    prober = Prober(client)
+    try:
+        apps = {n: h.popen([sys.executable, WEBAPP, "--name", n, "--port", "8080"]) for n, h in hosts.items()}
+        kad = {"m1": start_keepalived(m1, work, 150), "m2": start_keepalived(m2, work, 100)}
+        results = []
+        for _ in range(reps):
+            wait_for(lambda: len(sampler.holder_at(time.monotonic())) == 1, 30, 0.05, "one VRRP master")
+            active = sampler.holder_at(time.monotonic())[0]
+            standby = "m2" if active == "m1" else "m1"
+            wait_for(lambda a=active: prober.first_answer_from(a, time.monotonic() - 0.5), 20, 0.02, "served")
+            t0 = time.monotonic()
+            if fault == "kill9":
+                # The whole group: keepalived's VRRP child would otherwise notice its parent's death and resign
+                # gracefully (a priority-0 advert), which is not what a dead machine does.
+                os.killpg(kad[active].pid, signal.SIGKILL)
+                kad[active].wait(timeout=5)
+                apps[active].send_signal(signal.SIGKILL)
+                # a dead machine also loses its addresses; keepalived's killed process leaves the VIP behind
+                hosts[active].run("ip", "addr", "del", f"{VIP}/24", "dev", "eth0", check=False)
+            elif fault == "linkcut":
+                hosts[active].cut_link()
+            else:
+                kad[active].send_signal(signal.SIGTERM)
+            served = wait_for(lambda s=standby, t=t0: prober.first_answer_from(s, t), 30, 0.01, "take-over")
+            results.append({"served": served - t0})
+            if fault == "linkcut":
+                hosts[active].restore_link()
+            else:
+                kad[active].wait(timeout=10)
                 if fault == "kill9":
-                    kad[active].send_signal(signal.SIGKILL)
-                    kad[active].wait(timeout=5)
-                    apps[active].send_signal(signal.SIGKILL)
-                    # a dead machine also loses its addresses; keepalived's killed process leaves the VIP behind
-                    hosts[active].run("ip", "addr", "del", f"{VIP}/24", "dev", "eth0", check=False)
-                elif fault == "linkcut":
-                    hosts[active].cut_link()
-                else:
-                    kad[active].send_signal(signal.SIGTERM)
-                served = wait_for(lambda s=standby, t=t0: prober.first_answer_from(s, t), 30, 0.01, "take-over")
-                results.append({"served": served - t0})
-                if fault == "linkcut":
-                    hosts[active].restore_link()
-                else:
-                    kad[active].wait(timeout=10)
-                    if fault == "kill9":
-                        apps[active] = hosts[active].popen([sys.executable, WEBAPP, "--name", active, "--port", "8080"])
-                    kad[active] = start_keepalived(hosts[active], work, 150 if active == "m1" else 100)
-                time.sleep(3)  # let VRRP settle (preemption back to the higher priority)
-            # keepalived's kill -9 leaves the address on the dead node, which this bench removes by hand at once,
-            # so "both bound" for that fault only counts the instants before the removal.
-            both = len(sampler.both_bound())
-        finally:
-            sampler.stop()
-            lan.close()
-        rows.append(summarise("keepalived advert_int 1", fault, results, both))
-    return rows
+                    apps[active] = hosts[active].popen([sys.executable, WEBAPP, "--name", active, "--port", "8080"])
+                kad[active] = start_keepalived(hosts[active], work, 150 if active == "m1" else 100)
+            # Let VRRP settle: the restarted higher-priority node preempts the address back.
+            wait_for(lambda a=active: sampler.holder_at(time.monotonic()) == (a,), 30, 0.05, "preemption back")
+            time.sleep(1.0)
+        # keepalived's kill -9 leaves the address on the dead node, which this bench removes by hand at once,
+        # so "both bound" for that fault only counts the instants before the removal.
+        both = len(sampler.both_bound())
+    finally:
+        sampler.stop()
+        lan.close()
+    return summarise("keepalived advert_int 1", fault, results, both)
 
 
 def main() -> None:
@@ -220,16 +223,19 @@ def main() -> None:
     parser.add_argument("--timings", default="2/0.5,3/1,10/3")
     parser.add_argument("--with-default", action="store_true", help="also ttl 180/heartbeat 10 (about 45 min)")
     parser.add_argument("--no-keepalived", action="store_true")
+    parser.add_argument("--faults", default=",".join(FAULTS), help="subset of " + ",".join(FAULTS))
+    parser.add_argument("--no-fos", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/failover.py needs root: it builds network namespaces")
     timings = [tuple(float(x) for x in t.split("/")) for t in args.timings.split(",")]
     if args.with_default:
         timings.append((180.0, 10.0))
+    FAULTS[:] = [f for f in args.faults.split(",") if f in FAULTS]
     rows: list[dict[str, Any]] = []
     if not args.no_keepalived:
         rows += keepalived_runs(Lan, args.reps)
-    for ttl, hb in timings:
+    for ttl, hb in [] if args.no_fos else timings:
         rows += fos_runs(Lan, ttl, hb, args.reps)
         print(table(rows, COLUMNS), flush=True)
     print(table(rows, COLUMNS))

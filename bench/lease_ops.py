@@ -11,15 +11,13 @@ import asyncio
 import os
 import random
 import sys
-import tempfile
 import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import percentile, save, table
+from common import databases, percentile, save, table
 
 from lease import SqlLeaseStore
-from tests.support import dbservers
 
 TTL_MS = 60_000
 
@@ -79,27 +77,13 @@ async def measure(dsn: str, dialect: str, rows: int, seconds: float, workers: in
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
-    servers: list[dbservers.DbServer] = []
-    try:
-        targets: list[tuple[str, str]] = []
-        if "postgresql" in args.only:
-            servers.append(dbservers.start_postgresql())
-            targets.append(("postgresql", servers[-1].dsn()))
-        if "mysql" in args.only:
-            servers.append(dbservers.start_mariadb())
-            targets.append(("mysql", servers[-1].dsn()))
-        tmp = tempfile.mkdtemp(prefix="fos-bench-")
-        if "sqlite" in args.only:
-            targets.append(("sqlite", f"Driver=SQLite3;Database={tmp}/lease.db;Timeout=5000"))
+    with databases(args.only) as targets:
         for dialect, dsn in targets:
             for rows in args.rows:
                 workers = 1 if dialect == "sqlite" else args.workers  # one writer at a time in SQLite anyway
                 row = await measure(dsn, dialect, rows, args.seconds, workers)
                 print(f"  {dialect:<10} rows={rows:<5} renew/s={row['renew_per_s']:.0f}", file=sys.stderr)
                 results.append(row)
-    finally:
-        for s in servers:
-            s.stop()
     return results
 
 

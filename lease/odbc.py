@@ -82,12 +82,15 @@ class OwnedConnection:
     def __init__(self, conn: Any, thread: _ConnectionThread) -> None:
         self.conn = conn
         self._thread = thread
+        self.on_statement: Callable[[], None] | None = None  # counts round trips for benchmarks
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, list[Any]]:
         """Run one statement; return (rowcount, rows)."""
         # Not `async with conn.cursor()`: on a cancelled (timed out) call its exit would await closing the
         # cursor on this connection's thread, which is still stuck in the driver, and so never return.
         cur = await self.conn.cursor()
+        if self.on_statement is not None:
+            self.on_statement()
         await cur.execute(sql, *params)
         rowcount = int(cur.rowcount)
         rows = list(await cur.fetchall()) if cur.description else []

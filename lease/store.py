@@ -8,6 +8,7 @@ deadline allows; a call that is still inside the driver at the deadline is aband
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -128,6 +129,7 @@ class SqlLeaseStore:
         dialect: str | None = None,
         call_timeout: float = 2.0,
         max_idle: int = 2,
+        max_connections: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._dialect: Dialect | None = get_dialect(dialect) if dialect else None
@@ -135,6 +137,10 @@ class SqlLeaseStore:
         self.call_timeout = call_timeout
         self._idle: list[OwnedConnection] = []
         self._max_idle = max_idle
+        # Bounds concurrent calls (and so connections) of one store; a call waiting for a slot waits within its
+        # own deadline. Abandoned connections no longer count.
+        self._slots = asyncio.Semaphore(max_connections) if max_connections else None
+        self.statements_sent = 0
         self._clock = clock
         self._sql: statements.Statements | None = None
         self._schema_ok = False
@@ -176,7 +182,11 @@ class SqlLeaseStore:
             self._sql = statements.build(self.dialect)
         if self.dialect.name == "postgresql":
             await conn.execute(f"SET statement_timeout = {max(1, int(self.call_timeout * 1000))}")
+        conn.on_statement = self._count_statement
         return conn
+
+    def _count_statement(self) -> None:
+        self.statements_sent += 1
 
     def _checkin(self, conn: OwnedConnection) -> None:
         if len(self._idle) < self._max_idle and not self._closed:
@@ -190,7 +200,7 @@ class SqlLeaseStore:
             raise TransientUnavailable("the database call's deadline passed before it could start")
         conn: OwnedConnection | None = None
         try:
-            async with asyncio.timeout(remaining):
+            async with asyncio.timeout(remaining), self._slots or contextlib.nullcontext():
                 conn = await self._checkout()
                 result = await op(conn)
         except TimeoutError:

@@ -4,11 +4,13 @@ process to spawn, find or parse). Needs CAP_NET_RAW."""
 from __future__ import annotations
 
 import ipaddress
-import select
 import socket
 import struct
 import time
 from dataclasses import dataclass
+from typing import Any
+
+from .probing import probe_loop
 
 ETH_P_ARP = 0x0806
 ETH_P_IP = 0x0800
@@ -93,25 +95,12 @@ def arp_probe(ifname: str, mac: str, ip: str, timeout: float, probes: int = 2) -
     ipaddress.IPv4Address(ip)
     own = mac.lower()
     probe = arp_frame(ARP_REQUEST, BROADCAST, mac_bytes(mac), "0.0.0.0", ZERO_MAC, ip)
-    deadline = time.monotonic() + timeout
-    gap = timeout / max(1, probes)
+
+    def answer(frame: bytes, addr: Any) -> str | None:
+        if addr[2] == PACKET_OUTGOING:
+            return None
+        pkt = parse_arp(frame)
+        return pkt.sender_mac if pkt and pkt.sender_ip == ip and pkt.sender_mac != own else None
+
     with _packet_socket(ifname) as sock:
-        next_probe, left = time.monotonic(), probes
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                return None
-            if left and now >= next_probe:
-                sock.send(probe)
-                left -= 1
-                next_probe = now + gap
-            wait = min(deadline, next_probe if left else deadline) - time.monotonic()
-            ready, _, _ = select.select([sock], [], [], max(0.0, wait))
-            if not ready:
-                continue
-            frame, addr = sock.recvfrom(2048)
-            if addr[2] == PACKET_OUTGOING:
-                continue
-            pkt = parse_arp(frame)
-            if pkt and pkt.sender_ip == ip and pkt.sender_mac != own:
-                return pkt.sender_mac
+        return probe_loop(sock, lambda: sock.send(probe), answer, timeout, probes)

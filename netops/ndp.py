@@ -4,12 +4,13 @@ solicitation probe to find another owner. ICMPv6 raw sockets; the kernel fills i
 from __future__ import annotations
 
 import ipaddress
-import select
 import socket
 import struct
 import time
+from typing import Any
 
 from .arp import mac_bytes, mac_text
+from .probing import probe_loop
 
 ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT = 135, 136
 OPT_SOURCE_LLA, OPT_TARGET_LLA = 1, 2
@@ -74,23 +75,13 @@ def ns_probe(ifname: str, ifindex: int, mac: str, ip: str, timeout: float, probe
     link-layer option), else None. Blocking; run it in a thread."""
     own = mac.lower()
     target = str(ipaddress.IPv6Address(ip))
-    deadline = time.monotonic() + timeout
-    gap = timeout / max(1, probes)
+
+    def answer(payload: bytes, addr: Any) -> str | None:
+        parsed = parse_advert(payload)
+        if parsed and parsed[0] == target and parsed[1] != own:
+            return parsed[1] or str(addr[0])
+        return None
+
     with _icmp6_socket(ifname, ifindex) as sock:
-        next_probe, left = time.monotonic(), probes
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                return None
-            if left and now >= next_probe:
-                sock.sendto(solicit(mac, ip), (solicited_node(ip), 0, 0, ifindex))
-                left -= 1
-                next_probe = now + gap
-            wait = min(deadline, next_probe if left else deadline) - time.monotonic()
-            ready, _, _ = select.select([sock], [], [], max(0.0, wait))
-            if not ready:
-                continue
-            payload, addr = sock.recvfrom(2048)
-            parsed = parse_advert(payload)
-            if parsed and parsed[0] == target and parsed[1] != own:
-                return parsed[1] or str(addr[0])
+        destination = (solicited_node(ip), 0, 0, ifindex)
+        return probe_loop(sock, lambda: sock.sendto(solicit(mac, ip), destination), answer, timeout, probes)

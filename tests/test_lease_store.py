@@ -188,3 +188,25 @@ def test_rowcount_other_than_zero_or_one_is_a_protocol_violation() -> None:
         _judge(-1, "x")
     with pytest.raises(ProtocolViolation):
         _judge(2, "x")
+
+
+async def test_max_connections_bounds_how_many_connections_concurrent_calls_open(
+    dialect: str, dsns: dict[str, str], store: SqlLeaseStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lease.store as store_module
+
+    opened = 0
+    real_open = store_module.open_connection
+
+    async def counting_open(*args: object, **kwargs: object) -> object:
+        nonlocal opened
+        opened += 1
+        return await real_open(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module, "open_connection", counting_open)
+    bounded = SqlLeaseStore(dsns[dialect], dialect=dialect, max_connections=2, call_timeout=10)
+    await bounded.read(unique("c"))  # the first call also checks the schema version once
+    await asyncio.gather(*(bounded.read(unique("c")) for _ in range(10)))
+    assert opened == 2
+    assert bounded.statements_sent == 2 + 10  # one round trip per read
+    await bounded.close()
