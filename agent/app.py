@@ -69,11 +69,12 @@ def _read_pid(path: str) -> int | None:
 
 
 def _alive(pid: int) -> bool:
+    """Running, not a zombie: an orphan that exited stays a zombie until some init reaps it, maybe never."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    return True
 
 
 class SupervisedCommand:
