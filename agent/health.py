@@ -20,13 +20,20 @@ class HealthCheck:
         self.clock = clock
         self.healthy: bool | None = None
         self.last_detail = "not checked yet"
+        self._session: aiohttp.ClientSession | None = None  # one for all checks: a new one each time costs CPU
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def check_once(self) -> tuple[bool, str]:
         cfg = self.cfg
         try:
             if cfg.http:
-                timeout = aiohttp.ClientTimeout(total=cfg.timeout)
-                async with aiohttp.ClientSession(timeout=timeout) as session, session.get(cfg.http) as resp:
+                if self._session is None:
+                    self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=cfg.timeout))
+                async with self._session.get(cfg.http) as resp:
                     return 200 <= resp.status < 300, f"GET {cfg.http} -> {resp.status}"
             if cfg.tcp is not None:
                 _, writer = await within(asyncio.open_connection("127.0.0.1", cfg.tcp), cfg.timeout)

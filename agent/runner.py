@@ -111,6 +111,7 @@ class Agent:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
+            await self.health.close()
             with contextlib.suppress(StoreError):
                 await self.store.record_node(
                     self.cfg.cluster,

@@ -94,7 +94,13 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> 
             if acquired_wall is not None and match:
                 expiry_wall = acquired_wall - int(match.group(1)) / 1000.0
                 after_expiry = served - (t0 + (expiry_wall - w0))
-            results.append({"served": served - t0, "after_expiry": after_expiry})
+            results.append(
+                {
+                    "served": served - t0,
+                    "after_expiry": after_expiry,
+                    "read_after_expiry": int(match.group(1)) / 1000.0 if match else None,
+                }
+            )
             heal(c, fault, active)
             wait_for(lambda a=active: c.role(a) == "standby", 60, 0.1, "the failed node to be standby again")
         both = len(c.sampler.both_bound())
@@ -107,6 +113,7 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> 
 def summarise(setup: str, fault: str, results: list[dict[str, Any]], both: int) -> dict[str, Any]:
     served = [r["served"] for r in results]
     after = [r["after_expiry"] for r in results if r.get("after_expiry") is not None]
+    late = [r["read_after_expiry"] for r in results if r.get("read_after_expiry") is not None]
     return {
         "setup": setup,
         "fault": fault,
@@ -115,6 +122,7 @@ def summarise(setup: str, fault: str, results: list[dict[str, Any]], both: int) 
         "served_max_s": max(served),
         "after_expiry_median_s": statistics.median(after) if after else None,
         "after_expiry_max_s": max(after) if after else None,
+        "read_after_expiry_max_s": max(late) if late else None,
         "both_bound_samples": both,
         "raw": results,
     }
@@ -250,6 +258,7 @@ COLUMNS = [
     ("served_max_s", "served max s"),
     ("after_expiry_median_s", "after expiry median s"),
     ("after_expiry_max_s", "after expiry max s"),
+    ("read_after_expiry_max_s", "standby read late max s"),
     ("both_bound_samples", "both bound"),
 ]
 

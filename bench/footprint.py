@@ -73,7 +73,8 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("bench/footprint.py needs root: it builds network namespaces")
     lan = Lan()
-    cluster = Cluster(lan, "postgresql", ttl=10, heartbeat=1)
+    # Production-like health checking (every 2 s, the default), not the tests' fast 0.2 s.
+    cluster = Cluster(lan, "postgresql", ttl=10, heartbeat=1, health_interval=2.0)
     try:
         active, standby = cluster.active_pair()
         assert cluster.db_server is not None

@@ -101,7 +101,10 @@ class Prober:
 
 
 class Cluster:
-    def __init__(self, lan: Lan, db_kind: str, ttl: float = 3, heartbeat: float = 1, **extra: Any) -> None:
+    def __init__(
+        self, lan: Lan, db_kind: str, ttl: float = 3, heartbeat: float = 1, health_interval: float = 0.2, **extra: Any
+    ) -> None:
+        self.health_interval = health_interval
         self.lan = lan
         self.work = tempfile.mkdtemp(prefix="fos-cluster-")
         os.chmod(self.work, 0o755)
@@ -149,7 +152,7 @@ stop_timeout = 3
 hold_off = 5
 [application.health]
 http = "http://127.0.0.1:8080/health"
-interval = 0.2
+interval = {self.health_interval}
 timeout = 0.2
 failures = 2
 start_grace = 15
