@@ -128,7 +128,7 @@ def main() -> None:
                 ("db", "database"),
                 ("agents", "agents"),
                 ("processes", "procs"),
-                ("connections", "conns"),
+                ("connections", "max conns"),
                 ("renew_per_s", "renewals/s"),
                 ("wanted_per_s", "wanted/s"),
                 ("statements_per_heartbeat", "stmts/renewal"),
