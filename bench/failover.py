@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import statistics
 import sys
@@ -222,6 +223,7 @@ def keepalived_fault(lan: Lan, fault: str, reps: int) -> dict[str, Any]:
     finally:
         sampler.stop()
         lan.close()
+        shutil.rmtree(work, ignore_errors=True)
     return summarise("keepalived advert_int 1", fault, results, both)
 
 

@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,3 +255,4 @@ listen = "0.0.0.0:8470"
                 log.close()
         if self.db_server is not None:
             self.db_server.stop()
+        shutil.rmtree(self.work, ignore_errors=True)

@@ -169,7 +169,10 @@ def start_postgresql(host: str = "127.0.0.1", port: int | None = None, netns: st
     ]
     with open(os.path.join(work, "server.log"), "wb") as log:
         proc = subprocess.Popen(_prefix(netns) + _as_user("postgres", argv), stdout=log, stderr=log)
-    server = DbServer("postgresql", host, port, work, netns, proc)
+    # pg_ctl's immediate mode ends every session: a plain SIGTERM is a "smart" shutdown that waits for clients,
+    # and a client cut off by a test (blackholed route, link down) would keep the server alive for hours.
+    stop = _as_user("postgres", [f"{bindir}/pg_ctl", "stop", "-D", data, "-m", "immediate", "-w", "-t", "20"])
+    server = DbServer("postgresql", host, port, work, netns, proc, stop)
     try:
         _wait_port_in(netns, host, port, proc)
         subprocess.run(
