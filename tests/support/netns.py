@@ -148,6 +148,11 @@ class Lan:
     def close(self) -> None:
         for host in self.hosts.values():
             host.stop_processes()
+        # Whatever else still runs in a host (an app a test's agent left behind, a server) goes too.
+        for ns in [h.ns for h in self.hosts.values()] + [self.bridge_ns]:
+            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), 9)
         for host in self.hosts.values():
             sh("ip", "netns", "del", host.ns, check=False)
         sh("ip", "netns", "del", self.bridge_ns, check=False)
