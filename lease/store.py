@@ -226,19 +226,25 @@ class SqlLeaseStore:
         check_schema: bool = True,
     ) -> T:
         deadline = self._clock() + (timeout if timeout is not None else self.call_timeout)
+        attempt_op = self._checked(op) if check_schema else op
+        try:  # the common case, without building a retry loop
+            return await self._attempt(attempt_op, deadline)
+        except TransientUnavailable:
+            if deadline - self._clock() < _MIN_ATTEMPT_S:
+                raise
 
         def stop(_: RetryCallState) -> bool:
             return deadline - self._clock() < _MIN_ATTEMPT_S
 
         def wait(state: RetryCallState) -> float:
-            backoff: float = min(0.5, 0.02 * 2.0 ** (state.attempt_number - 1))
+            backoff: float = min(0.5, 0.02 * 2.0**state.attempt_number)  # attempt 1 was the fast path
             return max(0.0, min(backoff, deadline - self._clock() - _MIN_ATTEMPT_S))
 
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(TransientUnavailable), stop=stop, wait=wait, reraise=True
         ):
             with attempt:
-                result = await self._attempt(self._checked(op) if check_schema else op, deadline)
+                result = await self._attempt(attempt_op, deadline)
         return result
 
     def _checked(self, op: Callable[[OwnedConnection], Awaitable[T]]) -> Callable[[OwnedConnection], Awaitable[T]]:
