@@ -72,8 +72,8 @@ class HoldEvent(enum.Enum):
     WORK_FAILED = "work_failed"
 
 
-def after_holding(event: HoldEvent, role: Role, detail: str, hold_off: float, min_hold: float) -> Decision:
-    """The next role once holding ended for `event` while in `role` (PROMOTING or ACTIVE)."""
+def after_holding(event: HoldEvent, detail: str, hold_off: float, min_hold: float) -> Decision:
+    """The next role once holding the lease (while PROMOTING or ACTIVE) ended for `event`."""
     if event is HoldEvent.WORK_DONE:
         return Decision(Role.ACTIVE, detail or "promotion complete: the IP is bound and the app is healthy")
     if event is HoldEvent.FENCE_DEADLINE:

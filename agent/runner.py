@@ -45,7 +45,7 @@ class Agent:
         self,
         cfg: Config,
         node: NodeConfig,
-        store: Any,
+        store: AgentStore,
         binder: AddressBinder,
         app: Application,
         clock: Clock,
@@ -308,7 +308,7 @@ class Agent:
 
     async def _promoting(self) -> Decision:
         event, detail = await self._hold(self._promote(), watch_app=False)
-        return after_holding(event, Role.PROMOTING, detail, self.cfg.app.hold_off, self.cfg.lease.min_hold)
+        return after_holding(event, detail, self.cfg.app.hold_off, self.cfg.lease.min_hold)
 
     async def _active(self) -> Decision:
         announcer = asyncio.create_task(self._announce_loop()) if self.cfg.announce.refresh > 0 else None
@@ -317,7 +317,7 @@ class Agent:
         finally:
             if announcer is not None:
                 announcer.cancel()
-        return after_holding(event, Role.ACTIVE, detail, self.cfg.app.hold_off, self.cfg.lease.min_hold)
+        return after_holding(event, detail, self.cfg.app.hold_off, self.cfg.lease.min_hold)
 
     async def _announce_loop(self) -> None:
         while True:

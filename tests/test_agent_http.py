@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from agent.http import make_app
 from agent.roles import Role
 from lease.memory import MemoryLeaseStore
-from tests.test_agent_runner import Node, boottime, config, until
+from tests.support.agents import Node, boottime, config, until
 
 
 @pytest.fixture

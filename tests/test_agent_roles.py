@@ -35,17 +35,17 @@ def test_standby_plan(state: LeaseState, not_before: float, action: StandbyActio
 
 
 @pytest.mark.parametrize(
-    ("event", "role", "expected"),
+    ("event", "expected"),
     [
-        (HoldEvent.WORK_DONE, Role.PROMOTING, Decision(Role.ACTIVE, "ok")),
-        (HoldEvent.FENCE_DEADLINE, Role.ACTIVE, Decision(Role.FENCED, "fence deadline", 5)),
-        (HoldEvent.LEASE_LOST, Role.PROMOTING, Decision(Role.FENCED, "lost", 5)),
-        (HoldEvent.STOP_REQUESTED, Role.ACTIVE, Decision(Role.DEMOTING, "stop requested", 0, then_stop=True)),
-        (HoldEvent.APP_FAILED, Role.ACTIVE, Decision(Role.DEMOTING, "application failed", 30)),
-        (HoldEvent.WORK_FAILED, Role.PROMOTING, Decision(Role.DEMOTING, "promotion failed", 30)),
+        (HoldEvent.WORK_DONE, Decision(Role.ACTIVE, "ok")),
+        (HoldEvent.FENCE_DEADLINE, Decision(Role.FENCED, "fence deadline", 5)),
+        (HoldEvent.LEASE_LOST, Decision(Role.FENCED, "lost", 5)),
+        (HoldEvent.STOP_REQUESTED, Decision(Role.DEMOTING, "stop requested", 0, then_stop=True)),
+        (HoldEvent.APP_FAILED, Decision(Role.DEMOTING, "application failed", 30)),
+        (HoldEvent.WORK_FAILED, Decision(Role.DEMOTING, "promotion failed", 30)),
     ],
 )
-def test_what_follows_holding(event: HoldEvent, role: Role, expected: Decision) -> None:
-    got = after_holding(event, role, "ok", hold_off=30, min_hold=5)
+def test_what_follows_holding(event: HoldEvent, expected: Decision) -> None:
+    got = after_holding(event, "ok", hold_off=30, min_hold=5)
     assert (got.role, got.hold_off, got.then_stop) == (expected.role, expected.hold_off, expected.then_stop)
     assert expected.reason in got.reason

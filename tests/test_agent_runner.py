@@ -4,69 +4,22 @@ role transitions and their order (IP before app), including hung and failing dat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from agent.clock import SystemClock
-from agent.config import Config, parse
 from agent.roles import Role
-from agent.runner import Agent
 from lease import EventKind
 from lease.memory import MemoryLeaseStore
-from tests.support.fakes import FakeApp, FakeBinder
-
-
-def config(ttl: float = 0.6, heartbeat: float = 0.15, driver: str = "none", **app: Any) -> Config:
-    return parse(
-        {
-            "cluster": {"name": "c1", "address_driver": driver, "common_ip": "10.0.0.100/24"},
-            "nodes": [{"name": "m1", "interface": "eth0"}, {"name": "m2", "interface": "eth0"}],
-            "database": {"dsn": "unused", "call_timeout": heartbeat / 2},
-            "lease": {"ttl": ttl, "heartbeat": heartbeat, "fence_margin": 0.1, "min_hold": 0.2},
-            "application": {"hold_off": 0.5, "health": {"interval": 0.05, "timeout": 0.05, "start_grace": 1}, **app},
-        }
-    )
+from tests.support.agents import Node, boottime, config, until
+from tests.support.fakes import FakeBinder
 
 
 def first_unbind_after_bind(binder: FakeBinder) -> float:
     bound = binder.times("bind")[-1]
     return min(t for t in binder.times("unbind") if t > bound)
-
-
-def boottime() -> float:
-    return SystemClock().now()
-
-
-class Node:
-    def __init__(self, cfg: Config, name: str, store: Any, binder: FakeBinder | None = None) -> None:
-        self.binder = binder or FakeBinder()
-        self.app = FakeApp()
-        self.agent = Agent(cfg, cfg.node(name), store, self.binder, self.app, SystemClock())
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> Node:
-        self.task = asyncio.create_task(self.agent.run())
-        return self
-
-    async def kill(self) -> None:
-        """Vanish without releasing anything, like a killed process."""
-        assert self.task is not None
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> float:
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.005)
-    return time.monotonic() - start
 
 
 @pytest.fixture

@@ -68,6 +68,10 @@ class IpSampler(threading.Thread):
         before = [s for s in self.samples if s.at <= t]
         return before[-1].holders if before else ()
 
+    def last_time(self, holder: str) -> float:
+        """The last sample in which `holder` had the address."""
+        return max(s.at for s in self.samples if holder in s.holders)
+
     def first_time(self, holder: str, after: float) -> float | None:
         return next((s.at for s in self.samples if s.at >= after and holder in s.holders), None)
 
