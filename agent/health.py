@@ -27,6 +27,10 @@ class HealthCheck:
             await self._session.close()
             self._session = None
 
+    def forget(self, detail: str) -> None:
+        """The app was stopped on purpose: its last health result no longer describes anything."""
+        self.healthy, self.last_detail = None, detail
+
     async def check_once(self) -> tuple[bool, str]:
         cfg = self.cfg
         try:

@@ -1,14 +1,24 @@
 """Roles, decisions, and the pure rules that choose between them. No I/O here: the runner feeds in what it
-observed (lease state, clock readings, app health) and acts on the decision, so every rule is table-testable."""
+observed (lease state, clock readings, app health) and acts on the decision, so every rule is table-testable.
+
+The client side of the lease, in the order the runner applies it (compare client-go's tryAcquireOrRenew):
+1. Standby: read the row; `plan_standby` says acquire now, or when to look again (at the expiry, by the
+   database's remaining time, or at the next poll).
+2. Acquired: a `Holding` records the epoch, when the acquisition was sent and the fence deadline F.
+3. Each renewal's outcome goes through `after_renewal`: renewed (F moves on, the IP is reconciled), lost
+   (fence now), or failed (retry soon; F stays where it is).
+4. Holding ends with a `HoldEvent`; `after_holding` maps it to the next role.
+"""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import assert_never
 
-from lease import LeaseState
+from lease.model import LeaseState
 
-from .timing import RHO
+from .timing import MIN_RETRY_S, RHO, fence_deadline
 
 
 class Role(enum.StrEnum):
@@ -27,7 +37,21 @@ class Decision:
     role: Role
     reason: str
     hold_off: float = 0.0  # seconds before competing for the lease again (after a step-down)
-    then_stop: bool = False  # DEMOTING: exit afterwards instead of returning to standby
+    then_stop: bool = False  # DEMOTING/FENCED: exit afterwards instead of returning to standby
+
+
+@dataclass(frozen=True)
+class Holding:
+    """Everything that is true while this node holds the lease, in one value (None on a standby)."""
+
+    epoch: int  # the fencing token of our acquisition
+    last_sent: float  # local instant the last successful renewal (or the acquisition) was *sent*
+    fence_at: float  # F: the IP must be gone by then unless a later renewal succeeds
+    took_over: bool = False  # acquired an expired lease of another node (its address may linger up to G)
+
+    @classmethod
+    def acquired(cls, epoch: int, sent: float, ttl: float, margin: float, took_over: bool) -> Holding:
+        return cls(epoch, sent, fence_deadline(sent, ttl, margin), took_over)
 
 
 class StandbyAction(enum.Enum):
@@ -42,23 +66,67 @@ class StandbyPlan:
     reason: str
 
 
-def plan_standby(state: LeaseState, me: str, observed_at: float, poll: float, not_before: float) -> StandbyPlan:
+def plan_standby(
+    state: LeaseState, me: str, instance: str | None, observed_at: float, poll: float, not_before: float
+) -> StandbyPlan:
     """Decide, from a lease read answered at local time `observed_at`, whether to try now or when to look again.
 
     The remaining time was measured on the database clock no later than `observed_at`, so the lease has surely
     expired by observed_at + remaining * (1 + RHO): wake exactly then, not at the next poll. `poll` bounds the
-    wait so that a release (which sets expires_at = now) is noticed within it.
+    wait so that a release (which sets expires_at = now) is noticed within it. Only this very agent process
+    (same node name and instance) may resume an unexpired lease: another process with our name — a clone, a
+    second `fos run` — waits for the expiry like any other node.
     """
     if observed_at < not_before:
         return StandbyPlan(StandbyAction.WAIT, min(not_before, observed_at + poll), "holding off after a step-down")
     if not state.held:
         why = "the lease is free" if state.holder is None else f"{state.holder}'s lease expired"
         return StandbyPlan(StandbyAction.ACQUIRE, observed_at, why)
-    if state.holder == me:
-        return StandbyPlan(StandbyAction.ACQUIRE, observed_at, "the database still names this node: resume")
+    if state.holder == me and instance is not None and state.holder_instance == instance:
+        return StandbyPlan(StandbyAction.ACQUIRE, observed_at, "the database still names this agent: resume")
     remaining = max(0.0, (state.remaining_ms or 0) / 1000.0)
     expiry = observed_at + remaining * (1 + RHO)
-    return StandbyPlan(StandbyAction.WAIT, min(expiry, observed_at + poll), f"{state.holder} holds epoch {state.epoch}")
+    who = state.holder if state.holder != me else f"another agent named {me} ({state.holder_instance or '?'})"
+    return StandbyPlan(StandbyAction.WAIT, min(expiry, observed_at + poll), f"{who} holds epoch {state.epoch}")
+
+
+def plan_retry(state: LeaseState, me: str, instance: str | None, now: float, poll: float, not_before: float) -> float:
+    """When to try again after an acquisition that did not succeed (a lost race, a row not as read): at the
+    plan for what the store saw then, but never at once (a loop without a wait would spin a core)."""
+    plan = plan_standby(state, me, instance, now, poll, not_before)
+    return max(plan.wake_at, now + MIN_RETRY_S)
+
+
+class RenewOutcome(enum.Enum):
+    RENEWED = "renewed"  # the database extended our lease
+    LOST = "lost"  # the compare-and-set found another epoch or holder, or an expired lease
+    FAILED = "failed"  # no answer in time, or an error: we do not know
+
+
+@dataclass(frozen=True)
+class RenewStep:
+    holding: Holding
+    next_renew_at: float
+    failing: bool
+    lost: bool
+
+
+def after_renewal(
+    holding: Holding, sent: float, outcome: RenewOutcome, now: float, ttl: float, margin: float, heartbeat: float
+) -> RenewStep:
+    """Apply one renewal's outcome. Only a success moves the fence deadline, and only forward: a renewal sent
+    at `sent` proves the lease lasts until sent + T on the database clock, never longer."""
+    match outcome:
+        case RenewOutcome.RENEWED:
+            fence_at = max(holding.fence_at, fence_deadline(sent, ttl, margin))
+            renewed = Holding(holding.epoch, max(holding.last_sent, sent), fence_at, holding.took_over)
+            return RenewStep(renewed, sent + heartbeat, failing=False, lost=False)
+        case RenewOutcome.LOST:
+            return RenewStep(holding, now, failing=False, lost=True)
+        case RenewOutcome.FAILED:
+            return RenewStep(holding, now + min(heartbeat / 4, 0.5), failing=True, lost=False)
+        case _:
+            assert_never(outcome)
 
 
 class HoldEvent(enum.Enum):
@@ -67,6 +135,7 @@ class HoldEvent(enum.Enum):
     WORK_DONE = "work_done"
     FENCE_DEADLINE = "fence_deadline"
     LEASE_LOST = "lease_lost"
+    SUSPENDED = "suspended"
     STOP_REQUESTED = "stop_requested"
     APP_FAILED = "app_failed"
     WORK_FAILED = "work_failed"
@@ -74,14 +143,22 @@ class HoldEvent(enum.Enum):
 
 def after_holding(event: HoldEvent, detail: str, hold_off: float, min_hold: float) -> Decision:
     """The next role once holding the lease (while PROMOTING or ACTIVE) ended for `event`."""
-    if event is HoldEvent.WORK_DONE:
-        return Decision(Role.ACTIVE, detail or "promotion complete: the IP is bound and the app is healthy")
-    if event is HoldEvent.FENCE_DEADLINE:
-        return Decision(Role.FENCED, f"no successful renewal before the fence deadline ({detail})", min_hold)
-    if event is HoldEvent.LEASE_LOST:
-        return Decision(Role.FENCED, f"the lease was lost ({detail})", min_hold)
-    if event is HoldEvent.STOP_REQUESTED:
-        return Decision(Role.DEMOTING, f"stop requested ({detail})", 0.0, then_stop=True)
-    if event is HoldEvent.APP_FAILED:
-        return Decision(Role.DEMOTING, f"the application failed ({detail}): stepping down", max(hold_off, min_hold))
-    return Decision(Role.DEMOTING, f"promotion failed ({detail}): stepping down", max(hold_off, min_hold))
+    match event:
+        case HoldEvent.WORK_DONE:
+            return Decision(Role.ACTIVE, detail or "promotion complete: the IP is bound and the app is healthy")
+        case HoldEvent.FENCE_DEADLINE:
+            return Decision(Role.FENCED, f"no successful renewal before the fence deadline ({detail})", min_hold)
+        case HoldEvent.LEASE_LOST:
+            return Decision(Role.FENCED, f"the lease was lost ({detail})", min_hold)
+        case HoldEvent.SUSPENDED:
+            return Decision(Role.FENCED, f"the machine was suspended ({detail}): fencing at once", min_hold)
+        case HoldEvent.STOP_REQUESTED:
+            return Decision(Role.DEMOTING, f"stop requested ({detail})", 0.0, then_stop=True)
+        case HoldEvent.APP_FAILED:
+            return Decision(
+                Role.DEMOTING, f"the application failed ({detail}): stepping down", max(hold_off, min_hold)
+            )
+        case HoldEvent.WORK_FAILED:
+            return Decision(Role.DEMOTING, f"promotion failed ({detail}): stepping down", max(hold_off, min_hold))
+        case _:
+            assert_never(event)

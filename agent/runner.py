@@ -1,23 +1,27 @@
-"""The agent: one loop, one handler per role, each returning a Decision that is logged once per transition.
+"""The agent: one loop, one handler per role, each taking the Decision that led to it and returning the next.
 
-While the lease is held, renewals run as tasks beside whatever the role is doing (binding, starting the app),
-and the loop wakes for the earliest of: a renewal finishing, the next renewal time, the fence deadline, an
-application failure, a stop request. Nothing it awaits can postpone the fence deadline: each wait is bounded by
-it, and a renewal stuck in the database is simply left behind.
+While the lease is held (a `Holding`), renewals run as tasks beside whatever the role is doing (binding,
+starting the app), and the loop wakes for the earliest of: a renewal finishing, the next renewal time, the
+fence deadline (on a CLOCK_BOOTTIME timer, so a suspend cannot postpone it), an application failure, a stop
+request. Nothing it awaits can postpone the fence deadline: each wait is bounded by it, and a renewal stuck in
+the database is simply left behind.
+
+The common IP is level-triggered against the lease: while a renewal sent less than F ago succeeded and a kernel
+lifetime of at least 1 s fits before F, the address must be bound; every successful renewal reconciles it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, assert_never
 
 import structlog
 
-from lease import EventKind, HistoryStore, LeaseStore, StoreError
-from netops import AddressBinder, NetopsError
+from lease import EventKind, HistoryStore, LeaseState, LeaseStore, StoreError
+from netops import AddressBinder, AddressConflict, NetopsError
 
 from . import __version__
 from .app import AppError, Application
@@ -25,18 +29,35 @@ from .clock import Clock, wait_event
 from .config import Config, NodeConfig
 from .health import HealthCheck
 from .metrics import Metrics
-from .roles import Decision, HoldEvent, Role, StandbyAction, after_holding, plan_standby
-from .timing import KERNEL_LATENESS_S, address_lifetime, fence_deadline
+from .roles import (
+    Decision,
+    HoldEvent,
+    Holding,
+    RenewOutcome,
+    Role,
+    StandbyAction,
+    after_holding,
+    after_renewal,
+    plan_retry,
+    plan_standby,
+)
+from .timing import KERNEL_LATENESS_S, address_lifetime, lifetime_overruns
+
+CLEANUP_TIMEOUT_S = 5.0  # each step of the emergency clean-up after an internal error
 
 
 class AgentStore(LeaseStore, HistoryStore, Protocol):
     """What the agent needs of the database: the lease and the history (SqlLeaseStore, MemoryLeaseStore)."""
 
 
-@dataclass
-class _RenewResult:
+class AgentFailed(Exception):
+    """The agent stopped on an internal error after dropping the IP, stopping the app and releasing the lease."""
+
+
+@dataclass(frozen=True)
+class _Renewal:
     sent: float
-    ok: bool | None  # None: the call failed (database unreachable or slow)
+    outcome: RenewOutcome
     error: str = ""
 
 
@@ -50,14 +71,15 @@ class Agent:
         app: Application,
         clock: Clock,
         metrics: Metrics | None = None,
+        instance: str | None = None,
     ) -> None:
         self.cfg, self.node, self.store, self.binder, self.app, self.clock = cfg, node, store, binder, app, clock
+        self.instance = instance
         self.metrics = metrics or Metrics()
         self.health = HealthCheck(cfg.app.health, app, clock)
         self.role = Role.STANDBY
-        self.epoch: int | None = None
-        self.fence_at: float | None = None
-        self.last_renewed_at: float | None = None
+        self.holding: Holding | None = None
+        self.lease_view: LeaseState | None = None  # the lease as last read or acquired, for /status
         self.renew_failing = False
         self.ip_bound = False
         self.last_tick = clock.now()
@@ -65,21 +87,22 @@ class Agent:
         self.stop_reason = ""
         self.transition_reason = "starting"
         self._not_before = 0.0
-        self._pending = Decision(Role.STANDBY, "agent started")
+        self._ip_wanted = False  # the promotion's probe passed: from now until letting go, the IP must be up
         self._ip_lock = asyncio.Lock()
         self._report_now = asyncio.Event()
         self._db_down_logged = False
         self._base_log = structlog.get_logger("fos.agent").bind(node=node.name, cluster=cfg.cluster)
-        self.log = self._base_log
-        self._handlers: dict[Role, Callable[[], Awaitable[Decision]]] = {
-            Role.STANDBY: self._standby,
-            Role.PROMOTING: self._promoting,
-            Role.ACTIVE: self._active,
-            Role.DEMOTING: self._demoting,
-            Role.FENCED: self._fenced,
-        }
+        self.log = self._base_log.bind(role=self.role.value)
 
-    # ---- timing shorthands ------------------------------------------------------------------------------------
+    # ---- shorthands --------------------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int | None:
+        return None if self.holding is None else self.holding.epoch
+
+    @property
+    def fence_at(self) -> float | None:
+        return None if self.holding is None else self.holding.fence_at
 
     @property
     def ttl_ms(self) -> int:
@@ -95,41 +118,55 @@ class Agent:
     def _tick(self) -> None:
         self.last_tick = self.clock.now()
 
-    # ---- the loop -----------------------------------------------------------------------------------------------
+    # ---- the loop -----------------------------------------------------------------------------------------
 
     def request_stop(self, why: str) -> None:
         self.stop_reason = why
         self.stop_requested.set()
 
     async def run(self) -> None:
+        """Run until stopped. On an internal error (anything but a cancellation): drop the IP, stop the app,
+        release the lease, then raise AgentFailed with one line."""
         reporter = asyncio.create_task(self._report_loop())
         try:
-            self._enter(self._pending)
-            while self.role is not Role.STOPPED:
-                self._enter(await self._handlers[self.role]())
+            decision = Decision(Role.STANDBY, "agent started")
+            self._enter(decision)
+            while True:
+                match self.role:
+                    case Role.STANDBY:
+                        decision = await self._standby(decision)
+                    case Role.PROMOTING:
+                        decision = await self._promoting(decision)
+                    case Role.ACTIVE:
+                        decision = await self._active(decision)
+                    case Role.DEMOTING:
+                        decision = await self._demoting(decision)
+                    case Role.FENCED:
+                        decision = await self._fenced(decision)
+                    case Role.STOPPED:
+                        break
+                    case _:
+                        assert_never(self.role)
+                self._enter(decision)
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            self.log.error("agent_failed", error=detail)
+            await self._emergency_let_go(detail)
+            raise AgentFailed(f"internal error, stopped after dropping the IP and the app: {detail}") from exc
         finally:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
             await self.health.close()
             with contextlib.suppress(StoreError):
-                await self.store.record_node(
-                    self.cfg.cluster,
-                    self.node.name,
-                    Role.STOPPED.value,
-                    None,
-                    self.node.url,
-                    __version__,
-                    timeout=self.call_timeout,
-                )
+                await self._record_node(Role.STOPPED, None)
 
     def _enter(self, decision: Decision) -> None:
-        self._pending = decision
         self.transition_reason = decision.reason
         previous, self.role = self.role, decision.role
-        self.log.info(
-            "transition", role=decision.role.value, previous=previous.value, epoch=self.epoch, reason=decision.reason
-        )
+        self.log = self._base_log.bind(role=decision.role.value, epoch=self.epoch)
+        log = self.log.warning if "promotion failed" in decision.reason else self.log.info
+        log("transition", previous=previous.value, reason=decision.reason)
         self.metrics.set_role(decision.role)
         self.metrics.epoch.set(self.epoch or 0)
         self._report_now.set()
@@ -138,12 +175,13 @@ class Agent:
         """Sleep until local time `when`, or until a stop is requested."""
         await wait_event(self.stop_requested, when - self.clock.now())
 
-    # ---- standby --------------------------------------------------------------------------------------------------
+    # ---- standby ------------------------------------------------------------------------------------------
 
-    async def _standby(self) -> Decision:
+    async def _standby(self, _: Decision) -> Decision:
         poll = self.cfg.lease.heartbeat / 2
         while not self.stop_requested.is_set():
             self._tick()
+            self.clock.suspended_for()  # a standby has nothing to fence; just restart the comparison
             try:
                 state = await self.store.read(self.cfg.cluster, timeout=self.call_timeout)
             except StoreError as exc:
@@ -152,7 +190,8 @@ class Agent:
                 await self._sleep_until(self.clock.now() + poll)
                 continue
             self._db_up()
-            plan = plan_standby(state, self.node.name, self.clock.now(), poll, self._not_before)
+            self.lease_view = state
+            plan = plan_standby(state, self.node.name, self.instance, self.clock.now(), poll, self._not_before)
             if plan.action is StandbyAction.WAIT:
                 await self._drop_ip()  # level-triggered: a standby never has the common IP (crash leftovers)
                 await self._sleep_until(plan.wake_at)
@@ -160,49 +199,76 @@ class Agent:
             sent = self.clock.now()
             try:
                 got = await self.store.try_acquire(
-                    self.cfg.cluster, self.node.name, self.ttl_ms, expected=state, timeout=self.call_timeout
+                    self.cfg.cluster,
+                    self.node.name,
+                    self.ttl_ms,
+                    expected=state,
+                    instance=self.instance,
+                    timeout=self.call_timeout,
                 )
             except StoreError as exc:
                 self._db_down(exc)
                 await self._sleep_until(self.clock.now() + min(poll, 0.1))
                 continue
             if got.acquired:
-                self.epoch = got.epoch
-                self.fence_at = fence_deadline(sent, self.cfg.lease.ttl, self.cfg.lease.fence_margin)
-                self.last_renewed_at = sent
-                self.log = self._base_log.bind(epoch=self.epoch)
+                took_over = state.holder is not None and (
+                    state.holder != self.node.name or state.holder_instance != self.instance
+                )
+                self.holding = Holding.acquired(
+                    got.epoch, sent, self.cfg.lease.ttl, self.cfg.lease.fence_margin, took_over
+                )
+                self.lease_view = None
                 return Decision(Role.PROMOTING, f"{plan.reason}; acquired epoch {got.epoch}")
+            # A lost race, or the row was not as read: plan from what the store saw, never retry at once.
+            self.lease_view = got.seen
+            now = self.clock.now()
+            await self._sleep_until(plan_retry(got.seen, self.node.name, self.instance, now, poll, self._not_before))
         return Decision(Role.STOPPED, f"stop requested ({self.stop_reason})")
 
     def _db_down(self, exc: Exception) -> None:
         if not self._db_down_logged:
-            self.log.warning("database_unavailable", role=self.role.value, error=str(exc))
+            self.log.warning("database_unavailable", error=str(exc))
             self._db_down_logged = True
 
     def _db_up(self) -> None:
         if self._db_down_logged:
-            self.log.info("database_available", role=self.role.value)
+            self.log.info("database_available")
             self._db_down_logged = False
 
-    # ---- holding the lease ------------------------------------------------------------------------------------
+    # ---- holding the lease ----------------------------------------------------------------------------------
 
-    async def _renew(self) -> _RenewResult:
-        assert self.epoch is not None
+    async def _renew(self, epoch: int) -> _Renewal:
         sent = self.clock.now()
         try:
             with self.metrics.renew_latency.time():
                 ok = await self.store.renew(
-                    self.cfg.cluster, self.node.name, self.epoch, self.ttl_ms, timeout=self.call_timeout
+                    self.cfg.cluster, self.node.name, epoch, self.ttl_ms, timeout=self.call_timeout
                 )
-            return _RenewResult(sent, ok)
+            return _Renewal(sent, RenewOutcome.RENEWED if ok else RenewOutcome.LOST)
         except StoreError as exc:
-            return _RenewResult(sent, None, str(exc))
+            return _Renewal(sent, RenewOutcome.FAILED, str(exc))
+
+    def _apply_renewal(self, renewal: _Renewal) -> tuple[float, bool]:
+        """Fold one renewal into the Holding; return (next renewal time, lease lost)."""
+        assert self.holding is not None
+        lease = self.cfg.lease
+        step = after_renewal(
+            self.holding, renewal.sent, renewal.outcome, self.clock.now(), lease.ttl, lease.fence_margin, lease.heartbeat
+        )
+        self.holding = step.holding
+        if step.failing:
+            self.metrics.renew_failures.inc()
+            if not self.renew_failing:
+                self.log.warning("renew_failed", error=renewal.error)
+        elif self.renew_failing and not step.lost:
+            self.log.info("renew_recovered")
+        self.renew_failing = step.failing
+        return step.next_renew_at, step.lost
 
     async def _hold(self, work: Coroutine[Any, Any, str] | None, watch_app: bool) -> tuple[HoldEvent, str]:
         """Keep the lease while `work` runs (or, without work, until something happens)."""
-        assert self.fence_at is not None and self.last_renewed_at is not None
-        heartbeat = self.cfg.lease.heartbeat
-        next_renew = self.last_renewed_at + heartbeat
+        assert self.holding is not None
+        next_renew = self.holding.last_sent + self.cfg.lease.heartbeat
         tasks: dict[str, asyncio.Task[Any]] = {"stop": asyncio.create_task(self.stop_requested.wait())}
         if work is not None:
             tasks["work"] = asyncio.create_task(work)
@@ -211,30 +277,28 @@ class Agent:
         try:
             while True:
                 self._tick()
+                suspended = self.clock.suspended_for()
+                if suspended:
+                    return HoldEvent.SUSPENDED, f"{suspended:.1f}s"
                 renew = tasks.get("renew")
+                renewed = False
                 if renew is not None and renew.done():
                     del tasks["renew"]
-                    result: _RenewResult = renew.result()
-                    if result.ok:
-                        self.renew_failing = False
-                        self.last_renewed_at = result.sent
-                        self.fence_at = max(
-                            self.fence_at, fence_deadline(result.sent, self.cfg.lease.ttl, self.cfg.lease.fence_margin)
-                        )
-                        next_renew = result.sent + heartbeat
-                        await self._refresh_ip()
-                    elif result.ok is False:
+                    next_renew, lost = self._apply_renewal(renew.result())
+                    if lost:
                         return HoldEvent.LEASE_LOST, "a renewal found another epoch or holder"
-                    else:
-                        self.metrics.renew_failures.inc()
-                        if not self.renew_failing:
-                            self.log.warning("renew_failed", error=result.error)
-                        self.renew_failing = True
-                        next_renew = self.clock.now() + min(heartbeat / 4, 0.5)
+                    renewed = not self.renew_failing
                 now = self.clock.now()
-                self.metrics.lease_seconds_left.set(max(0.0, self.fence_at - now))
-                if now >= self.fence_at:
-                    return HoldEvent.FENCE_DEADLINE, f"{now - self.fence_at:.3f}s past it"
+                self.metrics.lease_seconds_left.set(max(0.0, self.holding.fence_at - now))
+                if now >= self.holding.fence_at:
+                    return HoldEvent.FENCE_DEADLINE, f"{now - self.holding.fence_at:.3f}s past it"
+                ip = tasks.get("ip")
+                if ip is not None and ip.done():
+                    del tasks["ip"]
+                    ip.result()  # an unexpected error (not NetopsError) ends the agent through run()'s handler
+                if renewed and "ip" not in tasks:
+                    # As a task: a slow netlink call must not hold up the fence timer or the next renewal.
+                    tasks["ip"] = asyncio.create_task(self._reconcile_ip())
                 if tasks["stop"].done():
                     return HoldEvent.STOP_REQUESTED, self.stop_reason
                 if "work" in tasks and tasks["work"].done():
@@ -245,59 +309,81 @@ class Agent:
                 if "app" in tasks and tasks["app"].done():
                     self.metrics.app_healthy.set(0)
                     return HoldEvent.APP_FAILED, str(tasks["app"].result())
-                if "renew" not in tasks and now >= next_renew:
-                    tasks["renew"] = asyncio.create_task(self._renew())
-                deadline = self.fence_at if "renew" in tasks else min(self.fence_at, next_renew)
-                await asyncio.wait(
-                    tasks.values(), timeout=max(0.0, deadline - self.clock.now()), return_when=asyncio.FIRST_COMPLETED
-                )
+                if "renew" not in tasks and self.clock.now() >= next_renew:
+                    tasks["renew"] = asyncio.create_task(self._renew(self.holding.epoch))
+                deadline = self.holding.fence_at if "renew" in tasks else min(self.holding.fence_at, next_renew)
+                timer = asyncio.create_task(self.clock.sleep_until(deadline))
+                try:
+                    await asyncio.wait([*tasks.values(), timer], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    timer.cancel()
         finally:
             for task in tasks.values():
                 task.cancel()
-            # Work (promotion) must be fully unwound before the caller drops the IP and stops the app.
-            if "work" in tasks:
-                with contextlib.suppress(BaseException):
-                    await tasks["work"]
+            # Work (promotion) and a reconciliation must be fully unwound before the caller drops the IP and
+            # stops the app (the binder finishes its netlink work before a cancellation returns).
+            unwinding = [tasks[k] for k in ("work", "ip") if k in tasks]
+            if unwinding:
+                await asyncio.wait(unwinding)
 
-    async def _refresh_ip(self) -> None:
-        """Extend the common IP's kernel lifetime to end before the fence deadline; re-bind it if the kernel
-        removed it while the lease is still ours (level-triggered)."""
-        if not self.ip_bound or self.fence_at is None:
-            return
+    async def _reconcile_ip(self) -> None:
+        """Make the common IP match the lease: bound, with a kernel lifetime that ends before the fence deadline.
+
+        The lifetime is computed right before the netlink write and checked right after it: if the agent was
+        delayed (descheduled, frozen) in between, the address is shortened or dropped at once, and announced
+        only once it passed that check. When not even a second fits, nothing is written: the lifetime the
+        kernel already has was computed against an earlier, smaller deadline and ends before F anyway."""
+        managed = self.cfg.address_driver == "netlink"  # else the binder only records the state (NoneBinder)
         async with self._ip_lock:
-            lifetime = address_lifetime(self.fence_at, self.clock.now())
+            holding = self.holding
+            if not self._ip_wanted or holding is None:
+                return
+            lifetime = address_lifetime(holding.fence_at, self.clock.now()) if managed else None
+            if managed and lifetime is None:
+                return
             try:
-                if lifetime is None:
-                    return  # the address's current lifetime ends sooner anyway
-                if not await self.binder.refresh(lifetime):
-                    self.log.warning("ip_missing_rebinding", lifetime=lifetime)
-                    await self.binder.bind(lifetime, force=True)
-                    await self.binder.announce()
-                # Were we delayed (descheduled, frozen) between reading the clock and the kernel taking it?
-                late = self.clock.now() + lifetime + KERNEL_LATENESS_S - self.fence_at
-                if late > 0:
-                    shorter = address_lifetime(self.fence_at, self.clock.now())
+                added = await self.binder.bind(lifetime, force=True)
+                if lifetime is not None and lifetime_overruns(holding.fence_at, self.clock.now(), lifetime):
+                    shorter = address_lifetime(holding.fence_at, self.clock.now())
                     if shorter is None:
                         await self.binder.unbind()
-                        self.ip_bound = False
-                    else:
-                        await self.binder.refresh(shorter)
+                        self._set_ip_bound(False)
+                        self.log.warning("ip_dropped_late", lifetime=lifetime)
+                        return
+                    await self.binder.refresh(shorter)
+                self._set_ip_bound(True)
+                if added:
+                    if self.role is Role.ACTIVE:
+                        self.log.warning("ip_rebound", lifetime=lifetime)  # the kernel had let it lapse
+                    await self.binder.announce()
             except NetopsError as exc:
-                self.log.warning("ip_refresh_failed", error=str(exc))
+                self.log.warning("ip_reconcile_failed", error=str(exc))
 
-    # ---- promoting / active ---------------------------------------------------------------------------------
+    def _set_ip_bound(self, bound: bool) -> None:
+        self.ip_bound = bound
+        self.metrics.ip_bound.set(1 if bound else 0)
+
+    # ---- promoting / active -----------------------------------------------------------------------------
+
+    async def _claim_ip(self, holding: Holding) -> None:
+        """Probe for another owner of the common IP, then bind it. Right after taking over an expired lease the
+        old holder's address may still be up for up to G (the kernel's lateness): probe again until it is gone
+        before calling it a conflict."""
+        if self.cfg.address_driver == "netlink" and self.cfg.probe_conflict:
+            window = KERNEL_LATENESS_S if holding.took_over else 0.0
+            mac = await self.binder.probe_until_clear(window)
+            if mac:
+                raise AddressConflict(str(self.cfg.common_ip.ip if self.cfg.common_ip else ""), mac)
+        self._ip_wanted = True
+        await self._reconcile_ip()
+        if not self.ip_bound:
+            raise AppError("the common IP could not be bound safely in what is left of the lease")
 
     async def _promote(self) -> str:
-        assert self.fence_at is not None and self.epoch is not None
-        async with self._ip_lock:
-            lifetime = address_lifetime(self.fence_at, self.clock.now())
-            if lifetime is None and self.cfg.address_driver == "netlink":
-                raise AppError("too little of the lease is left to bind the common IP safely")
-            await self.binder.bind(lifetime, force=not self.cfg.probe_conflict)
-            self.ip_bound = True
-            self.metrics.ip_bound.set(1)
-            await self.binder.announce()
-        env = {"FOS_NODE": self.node.name, "FOS_CLUSTER": self.cfg.cluster, "FOS_EPOCH": str(self.epoch)}
+        holding = self.holding
+        assert holding is not None
+        await self._claim_ip(holding)
+        env = {"FOS_NODE": self.node.name, "FOS_CLUSTER": self.cfg.cluster, "FOS_EPOCH": str(holding.epoch)}
         await self.app.start(env)
         ok, detail = await self.health.wait_healthy(self.cfg.app.health.start_grace)
         if not ok:
@@ -306,90 +392,128 @@ class Agent:
         await self._event(EventKind.PROMOTED, f"serving {self.cfg.common_ip or 'without a common IP'}: {detail}")
         return f"promotion complete: {detail}"
 
-    async def _promoting(self) -> Decision:
+    async def _promoting(self, _: Decision) -> Decision:
         event, detail = await self._hold(self._promote(), watch_app=False)
         return after_holding(event, detail, self.cfg.app.hold_off, self.cfg.lease.min_hold)
 
-    async def _active(self) -> Decision:
+    async def _active(self, _: Decision) -> Decision:
         announcer = asyncio.create_task(self._announce_loop()) if self.cfg.announce.refresh > 0 else None
         try:
             event, detail = await self._hold(None, watch_app=True)
         finally:
             if announcer is not None:
                 announcer.cancel()
+                # The binder finishes (or stops) its raw-socket work before the cancel returns: no gratuitous
+                # ARP may follow the drop of the IP.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await announcer
         return after_holding(event, detail, self.cfg.app.hold_off, self.cfg.lease.min_hold)
 
     async def _announce_loop(self) -> None:
         while True:
             await self.clock.sleep(self.cfg.announce.refresh)
-            with contextlib.suppress(NetopsError):
-                await self.binder.announce()
+            if self.ip_bound:
+                with contextlib.suppress(NetopsError):
+                    await self.binder.announce()
 
-    # ---- letting go ------------------------------------------------------------------------------------------
+    # ---- letting go ---------------------------------------------------------------------------------------
 
     async def _drop_ip(self) -> None:
         async with self._ip_lock:
+            self._ip_wanted = False
             try:
                 if await self.binder.unbind():
                     self.log.info("ip_unbound")
             except NetopsError as exc:
                 self.log.error("ip_unbind_failed", error=str(exc))
-            self.ip_bound = False
-            self.metrics.ip_bound.set(0)
+            self._set_ip_bound(False)
 
-    async def _let_go(self, kind: EventKind, detail: str) -> None:
+    async def _let_go(self, kind: EventKind, decision: Decision) -> None:
         """IP first (from then on no user traffic reaches this node), then the app, then the lease."""
         await self._drop_ip()
         await self.app.stop()
         self.metrics.app_healthy.set(0)
-        if self.epoch is not None:
-            with contextlib.suppress(StoreError):
-                await self.store.release(
-                    self.cfg.cluster, self.node.name, self.epoch, detail=detail, timeout=self.call_timeout
+        self.health.forget("the application is stopped on this node")
+        holding, self.holding = self.holding, None
+        if holding is not None:
+            try:
+                released = await self.store.release(
+                    self.cfg.cluster, self.node.name, holding.epoch, detail=decision.reason, timeout=self.call_timeout
                 )
-            await self._event(kind, detail)
-        self.epoch = self.fence_at = self.last_renewed_at = None
+                self.log.info("lease_released" if released else "lease_already_gone", epoch=holding.epoch)
+            except StoreError as exc:
+                self.log.warning("lease_release_failed", epoch=holding.epoch, error=str(exc))
+            await self._event(kind, decision.reason, holding.epoch)
+        self.renew_failing = False
         self.metrics.epoch.set(0)
         self.metrics.lease_seconds_left.set(0)
-        self.log = self._base_log
-        self._not_before = self.clock.now() + self._pending.hold_off
+        self._not_before = self.clock.now() + decision.hold_off
 
-    async def _demoting(self) -> Decision:
-        decision = self._pending
-        await self._let_go(EventKind.STEPPED_DOWN if not decision.then_stop else EventKind.DEMOTED, decision.reason)
+    async def _emergency_let_go(self, detail: str) -> None:
+        """After an internal error: each step bounded and independent of the others, IP first."""
+        steps = (
+            ("ip", self._drop_ip()),
+            ("app", self.app.stop()),
+            ("lease", self._release_quietly(detail)),
+        )
+        for what, step in steps:
+            try:
+                async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+                    await step
+            except Exception as exc:
+                self.log.error("cleanup_failed", step=what, error=f"{type(exc).__name__}: {exc}")
+
+    async def _release_quietly(self, detail: str) -> None:
+        holding, self.holding = self.holding, None
+        if holding is not None:
+            await self.store.release(
+                self.cfg.cluster, self.node.name, holding.epoch, detail=detail[:200], timeout=self.call_timeout
+            )
+
+    async def _demoting(self, decision: Decision) -> Decision:
+        await self._let_go(EventKind.DEMOTED if decision.then_stop else EventKind.STEPPED_DOWN, decision)
         if decision.then_stop:
             return Decision(Role.STOPPED, f"stopped ({self.stop_reason})")
         return Decision(Role.STANDBY, f"stepped down; competing again in {decision.hold_off:g}s")
 
-    async def _fenced(self) -> Decision:
-        await self._let_go(EventKind.FENCED, self._pending.reason)
+    async def _fenced(self, decision: Decision) -> Decision:
+        await self._let_go(EventKind.FENCED, decision)
         if self.stop_requested.is_set():
             return Decision(Role.STOPPED, f"stopped ({self.stop_reason})")
         return Decision(Role.STANDBY, "fenced; back to standby")
 
-    async def _event(self, kind: EventKind, detail: str) -> None:
+    async def _event(self, kind: EventKind, detail: str, epoch: int | None = None) -> None:
         try:
             await self.store.record_event(
-                self.cfg.cluster, self.node.name, kind.value, self.epoch, detail[:1000], timeout=self.call_timeout
+                self.cfg.cluster,
+                self.node.name,
+                kind.value,
+                epoch if epoch is not None else self.epoch,
+                detail[:1000],
+                timeout=self.call_timeout,
             )
         except StoreError as exc:
             self.log.debug("event_not_recorded", kind=kind.value, error=str(exc))
 
-    # ---- node row --------------------------------------------------------------------------------------------
+    # ---- node row -----------------------------------------------------------------------------------------
+
+    async def _record_node(self, role: Role, healthy: bool | None) -> None:
+        await self.store.record_node(
+            self.cfg.cluster,
+            self.node.name,
+            role.value,
+            healthy,
+            self.node.url,
+            __version__,
+            instance=self.instance,
+            timeout=self.call_timeout,
+        )
 
     async def _report_loop(self) -> None:
         while True:
             self._report_now.clear()
             try:
-                await self.store.record_node(
-                    self.cfg.cluster,
-                    self.node.name,
-                    self.role.value,
-                    self.health.healthy,
-                    self.node.url,
-                    __version__,
-                    timeout=self.call_timeout,
-                )
+                await self._record_node(self.role, self.health.healthy)
             except StoreError as exc:
                 self.log.debug("node_row_not_recorded", error=str(exc))
             await wait_event(self._report_now, self.cfg.lease.heartbeat)

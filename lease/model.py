@@ -21,6 +21,7 @@ class LeaseState:
     remaining_ms: int | None
     ttl_ms: int | None = None
     handover_to: str | None = None
+    holder_instance: str | None = None  # the agent process (instance id) that holds it
 
     @property
     def held(self) -> bool:

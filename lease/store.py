@@ -42,6 +42,7 @@ class LeaseStore(Protocol):
         ttl_ms: int,
         *,
         expected: LeaseState | None = None,
+        instance: str | None = None,
         timeout: float | None = None,
     ) -> AcquireResult: ...
 
@@ -66,6 +67,7 @@ class HistoryStore(Protocol):
         url: str | None,
         agent_version: str | None,
         *,
+        instance: str | None = None,
         timeout: float | None = None,
     ) -> None: ...
 

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from agent.roles import Decision, HoldEvent, Role, StandbyAction, after_holding, plan_standby
-from agent.timing import RHO
+from agent.roles import (
+    Decision,
+    HoldEvent,
+    Holding,
+    RenewOutcome,
+    Role,
+    StandbyAction,
+    after_holding,
+    after_renewal,
+    plan_retry,
+    plan_standby,
+)
+from agent.timing import MIN_RETRY_S, RHO, fence_deadline
 from lease import LeaseState
 
 NOW = 1000.0
@@ -18,7 +29,10 @@ NOW = 1000.0
         (LeaseState("c", None, 4, -50), 0, StandbyAction.ACQUIRE, NOW, "free"),
         (LeaseState("c", "m2", 4, -1), 0, StandbyAction.ACQUIRE, NOW, "m2's lease expired"),
         (LeaseState("c", "m2", 4, 0), 0, StandbyAction.ACQUIRE, NOW, "expired"),
-        (LeaseState("c", "m1", 4, 2500), 0, StandbyAction.ACQUIRE, NOW, "resume"),
+        (LeaseState("c", "m1", 4, 2500, holder_instance="i1"), 0, StandbyAction.ACQUIRE, NOW, "resume"),
+        # our name but another agent process (a clone, a second `fos run`): wait for the expiry like anyone
+        (LeaseState("c", "m1", 4, 300, holder_instance="i2"), 0, StandbyAction.WAIT, NOW + 0.3 * (1 + RHO), "m1"),
+        (LeaseState("c", "m1", 4, 300), 0, StandbyAction.WAIT, NOW + 0.3 * (1 + RHO), "another agent named m1"),
         # held by another node: wake exactly at expiry (stretched by the clock-rate bound), or at the poll
         (LeaseState("c", "m2", 4, 300), 0, StandbyAction.WAIT, NOW + 0.3 * (1 + RHO), "m2 holds epoch 4"),
         (LeaseState("c", "m2", 4, 60_000), 0, StandbyAction.WAIT, NOW + 0.5, "m2 holds"),
@@ -28,7 +42,7 @@ NOW = 1000.0
     ],
 )
 def test_standby_plan(state: LeaseState, not_before: float, action: StandbyAction, wake_at: float, reason: str) -> None:
-    plan = plan_standby(state, "m1", NOW, poll=0.5, not_before=not_before)
+    plan = plan_standby(state, "m1", "i1", NOW, poll=0.5, not_before=not_before)
     assert plan.action is action
     assert plan.wake_at == pytest.approx(wake_at)
     assert reason in plan.reason
@@ -49,3 +63,40 @@ def test_what_follows_holding(event: HoldEvent, expected: Decision) -> None:
     got = after_holding(event, "ok", hold_off=30, min_hold=5)
     assert (got.role, got.hold_off, got.then_stop) == (expected.role, expected.hold_off, expected.then_stop)
     assert expected.reason in got.reason
+
+
+def test_a_failed_acquisition_is_never_retried_at_once() -> None:
+    free = LeaseState("c", None, 3, None)  # e.g. a missing row the store would not create
+    assert plan_retry(free, "m1", "i1", NOW, poll=0.5, not_before=0) >= NOW + MIN_RETRY_S
+    held = LeaseState("c", "m2", 4, 300)
+    assert plan_retry(held, "m1", "i1", NOW, poll=0.5, not_before=0) == pytest.approx(NOW + 0.3 * (1 + RHO))
+
+
+HOLD = Holding(epoch=7, last_sent=100.0, fence_at=fence_deadline(100.0, 3.0, 0.2))
+
+
+@pytest.mark.parametrize(
+    ("sent", "outcome", "fence_at", "next_renew", "failing", "lost"),
+    [
+        # a success moves F to the renewal's send time + T(1-rho) - M, and the next renewal one heartbeat on
+        (101.0, RenewOutcome.RENEWED, fence_deadline(101.0, 3.0, 0.2), 102.0, False, False),
+        # a success that was sent before the last one (answers out of order) never moves F backwards
+        (99.5, RenewOutcome.RENEWED, HOLD.fence_at, 100.5, False, False),
+        # a failure leaves F alone and retries soon (a quarter heartbeat, at most 0.5 s)
+        (101.0, RenewOutcome.FAILED, HOLD.fence_at, 101.2 + 0.25, True, False),
+        (101.0, RenewOutcome.LOST, HOLD.fence_at, 101.2, False, True),
+    ],
+)
+def test_renewal_outcomes(
+    sent: float, outcome: RenewOutcome, fence_at: float, next_renew: float, failing: bool, lost: bool
+) -> None:
+    step = after_renewal(HOLD, sent, outcome, now=101.2, ttl=3.0, margin=0.2, heartbeat=1.0)
+    assert step.holding.fence_at == pytest.approx(fence_at)
+    assert step.holding.epoch == 7
+    assert step.next_renew_at == pytest.approx(next_renew)
+    assert (step.failing, step.lost) == (failing, lost)
+
+
+def test_suspend_fences() -> None:
+    got = after_holding(HoldEvent.SUSPENDED, "12.0s", hold_off=30, min_hold=5)
+    assert got.role is Role.FENCED and "suspended" in got.reason

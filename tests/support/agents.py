@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.clock import SystemClock
+from agent.clock import Clock, SystemClock
 from agent.config import Config, parse
 from agent.runner import Agent
 from tests.support.fakes import FakeApp, FakeBinder
@@ -31,10 +31,26 @@ def boottime() -> float:
 
 
 class Node:
-    def __init__(self, cfg: Config, name: str, store: Any, binder: FakeBinder | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        name: str,
+        store: Any,
+        binder: FakeBinder | None = None,
+        instance: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.binder = binder or FakeBinder()
         self.app = FakeApp()
-        self.agent = Agent(cfg, cfg.node(name), store, self.binder, self.app, SystemClock())
+        self.agent = Agent(
+            cfg,
+            cfg.node(name),
+            store,
+            self.binder,
+            self.app,
+            clock or SystemClock(),
+            instance=instance or f"{name}-instance",
+        )
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> Node:

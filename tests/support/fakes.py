@@ -1,40 +1,78 @@
-"""Fakes for fast unit tests of the agent's loop: a binder and an application that record what was done to
-them, and when. The real ones are proven on namespaces and real processes elsewhere."""
+"""Fakes for fast unit tests of the agent's loop: a binder that models the kernel's address lifetime, an
+application, and a clock whose CLOCK_BOOTTIME can jump (a suspend). Each records what was done to it, and when.
+The real ones are proven on namespaces and real processes elsewhere."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+from agent.clock import SUSPEND_THRESHOLD_S, SystemClock
 from netops import AddressConflict
 
 
 class FakeBinder:
-    def __init__(self, bound: bool = False, conflict: bool = False) -> None:
-        self.bound = bound
+    """An address with a kernel lifetime: it vanishes `lifetime` seconds after its last write, like the kernel
+    removing it (without the kernel's lateness). `delays` holds extra seconds for the next bind/refresh calls
+    (a slow netlink call, awaited); `probe_seconds` is how long a probe takes."""
+
+    def __init__(self, bound: bool = False, conflict: bool = False, probe_seconds: float = 0.0) -> None:
+        self._expires_at: float | None = float("inf") if bound else None
         self.conflict = conflict
+        self.probe_seconds = probe_seconds
+        self.delays: list[float] = []
         self.ops: list[tuple[str, float, int | None]] = []
         self.lifetime: int | None = None
+        self.fail_with: BaseException | None = None  # raised by the next bind/refresh (an unexpected error)
+
+    @property
+    def bound(self) -> bool:
+        return self._expires_at is not None and time.monotonic() < self._expires_at
+
+    def _write(self, lifetime: int | None) -> None:
+        self.lifetime = lifetime
+        self._expires_at = float("inf") if lifetime is None else time.monotonic() + lifetime
+
+    async def _delay(self) -> None:
+        if self.delays:
+            await asyncio.sleep(self.delays.pop(0))
 
     async def is_bound(self) -> bool:
         return self.bound
 
+    async def probe_until_clear(self, window: float) -> str | None:
+        self.ops.append(("probe", time.monotonic(), None))
+        await asyncio.sleep(self.probe_seconds)
+        return "02:00:00:00:00:99" if self.conflict else None
+
     async def bind(self, lifetime: int | None = None, *, force: bool = False) -> bool:
+        if self.fail_with is not None:
+            exc, self.fail_with = self.fail_with, None
+            raise exc
         if self.conflict and not force:
             raise AddressConflict("10.0.0.100", "02:00:00:00:00:99")
+        if not force:
+            await asyncio.sleep(self.probe_seconds)  # the probe a non-forced bind does first
+        await self._delay()
         self.ops.append(("bind", time.monotonic(), lifetime))
-        added, self.bound, self.lifetime = not self.bound, True, lifetime
+        added = not self.bound
+        self._write(lifetime)
         return added
 
     async def refresh(self, lifetime: int) -> bool:
+        if self.fail_with is not None:
+            exc, self.fail_with = self.fail_with, None
+            raise exc
+        await self._delay()
         self.ops.append(("refresh", time.monotonic(), lifetime))
-        if self.bound:
-            self.lifetime = lifetime
-        return self.bound
+        if not self.bound:
+            return False
+        self._write(lifetime)
+        return True
 
     async def unbind(self) -> bool:
         self.ops.append(("unbind", time.monotonic(), None))
-        removed, self.bound = self.bound, False
+        removed, self._expires_at = self.bound, None
         return removed
 
     async def announce(self) -> None:
@@ -68,3 +106,37 @@ class FakeApp:
     def crash(self) -> None:
         self._running = False
         self.exited.set()
+
+
+class JumpingClock(SystemClock):
+    """CLOCK_BOOTTIME plus an offset the test can raise: `suspend(s)` is a machine that slept s seconds
+    (BOOTTIME jumps, MONOTONIC does not). Sleepers on `sleep_until` wake at the jump, as a timerfd on
+    CLOCK_BOOTTIME does at resume."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = 0.0
+        self._jumped = asyncio.Event()
+        self._seen_offset = 0.0
+
+    def now(self) -> float:
+        return super().now() + self.offset
+
+    def suspend(self, seconds: float) -> None:
+        self.offset += seconds
+        self._jumped.set()
+        self._jumped = asyncio.Event()
+
+    async def sleep_until(self, when: float) -> None:
+        while self.now() < when:
+            jumped = self._jumped
+            try:
+                async with asyncio.timeout(when - self.now()):
+                    await jumped.wait()
+            except TimeoutError:
+                pass
+
+    def suspended_for(self) -> float:
+        gap, self._seen_offset = self.offset - self._seen_offset, self.offset
+        super().suspended_for()
+        return gap if gap > SUSPEND_THRESHOLD_S else 0.0
