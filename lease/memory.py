@@ -20,6 +20,7 @@ class _Row:
     epoch: int = 0
     expires_at: float = 0.0
     ttl_ms: int | None = None
+    instance: str | None = None
 
 
 class MemoryLeaseStore:
@@ -39,8 +40,15 @@ class MemoryLeaseStore:
     def _state(self, cluster: str) -> LeaseState:
         row = self.rows.get(cluster)
         if row is None:
-            return LeaseState(cluster, None, 0, None)
-        return LeaseState(cluster, row.holder, row.epoch, int((row.expires_at - self.clock()) * 1000), row.ttl_ms)
+            return LeaseState.missing(cluster)
+        return LeaseState(
+            cluster,
+            row.holder,
+            row.epoch,
+            int((row.expires_at - self.clock()) * 1000),
+            row.ttl_ms,
+            holder_instance=row.instance,
+        )
 
     def _event(self, cluster: str, node: str | None, kind: str, epoch: int | None, detail: str | None) -> None:
         self.events.append(Event(len(self.events) + 1, cluster, datetime.now(UTC), node, kind, epoch, detail))
@@ -50,7 +58,14 @@ class MemoryLeaseStore:
         return self._state(check_name("cluster", cluster))
 
     async def try_acquire(
-        self, cluster: str, node: str, ttl_ms: int, *, expected: LeaseState | None = None, timeout: float | None = None
+        self,
+        cluster: str,
+        node: str,
+        ttl_ms: int,
+        *,
+        expected: LeaseState | None = None,
+        instance: str | None = None,
+        timeout: float | None = None,
     ) -> AcquireResult:
         self._check()
         check_name("cluster", cluster)
@@ -58,15 +73,13 @@ class MemoryLeaseStore:
         row = self.rows.setdefault(cluster, _Row())
         seen = expected if expected is not None else self._state(cluster)
         now = self.clock()
-        free = row.holder is None or row.expires_at <= now or row.holder == node
+        own = row.holder == node and row.instance == instance  # same rule as lease.store.may_resume
+        free = row.holder is None or row.expires_at <= now or own
         if row.epoch != seen.epoch or not free:
             return AcquireResult(False, row.epoch, self._state(cluster))
-        kind = (
-            EventKind.ACQUIRED
-            if row.holder is None
-            else (EventKind.RESUMED if row.holder == node else EventKind.TAKEOVER)
-        )
+        kind = EventKind.ACQUIRED if row.holder is None else (EventKind.RESUMED if own else EventKind.TAKEOVER)
         row.holder, row.epoch, row.expires_at, row.ttl_ms = node, row.epoch + 1, now + ttl_ms / 1000, ttl_ms
+        row.instance = instance
         self._event(cluster, node, kind, row.epoch, None)
         return AcquireResult(True, row.epoch, seen)
 
@@ -86,7 +99,7 @@ class MemoryLeaseStore:
         row = self.rows.get(cluster)
         if row is None or row.holder != node or row.epoch != epoch:
             return False
-        row.holder, row.expires_at = None, self.clock()
+        row.holder, row.instance, row.expires_at = None, None, self.clock()
         self._event(cluster, node, EventKind.RELEASED, epoch, detail)
         return True
 
@@ -99,10 +112,11 @@ class MemoryLeaseStore:
         url: str | None,
         agent_version: str | None,
         *,
+        instance: str | None = None,
         timeout: float | None = None,
     ) -> None:
         self._check()
-        self.nodes[(cluster, node)] = NodeRecord(cluster, node, role, app_healthy, url, agent_version, 0.0)
+        self.nodes[(cluster, node)] = NodeRecord(cluster, node, role, app_healthy, url, agent_version, 0.0, instance)
 
     async def record_event(
         self,

@@ -193,7 +193,7 @@ def test_rowcount_other_than_zero_or_one_is_a_protocol_violation() -> None:
 async def test_max_connections_bounds_how_many_connections_concurrent_calls_open(
     dialect: str, dsns: dict[str, str], store: SqlLeaseStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lease.store as store_module
+    import lease.calls as store_module
 
     opened = 0
     real_open = store_module.open_connection
