@@ -158,7 +158,9 @@ MYSQL = Dialect(
     # INVOKER: a DEFINER view stops working (error 1449) once the account that ran init-db is dropped.
     _create_view=("CREATE OR REPLACE SQL SECURITY INVOKER VIEW {view} AS {select}",),
     _insert_lease_if_missing=(
-        "INSERT IGNORE INTO {table} " + _LEASE_INSERT_COLUMNS + " VALUES ({p}, NULL, 0, NULL, NULL, NULL, NULL, NULL, 0)"
+        "INSERT IGNORE INTO {table} "
+        + _LEASE_INSERT_COLUMNS
+        + " VALUES ({p}, NULL, 0, NULL, NULL, NULL, NULL, NULL, 0)"
     ),
     _limit="SELECT {rest} LIMIT {n}",
     name_type=f"VARCHAR({MAX_NAME}) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",  # the default _ci folds case
@@ -185,16 +187,16 @@ SQLITE = Dialect(
     _create_index="CREATE INDEX IF NOT EXISTS {qname} ON {table} ({columns})",  # SQLite qualifies the index
     _create_view=("DROP VIEW IF EXISTS {view}", "CREATE VIEW {view} AS {select}"),
     _insert_lease_if_missing=(
-        "INSERT OR IGNORE INTO {table} " + _LEASE_INSERT_COLUMNS + " VALUES ({p}, NULL, 0, NULL, NULL, NULL, NULL, NULL, 0)"
+        "INSERT OR IGNORE INTO {table} "
+        + _LEASE_INSERT_COLUMNS
+        + " VALUES ({p}, NULL, 0, NULL, NULL, NULL, NULL, NULL, 0)"
     ),
     _limit="SELECT {rest} LIMIT {n}",
     name_type=f"VARCHAR({MAX_NAME})",  # SQLite compares text with BINARY unless told otherwise
     name_param="?",
     default_schema=None,
     _add_column="ALTER TABLE {table} ADD COLUMN {column} {type}",  # a duplicate column error is tolerated
-    _triggers_on=(
-        "SELECT name FROM {qmaster} WHERE type = 'trigger' AND tbl_name = '{table}'"
-    ),
+    _triggers_on=("SELECT name FROM {qmaster} WHERE type = 'trigger' AND tbl_name = '{table}'"),
 )
 
 MSSQL = Dialect(
@@ -228,9 +230,7 @@ MSSQL = Dialect(
     name_param=f"CAST(? AS NVARCHAR({MAX_NAME}))",  # one declared size: one cached plan for every name length
     default_schema="dbo",
     _add_column="IF COL_LENGTH(N'{table}', N'{column}') IS NULL ALTER TABLE {table} ADD {column} {type}",
-    _triggers_on=(
-        "SELECT t.name FROM sys.triggers t WHERE t.parent_id = OBJECT_ID(N'{qtable}') AND t.is_disabled = 0"
-    ),
+    _triggers_on=("SELECT t.name FROM sys.triggers t WHERE t.parent_id = OBJECT_ID(N'{qtable}') AND t.is_disabled = 0"),
 )
 
 DIALECTS: dict[str, Dialect] = {d.name: d for d in (POSTGRESQL, MYSQL, SQLITE, MSSQL)}

@@ -53,9 +53,7 @@ class LeaseStore(Protocol):
         """
         ...
 
-    async def renew(
-        self, cluster: str, node: str, epoch: int, ttl_ms: int, *, timeout: float | None = None
-    ) -> bool:
+    async def renew(self, cluster: str, node: str, epoch: int, ttl_ms: int, *, timeout: float | None = None) -> bool:
         """Extend our unexpired lease of this epoch to the database's now + ttl_ms, in one compare-and-set.
 
         False means the lease is lost (expired, taken, released): the caller must fence at once. A renewal never

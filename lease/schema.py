@@ -92,7 +92,10 @@ def migrations(d: Dialect, schema: str | None = None) -> dict[int, list[str]]:
     """Statements of each schema version, in order. Each statement is idempotent on its own (or, for an added
     column on MySQL and SQLite, fails with a duplicate-column error that init-db tolerates). The view is
     (re)created after the last version."""
-    return {1: _v1(d, schema), 2: [*_v2(d, schema), *d.create_view(qualify("fos_lease_status", schema), _status_view_select(d, schema))]}
+    return {
+        1: _v1(d, schema),
+        2: [*_v2(d, schema), *d.create_view(qualify("fos_lease_status", schema), _status_view_select(d, schema))],
+    }
 
 
 def record_version_sql(d: Dialect, schema: str | None = None) -> str:

@@ -86,8 +86,7 @@ def build(d: Dialect, schema: str | None = None, events_limit: int = 50) -> Stat
             f"INSERT INTO {event} (cluster_name, at, node_name, kind, epoch, detail) VALUES ({p}, {now}, {p}, ?, ?, ?)"
         ),
         list_events=d.limit(
-            f"id, at, node_name, kind, epoch, detail FROM {event} WHERE cluster_name = {p} AND id > ? "
-            "ORDER BY id DESC",
+            f"id, at, node_name, kind, epoch, detail FROM {event} WHERE cluster_name = {p} AND id > ? ORDER BY id DESC",
             str(int(events_limit)),
         ),
         update_node=(

@@ -158,6 +158,7 @@ class SqlLeaseStore(OdbcCalls):
     async def _acquire_cas(
         self, conn: OwnedConnection, cluster: str, node: str, ttl_ms: int, instance: str | None, epoch: int
     ) -> bool:
+        params: tuple[Any, ...]
         if instance is None:
             sql, params = self.sql.acquire_without_instance, (node, node, None, ttl_ms, ttl_ms, cluster, epoch, node)
         else:

@@ -110,7 +110,12 @@ def test_a_schema_that_is_not_a_plain_identifier_is_refused_naming_the_key(bad: 
 @pytest.mark.parametrize(
     ("sql", "params", "expected_sql", "expected_params"),
     [
-        ("INSERT INTO t (a, b, c) VALUES (?, ?, ?)", (1, None, "x"), "INSERT INTO t (a, b, c) VALUES (?, NULL, ?)", (1, "x")),
+        (
+            "INSERT INTO t (a, b, c) VALUES (?, ?, ?)",
+            (1, None, "x"),
+            "INSERT INTO t (a, b, c) VALUES (?, NULL, ?)",
+            (1, "x"),
+        ),
         ("SELECT '?', ? FROM t", (None,), "SELECT '?', NULL FROM t", ()),
         ("UPDATE t SET a = CAST(? AS NVARCHAR(64))", (None,), "UPDATE t SET a = CAST(NULL AS NVARCHAR(64))", ()),
         ("SELECT ?", ("v",), "SELECT ?", ("v",)),

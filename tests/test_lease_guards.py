@@ -13,7 +13,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -54,6 +54,14 @@ async def _init(server: DbServer) -> None:
 
 def _odbc_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("fos-odbc")]
+
+
+async def _until(condition: Callable[[], bool], seconds: float) -> None:
+    """Wait until `condition()` holds or `seconds` have passed (the caller asserts afterwards)."""
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
 
 
 _LEASE_UPDATE = re.compile(r"UPDATE \S*fos_lease", re.IGNORECASE)
@@ -147,17 +155,13 @@ async def test_a_failed_session_setup_closes_its_connection_off_the_event_loop(p
         with pytest.raises(StoreUnavailable):
             await store.read(unique("c"), timeout=3)
         gc.collect()
-    end = time.monotonic() + 5
-    while _odbc_threads() and time.monotonic() < end:
-        await asyncio.sleep(0.02)
+    await _until(lambda: not _odbc_threads(), 5)
     await store.close()
     assert seen.calls == [], f"ODBC calls ran on the event loop thread: {seen.calls}"
     assert not _odbc_threads(), "the failed connection's thread is still alive"
 
 
-async def test_connection_threads_are_bounded_under_repeated_timeouts(
-    server: DbServer, proxy: FreezableProxy
-) -> None:
+async def test_connection_threads_are_bounded_under_repeated_timeouts(server: DbServer, proxy: FreezableProxy) -> None:
     await _init(server)
     store = SqlLeaseStore(server.dsn(Port=str(proxy.port)), call_timeout=0.2)
     proxy.freeze()
@@ -172,9 +176,7 @@ async def test_connection_threads_are_bounded_under_repeated_timeouts(
         assert len(_odbc_threads()) - before <= MAX_THREADS
     assert fast_failures >= 16 - MAX_THREADS
     proxy.thaw()
-    end = time.monotonic() + 10
-    while len(_odbc_threads()) > before and time.monotonic() < end:
-        await asyncio.sleep(0.05)
+    await _until(lambda: len(_odbc_threads()) <= before, 10)
     assert len(_odbc_threads()) == before, "abandoned connection threads did not finish after the thaw"
     assert (await store.read(unique("c"), timeout=5)).epoch == 0
     await store.close()

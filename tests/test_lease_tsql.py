@@ -151,15 +151,12 @@ async def test_an_old_sql_server_is_refused_by_init_db(server: ScriptedServer, m
     assert not [sql for sql, _ in server.sent if "CREATE TABLE" in sql]
 
 
-class _DriverError(Exception):
-    pass
-
-
 @pytest.mark.parametrize("native", [40613, 40197, 40501, 49918, 49919, 49920, 4060, 10928, 10929])
 def test_azure_transient_errors_are_retried_by_native_number(native: int) -> None:
     import pyodbc
 
     exc = pyodbc.Error(
-        "42000", f"[Microsoft][ODBC Driver 18 for SQL Server][SQL Server]The login failed. ({native}) (SQLDriverConnect)"
+        "42000",
+        f"[Microsoft][ODBC Driver 18 for SQL Server][SQL Server]The login failed. ({native}) (SQLDriverConnect)",
     )
     assert isinstance(classify(exc), lease.odbc.TransientUnavailable)
