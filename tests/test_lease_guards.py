@@ -124,6 +124,8 @@ async def test_session_guards_bound_lock_waits_on_the_server(server: DbServer) -
     else:
         _, rows = await conn.execute("SELECT @@SESSION.innodb_lock_wait_timeout")
         assert int(rows[0][0]) == 2  # whole seconds, rounded up from the call timeout
+        _, rows = await conn.execute("SELECT @@SESSION.idle_transaction_timeout")
+        assert int(rows[0][0]) == 2
     await store.close()
 
 
