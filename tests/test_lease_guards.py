@@ -169,13 +169,16 @@ async def test_connection_threads_are_bounded_under_repeated_timeouts(server: Db
     proxy.freeze()
     before = len(_odbc_threads())
     fast_failures = 0
-    for _ in range(16):
-        started = time.monotonic()
-        with pytest.raises(StoreUnavailable):
-            await store.read(unique("c"), timeout=0.2)
-        if time.monotonic() - started < 0.05:
-            fast_failures += 1
-        assert len(_odbc_threads()) - before <= MAX_THREADS
+    with _LoopThreadOdbcCalls() as seen:
+        for _ in range(16):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await store.read(unique("c"), timeout=0.2)
+            if time.monotonic() - started < 0.05:
+                fast_failures += 1
+            assert len(_odbc_threads()) - before <= MAX_THREADS
+        gc.collect()
+    assert seen.calls == [], f"ODBC calls ran on the event loop thread: {seen.calls}"
     assert fast_failures >= 16 - MAX_THREADS
     proxy.thaw()
     await _until(lambda: len(_odbc_threads()) <= before, 10)

@@ -14,7 +14,7 @@ import pyodbc
 import pytest
 
 import lease.odbc
-from lease import LeaseState, SqlLeaseStore
+from lease import LeaseState, SqlLeaseStore, UnsafeSchema
 from tests.support.dbservers import DbServer
 
 _runs = itertools.count(1)
@@ -110,3 +110,25 @@ async def test_the_agent_login_with_the_documented_grants_runs_everything_and_no
                 conn.cursor().execute(ddl)
     finally:
         conn.close()
+
+
+async def test_the_agent_login_sees_and_refuses_a_trigger_the_owner_did_not_create(
+    server: DbServer, logins: dict[str, str]
+) -> None:
+    schema = "fos" if server.kind == "postgresql" else None
+    owner = SqlLeaseStore(logins["owner"], schema=schema, call_timeout=10)
+    await owner.init_schema()
+    await owner.close()
+    server.admin_sql(logins["grants"], database=logins["database"] if server.kind == "postgresql" else "mysql")
+    if server.kind == "postgresql":
+        trigger = (
+            "CREATE FUNCTION fos.audit() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';\n"
+            "CREATE TRIGGER fos_audit AFTER UPDATE ON fos.fos_lease FOR EACH ROW EXECUTE FUNCTION fos.audit();"
+        )
+    else:
+        trigger = "CREATE TRIGGER fos_audit AFTER UPDATE ON fos_lease FOR EACH ROW SET @fos_audit = 1;"
+    server.admin_sql(trigger, database=logins["database"])
+    agent = SqlLeaseStore(logins["agent"], schema=schema, call_timeout=5)
+    with pytest.raises(UnsafeSchema, match="fos_audit"):
+        await agent.preflight("c1")
+    await agent.close()
