@@ -80,7 +80,7 @@ def _v2(d: Dialect, schema: str | None) -> list[str]:
         for table, columns in _NAME_COLUMNS.items():
             mods = ", ".join(f"MODIFY {c} {d.name_type} {'NOT NULL' if nn else 'NULL'}" for c, nn in columns)
             v2.append(f"ALTER TABLE {qualify(table, schema)} {mods}")
-    if d.name == "mssql":  # key columns cannot be altered in place; a v1 database keeps their type (see README)
+    if d.name == "mssql":  # key columns cannot be altered in place: lease/upgrade.py retypes those
         for table, columns in _NAME_COLUMNS.items():
             for column, not_null in columns:
                 if not not_null:

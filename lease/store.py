@@ -24,6 +24,7 @@ from .names import check_name
 from .odbc import OwnedConnection, classify, is_duplicate_key
 from .schema import SCHEMA_VERSION, migrations, record_version_sql
 from .statements import STATUS_COLUMNS, build
+from .upgrade import retype_mssql_keys
 
 __all__ = ["HistoryStore", "LeaseStore", "SqlLeaseStore"]
 
@@ -400,6 +401,8 @@ class SqlLeaseStore(OdbcCalls):
                 except pyodbc.Error as exc:
                     if not is_duplicate_key(exc):
                         raise
+            if self.dialect.name == "mssql" and before < 2:
+                await retype_mssql_keys(conn, self.schema)
             await self._refuse_triggers(conn)
             self._schema_ok = True
             return before, SCHEMA_VERSION

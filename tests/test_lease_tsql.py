@@ -34,6 +34,7 @@ class ScriptedServer:
     version: int | None = 2
     sent: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     setup: list[str] = field(default_factory=list)
+    stale_keys: list[tuple[str, str]] = field(default_factory=list)
 
     def connect(self, worker: Any, dsn: str, query_timeout_s: int, setup: Any) -> str:
         self.setup += setup("Microsoft SQL Server")
@@ -48,6 +49,10 @@ class ScriptedServer:
             return -1, [("16.0.1000.6", 3)]
         if "SYS.TRIGGERS" in upper:
             return -1, []
+        if "FROM SYS.COLUMNS" in upper:
+            return -1, list(self.stale_keys)
+        if "FROM SYS.KEY_CONSTRAINTS" in upper:
+            return -1, [("PK__fos_leas__3213E83F0EA0C6B1",)]
         if upper.startswith("SELECT HOLDER_NODE"):
             return -1, [("m1", 3, -50, 5000, None, "inst-a")]
         if "FROM DBO.FOS_EVENT" in upper:
@@ -160,3 +165,36 @@ def test_azure_transient_errors_are_retried_by_native_number(native: int) -> Non
         f"[Microsoft][ODBC Driver 18 for SQL Server][SQL Server]The login failed. ({native}) (SQLDriverConnect)",
     )
     assert isinstance(classify(exc), lease.odbc.TransientUnavailable)
+
+
+async def test_init_db_retypes_the_varchar_keys_of_a_version_1_sql_server_database(server: ScriptedServer) -> None:
+    server.version = 1
+    server.stale_keys = [
+        ("fos_lease", "cluster_name"),
+        ("fos_node", "cluster_name"),
+        ("fos_node", "node_name"),
+        ("fos_event", "cluster_name"),
+    ]
+    store = SqlLeaseStore("Driver=stand-in", dialect="mssql")
+    assert await store.init_schema() == (1, 2)
+    await store.close()
+    sent = [sql for sql, _ in server.sent]
+    retyped = sent[sent.index(next(s for s in sent if "FROM sys.columns" in s)) :]
+    assert "ALTER TABLE dbo.fos_lease DROP CONSTRAINT [PK__fos_leas__3213E83F0EA0C6B1]" in retyped
+    assert (
+        "ALTER TABLE dbo.fos_node ALTER COLUMN node_name NVARCHAR(64) COLLATE Latin1_General_100_BIN2 NOT NULL"
+        in retyped
+    )
+    assert "ALTER TABLE dbo.fos_node ADD CONSTRAINT pk_fos_node PRIMARY KEY (cluster_name, node_name)" in retyped
+    assert "CREATE INDEX fos_event_cluster_id ON dbo.fos_event (cluster_name, id)" in retyped
+    for sql in retyped:
+        parse_strict(sql, "tsql")
+    print("\n".join(retyped))
+
+
+async def test_init_db_retypes_nothing_on_a_database_created_with_nvarchar_keys(server: ScriptedServer) -> None:
+    server.version = None
+    store = SqlLeaseStore("Driver=stand-in", dialect="mssql")
+    await store.init_schema()
+    await store.close()
+    assert not [sql for sql, _ in server.sent if "DROP CONSTRAINT" in sql or "PRIMARY KEY (" in sql and "ALTER" in sql]
