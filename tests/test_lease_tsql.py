@@ -197,4 +197,6 @@ async def test_init_db_retypes_nothing_on_a_database_created_with_nvarchar_keys(
     store = SqlLeaseStore("Driver=stand-in", dialect="mssql")
     await store.init_schema()
     await store.close()
-    assert not [sql for sql, _ in server.sent if "DROP CONSTRAINT" in sql or "PRIMARY KEY (" in sql and "ALTER" in sql]
+    assert not [
+        sql for sql, _ in server.sent if "DROP CONSTRAINT" in sql or ("PRIMARY KEY (" in sql and "ALTER" in sql)
+    ]
