@@ -67,18 +67,20 @@ async def _until(condition: Callable[[], bool], seconds: float) -> None:
 _LEASE_UPDATE = re.compile(r"UPDATE \S*fos_lease", re.IGNORECASE)
 
 
+@pytest.mark.parametrize("change", ["acquire", "release"])
 async def test_a_client_frozen_inside_a_lease_change_does_not_block_the_next_compare_and_set(
-    server: DbServer, proxy: FreezableProxy, monkeypatch: pytest.MonkeyPatch
+    server: DbServer, proxy: FreezableProxy, monkeypatch: pytest.MonkeyPatch, change: str
 ) -> None:
     await _init(server)
     cluster = unique("frozen")
+    armed = False
     frozen_after_update = asyncio.Event()
     real_execute = lease.odbc.OwnedConnection.execute
 
     async def execute_then_freeze(self: Any, sql: str, params: Any = ()) -> Any:
         result = await real_execute(self, sql, params)
-        if _LEASE_UPDATE.match(sql) and not frozen_after_update.is_set():
-            proxy.freeze()  # the acquire's UPDATE has been answered; everything after it is stuck on the wire
+        if armed and _LEASE_UPDATE.match(sql) and not frozen_after_update.is_set():
+            proxy.freeze()  # the lease UPDATE has been answered; everything after it is stuck on the wire
             frozen_after_update.set()
         return result
 
@@ -86,7 +88,13 @@ async def test_a_client_frozen_inside_a_lease_change_does_not_block_the_next_com
     frozen_client = SqlLeaseStore(server.dsn(Port=str(proxy.port)), call_timeout=CALL_TIMEOUT)
     other = SqlLeaseStore(server.dsn(), call_timeout=CALL_TIMEOUT)
     await other.ensure_cluster(cluster)
-    stuck = asyncio.create_task(frozen_client.try_acquire(cluster, "m1", TTL_MS))
+    if change == "acquire":
+        armed = True
+        stuck = asyncio.create_task(frozen_client.try_acquire(cluster, "m1", TTL_MS))
+    else:
+        held = await frozen_client.try_acquire(cluster, "m1", 60000)
+        armed = True
+        stuck = asyncio.create_task(frozen_client.release(cluster, "m1", held.epoch))
     await asyncio.wait_for(frozen_after_update.wait(), 5)
     started = time.monotonic()
     acquired_after: float | None = None
@@ -105,9 +113,9 @@ async def test_a_client_frozen_inside_a_lease_change_does_not_block_the_next_com
     await asyncio.gather(stuck, return_exceptions=True)
     await frozen_client.close()
     await other.close()
-    bound = TTL_MS / 1000.0 + CALL_TIMEOUT + 0.5
+    bound = (TTL_MS / 1000.0 if change == "acquire" else 0.0) + CALL_TIMEOUT + 0.5
     assert acquired_after is not None, f"the other node never acquired while a client was frozen: {errors[:2]}"
-    print(f"{server.kind}: other node acquired {acquired_after:.3f}s after the freeze (bound {bound:.1f}s)")
+    print(f"{server.kind} {change}: other node acquired {acquired_after:.3f}s after the freeze (bound {bound:.1f}s)")
     assert acquired_after < bound
 
 
