@@ -1,6 +1,15 @@
-"""The leader lease in the shared SQL database, reached through ODBC."""
+"""The leader lease in the shared SQL database, reached through ODBC.
+
+`import lease`, `lease.model`, `lease.interface` and `lease.memory` load no database driver: SqlLeaseStore (and
+with it pyodbc) is imported only when first used, so the pure decision code can be imported without pyodbc.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .dialects import DIALECTS, Dialect, get_dialect
+from .dsn import quote_odbc_value, redact_dsn
 from .errors import (
     InvalidName,
     ProtocolViolation,
@@ -9,10 +18,13 @@ from .errors import (
     StoreConfigError,
     StoreError,
     StoreUnavailable,
+    UnsafeSchema,
 )
+from .interface import HistoryStore, LeaseStore
 from .model import AcquireResult, Event, EventKind, LeaseState, NodeRecord
-from .odbc import redact_dsn
-from .store import HistoryStore, LeaseStore, SqlLeaseStore
+
+if TYPE_CHECKING:
+    from .store import SqlLeaseStore
 
 __all__ = [
     "DIALECTS",
@@ -32,6 +44,16 @@ __all__ = [
     "StoreConfigError",
     "StoreError",
     "StoreUnavailable",
+    "UnsafeSchema",
     "get_dialect",
+    "quote_odbc_value",
     "redact_dsn",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SqlLeaseStore":
+        from .store import SqlLeaseStore
+
+        return SqlLeaseStore
+    raise AttributeError(f"module 'lease' has no attribute {name!r}")

@@ -11,9 +11,14 @@ Clock rules (each one has bitten other projects):
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 from .errors import StoreConfigError
+
+MAX_NAME = 64
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -27,10 +32,15 @@ class Dialect:
     _plus_ms: str  # template: now plus {ms} milliseconds
     _ms_between: str  # template: milliseconds from {a} to {b}
     _create_table: str  # template wrapping a CREATE TABLE so it is idempotent
-    _create_index: str
+    _create_index: str  # fields: {name} {qname} (index name with schema) {table} {qtable}
     _create_view: tuple[str, ...]
-    insert_lease_if_missing: str  # params: cluster
+    _insert_lease_if_missing: str  # fields: {table} {p}; params: cluster (once, or twice on mssql)
     _limit: str
+    name_type: str  # column type of a cluster or node name: case- and accent-sensitive
+    name_param: str  # a name parameter, typed like the column so an index seek stays possible
+    default_schema: str | None  # the schema objects are qualified with unless the config names one
+    _add_column: str  # fields: {table} {column} {type}; idempotent, or its duplicate error is tolerated
+    _triggers_on: str  # fields: {schema} {table} {qtable}: enabled triggers on a table (one name per row)
 
     def plus_ms(self, ms: str) -> str:
         return self._plus_ms.format(ms=ms)
@@ -45,8 +55,41 @@ class Dialect:
     def create_table(self, table: str, body: str) -> str:
         return self._create_table.format(table=table, body=body)
 
-    def create_index(self, name: str, table: str, columns: str) -> str:
-        return self._create_index.format(name=name, table=table, columns=columns)
+    def create_index(self, name: str, table: str, columns: str, schema: str | None) -> str:
+        return self._create_index.format(
+            name=name, qname=qualify(name, schema), table=table, qtable=qualify(table, schema), columns=columns
+        )
+
+    def insert_lease_if_missing(self, schema: str | None) -> str:
+        return self._insert_lease_if_missing.format(table=qualify("fos_lease", schema), p=self.name_param)
+
+    def add_column(self, table: str, column: str, type_: str, schema: str | None) -> str:
+        return self._add_column.format(table=qualify(table, schema), bare=table, column=column, type=type_)
+
+    def triggers_on(self, table: str, schema: str | None) -> str:
+        """SELECT the names of the enabled triggers on `table` (literal names, no parameters)."""
+        return self._triggers_on.format(
+            schema=schema or "", table=table, qtable=qualify(table, schema), qmaster=qualify("sqlite_master", schema)
+        )
+
+    def session_setup(self, call_timeout: float, dbms_name: str = "") -> list[str]:
+        """Per-session guards sent once on a new connection (one round trip): bounded statement time and lock
+        waits, and no transaction left open by a client that died mid-way."""
+        ms = max(1, math.ceil(call_timeout * 1000))
+        if self.name == "postgresql":
+            return [
+                f"SELECT set_config('statement_timeout', '{ms}', false), set_config('lock_timeout', '{ms}', false), "
+                f"set_config('idle_in_transaction_session_timeout', '{max(ms, 1000)}', false)"
+            ]
+        if self.name == "mysql":
+            seconds = max(1, math.ceil(call_timeout))
+            guards = f"SET SESSION innodb_lock_wait_timeout = {seconds}"
+            if "mariadb" in dbms_name.lower():  # MySQL has no idle-transaction guard
+                guards += f", idle_transaction_timeout = {max(seconds, 1)}"
+            return [guards]
+        if self.name == "mssql":
+            return [f"SET LOCK_TIMEOUT {ms}; SET XACT_ABORT ON"]
+        return []
 
     def create_view(self, view: str, select: str) -> list[str]:
         return [s.format(view=view, select=select) for s in self._create_view]
@@ -54,6 +97,19 @@ class Dialect:
     def limit(self, select_rest: str, n: str) -> str:
         """`SELECT <select_rest>` limited to n rows; select_rest starts after the SELECT keyword."""
         return self._limit.format(rest=select_rest, n=n)
+
+
+def check_schema_name(schema: str) -> str:
+    if not isinstance(schema, str) or not _IDENTIFIER.fullmatch(schema):
+        raise StoreConfigError(
+            f"database.schema {schema!r} is not a plain identifier: use 1-63 letters, digits or '_', "
+            "starting with a letter or '_'"
+        )
+    return schema
+
+
+def qualify(name: str, schema: str | None) -> str:
+    return f"{schema}.{name}" if schema else name
 
 
 _LEASE_INSERT_COLUMNS = (
@@ -70,13 +126,22 @@ POSTGRESQL = Dialect(
     _plus_ms="((statement_timestamp() AT TIME ZONE 'UTC') + CAST({ms} AS INTEGER) * INTERVAL '1 millisecond')",
     _ms_between="CAST(FLOOR(EXTRACT(EPOCH FROM ({b} - {a})) * 1000) AS BIGINT)",
     _create_table="CREATE TABLE IF NOT EXISTS {table} ({body})",
-    _create_index="CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})",
+    _create_index="CREATE INDEX IF NOT EXISTS {name} ON {qtable} ({columns})",
+    # OR REPLACE keeps the grants on the view; new columns therefore only ever go at its end.
     _create_view=("CREATE OR REPLACE VIEW {view} AS {select}",),
-    insert_lease_if_missing=(
-        f"INSERT INTO fos_lease {_LEASE_INSERT_COLUMNS} VALUES (?, NULL, 0, NULL, NULL, NULL, NULL, NULL, 0) "
+    _insert_lease_if_missing=(
+        "INSERT INTO {table} " + _LEASE_INSERT_COLUMNS + " VALUES ({p}, NULL, 0, NULL, NULL, NULL, NULL, NULL, 0) "
         "ON CONFLICT (cluster_name) DO NOTHING"
     ),
     _limit="SELECT {rest} LIMIT {n}",
+    name_type=f"VARCHAR({MAX_NAME})",  # text comparison is by the database's deterministic collation
+    name_param="?",
+    default_schema="public",
+    _add_column="ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {type}",
+    _triggers_on=(
+        "SELECT t.tgname FROM pg_trigger t WHERE t.tgrelid = to_regclass('{qtable}') "
+        "AND NOT t.tgisinternal AND t.tgenabled <> 'D'"
+    ),
 )
 
 MYSQL = Dialect(
@@ -89,12 +154,24 @@ MYSQL = Dialect(
     _plus_ms="DATE_ADD(UTC_TIMESTAMP(6), INTERVAL ({ms} * 1000) MICROSECOND)",
     _ms_between="FLOOR(TIMESTAMPDIFF(MICROSECOND, {a}, {b}) / 1000)",
     _create_table="CREATE TABLE IF NOT EXISTS {table} ({body}) ENGINE=InnoDB",
-    _create_index="CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})",
-    _create_view=("CREATE OR REPLACE VIEW {view} AS {select}",),
-    insert_lease_if_missing=(
-        f"INSERT IGNORE INTO fos_lease {_LEASE_INSERT_COLUMNS} VALUES (?, NULL, 0, NULL, NULL, NULL, NULL, NULL, 0)"
+    _create_index="CREATE INDEX IF NOT EXISTS {name} ON {qtable} ({columns})",
+    # INVOKER: a DEFINER view stops working (error 1449) once the account that ran init-db is dropped.
+    _create_view=("CREATE OR REPLACE SQL SECURITY INVOKER VIEW {view} AS {select}",),
+    _insert_lease_if_missing=(
+        "INSERT IGNORE INTO {table} "
+        + _LEASE_INSERT_COLUMNS
+        + " VALUES ({p}, NULL, 0, NULL, NULL, NULL, NULL, NULL, 0)"
     ),
     _limit="SELECT {rest} LIMIT {n}",
+    name_type=f"VARCHAR({MAX_NAME}) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",  # the default _ci folds case
+    name_param="?",
+    default_schema=None,  # the DSN's database
+    _add_column="ALTER TABLE {table} ADD COLUMN {column} {type}",  # MySQL 8 has no IF NOT EXISTS here
+    # MySQL/MariaDB triggers cannot be disabled: every one is enabled.
+    _triggers_on=(
+        "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_TABLE = '{table}' "
+        "AND EVENT_OBJECT_SCHEMA = COALESCE(NULLIF('{schema}', ''), DATABASE())"
+    ),
 )
 
 SQLITE = Dialect(
@@ -107,12 +184,19 @@ SQLITE = Dialect(
     _plus_ms="strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.3f seconds', {ms} / 1000.0))",
     _ms_between="CAST(ROUND((julianday({b}) - julianday({a})) * 86400000.0) AS INTEGER)",
     _create_table="CREATE TABLE IF NOT EXISTS {table} ({body})",
-    _create_index="CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})",
+    _create_index="CREATE INDEX IF NOT EXISTS {qname} ON {table} ({columns})",  # SQLite qualifies the index
     _create_view=("DROP VIEW IF EXISTS {view}", "CREATE VIEW {view} AS {select}"),
-    insert_lease_if_missing=(
-        f"INSERT OR IGNORE INTO fos_lease {_LEASE_INSERT_COLUMNS} VALUES (?, NULL, 0, NULL, NULL, NULL, NULL, NULL, 0)"
+    _insert_lease_if_missing=(
+        "INSERT OR IGNORE INTO {table} "
+        + _LEASE_INSERT_COLUMNS
+        + " VALUES ({p}, NULL, 0, NULL, NULL, NULL, NULL, NULL, 0)"
     ),
     _limit="SELECT {rest} LIMIT {n}",
+    name_type=f"VARCHAR({MAX_NAME})",  # SQLite compares text with BINARY unless told otherwise
+    name_param="?",
+    default_schema=None,
+    _add_column="ALTER TABLE {table} ADD COLUMN {column} {type}",  # a duplicate column error is tolerated
+    _triggers_on=("SELECT name FROM {qmaster} WHERE type = 'trigger' AND tbl_name = '{table}'"),
 )
 
 MSSQL = Dialect(
@@ -126,18 +210,27 @@ MSSQL = Dialect(
     _ms_between="DATEDIFF_BIG(millisecond, {a}, {b})",
     _create_table="IF OBJECT_ID(N'{table}', N'U') IS NULL CREATE TABLE {table} ({body})",
     _create_index=(
-        "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{name}' AND object_id = OBJECT_ID(N'{table}')) "
-        "CREATE INDEX {name} ON {table} ({columns})"
+        "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{name}' AND object_id = OBJECT_ID(N'{qtable}')) "
+        "CREATE INDEX {name} ON {qtable} ({columns})"
     ),
-    _create_view=("CREATE OR ALTER VIEW {view} AS {select}",),
+    # Not CREATE OR ALTER VIEW (2016 SP1): DROP VIEW IF EXISTS is in 2016 RTM, and CREATE VIEW is sent as a batch
+    # of its own, as T-SQL requires.
+    _create_view=("DROP VIEW IF EXISTS {view}", "CREATE VIEW {view} AS {select}"),
     # No MERGE (it races without HOLDLOCK): a guarded INSERT; a duplicate-key error from a concurrent insert
     # is also accepted by the store.
-    insert_lease_if_missing=(
-        f"INSERT INTO fos_lease {_LEASE_INSERT_COLUMNS} "
-        "SELECT ?, NULL, 0, NULL, NULL, NULL, NULL, NULL, 0 WHERE NOT EXISTS "
-        "(SELECT 1 FROM fos_lease WITH (UPDLOCK, HOLDLOCK) WHERE cluster_name = ?)"
+    _insert_lease_if_missing=(
+        "INSERT INTO {table} " + _LEASE_INSERT_COLUMNS + " "
+        "SELECT {p}, NULL, 0, NULL, NULL, NULL, NULL, NULL, 0 WHERE NOT EXISTS "
+        "(SELECT 1 FROM {table} WITH (UPDLOCK, HOLDLOCK) WHERE cluster_name = {p})"
     ),
     _limit="SELECT TOP ({n}) {rest}",
+    # NVARCHAR: pyodbc binds str as NVARCHAR, and against a VARCHAR column SQL Server converts the column (a scan
+    # that U-locks every row). BIN2: the default collation folds case, Python's comparisons do not.
+    name_type=f"NVARCHAR({MAX_NAME}) COLLATE Latin1_General_100_BIN2",
+    name_param=f"CAST(? AS NVARCHAR({MAX_NAME}))",  # one declared size: one cached plan for every name length
+    default_schema="dbo",
+    _add_column="IF COL_LENGTH(N'{table}', N'{column}') IS NULL ALTER TABLE {table} ADD {column} {type}",
+    _triggers_on=("SELECT t.name FROM sys.triggers t WHERE t.parent_id = OBJECT_ID(N'{qtable}') AND t.is_disabled = 0"),
 )
 
 DIALECTS: dict[str, Dialect] = {d.name: d for d in (POSTGRESQL, MYSQL, SQLITE, MSSQL)}

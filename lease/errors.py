@@ -29,3 +29,8 @@ class InvalidName(StoreError, ValueError):
 
 class ProtocolViolation(StoreError):
     """The database answered in a way that makes a compare-and-set impossible to judge (e.g. NOCOUNT on)."""
+
+
+class UnsafeSchema(StoreConfigError):
+    """The fos tables are in place but something on them would make a compare-and-set impossible to judge
+    (e.g. an enabled trigger on fos_lease, whose own row counts can replace the UPDATE's)."""

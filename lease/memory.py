@@ -40,9 +40,15 @@ class MemoryLeaseStore:
     def _state(self, cluster: str) -> LeaseState:
         row = self.rows.get(cluster)
         if row is None:
-            return LeaseState(cluster, None, 0, None)
-        remaining = int((row.expires_at - self.clock()) * 1000)
-        return LeaseState(cluster, row.holder, row.epoch, remaining, row.ttl_ms, holder_instance=row.instance)
+            return LeaseState.missing(cluster)
+        return LeaseState(
+            cluster,
+            row.holder,
+            row.epoch,
+            int((row.expires_at - self.clock()) * 1000),
+            row.ttl_ms,
+            holder_instance=row.instance,
+        )
 
     def _event(self, cluster: str, node: str | None, kind: str, epoch: int | None, detail: str | None) -> None:
         self.events.append(Event(len(self.events) + 1, cluster, datetime.now(UTC), node, kind, epoch, detail))
@@ -67,15 +73,11 @@ class MemoryLeaseStore:
         row = self.rows.setdefault(cluster, _Row())
         seen = expected if expected is not None else self._state(cluster)
         now = self.clock()
-        own = row.holder == node and row.instance == instance
+        own = row.holder == node and row.instance == instance  # same rule as lease.store.may_resume
         free = row.holder is None or row.expires_at <= now or own
         if row.epoch != seen.epoch or not free:
             return AcquireResult(False, row.epoch, self._state(cluster))
-        kind = (
-            EventKind.ACQUIRED
-            if row.holder is None
-            else (EventKind.RESUMED if own else EventKind.TAKEOVER)
-        )
+        kind = EventKind.ACQUIRED if row.holder is None else (EventKind.RESUMED if own else EventKind.TAKEOVER)
         row.holder, row.epoch, row.expires_at, row.ttl_ms = node, row.epoch + 1, now + ttl_ms / 1000, ttl_ms
         row.instance = instance
         self._event(cluster, node, kind, row.epoch, None)
@@ -97,7 +99,7 @@ class MemoryLeaseStore:
         row = self.rows.get(cluster)
         if row is None or row.holder != node or row.epoch != epoch:
             return False
-        row.holder, row.expires_at = None, self.clock()
+        row.holder, row.instance, row.expires_at = None, None, self.clock()
         self._event(cluster, node, EventKind.RELEASED, epoch, detail)
         return True
 
@@ -114,7 +116,7 @@ class MemoryLeaseStore:
         timeout: float | None = None,
     ) -> None:
         self._check()
-        self.nodes[(cluster, node)] = NodeRecord(cluster, node, role, app_healthy, url, agent_version, 0.0)
+        self.nodes[(cluster, node)] = NodeRecord(cluster, node, role, app_healthy, url, agent_version, 0.0, instance)
 
     async def record_event(
         self,

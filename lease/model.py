@@ -12,7 +12,10 @@ class LeaseState:
     """One cluster's lease row as the database saw it at one instant.
 
     `remaining_ms` is expires_at minus the database's own now, computed inside the same statement that read the
-    row, so no client clock is involved. It is None when the cluster has no row yet.
+    row, so no client clock is involved. It is None when the lease was never held (or the row is missing).
+    `row_exists` is False when the cluster has no lease row at all: try_acquire then creates it first.
+    `holder_instance` identifies the agent process that holds (or last held) the lease; a node resumes its own
+    unexpired lease only from the same instance.
     """
 
     cluster: str
@@ -21,7 +24,13 @@ class LeaseState:
     remaining_ms: int | None
     ttl_ms: int | None = None
     handover_to: str | None = None
-    holder_instance: str | None = None  # the agent process (instance id) that holds it
+    holder_instance: str | None = None
+    row_exists: bool = True
+
+    @classmethod
+    def missing(cls, cluster: str) -> LeaseState:
+        """The state of a cluster that has no lease row yet."""
+        return cls(cluster, None, 0, None, row_exists=False)
 
     @property
     def held(self) -> bool:
@@ -74,3 +83,4 @@ class NodeRecord:
     url: str | None
     agent_version: str | None
     last_seen_age_s: float | None = None
+    instance: str | None = None  # the agent process that wrote the row last

@@ -1,92 +1,37 @@
-"""The lease store: a narrow interface (read / try_acquire / renew / release) plus the node and event history,
-implemented over ODBC for PostgreSQL, MariaDB/MySQL, SQLite and SQL Server.
+"""The lease store over ODBC for PostgreSQL, MariaDB/MySQL, SQLite and SQL Server: the LeaseStore and
+HistoryStore interfaces (lease/interface.py) plus the DBA-facing status row, preflight and init-db.
 
-Every call takes a deadline (`timeout`, seconds). Transient failures are retried with tenacity only while the
-deadline allows; a call that is still inside the driver at the deadline is abandoned with its connection.
+Every call takes a deadline (`timeout`, seconds); see lease/calls.py for connections and retries. Every lease
+change is one compare-and-set UPDATE in autocommit: no transaction is ever open across round trips, so a client
+that dies mid-way cannot leave the lease row locked. The event row is written after the compare-and-set, in
+autocommit too; an event may be lost, a lease change never half-done.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import pyodbc
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+import structlog
 
-from . import statements
-from .dialects import Dialect, dialect_for_dbms, get_dialect
-from .errors import ProtocolViolation, SchemaMissing, StoreConfigError, StoreUnavailable
+from .calls import OdbcCalls, call_deadline
+from .errors import ProtocolViolation, SchemaMissing, StoreConfigError, UnsafeSchema
+from .interface import HistoryStore, LeaseStore
 from .model import AcquireResult, Event, EventKind, LeaseState, NodeRecord
 from .names import check_name
-from .odbc import OwnedConnection, TransientUnavailable, classify, is_duplicate_key, open_connection
+from .odbc import OwnedConnection, classify, is_duplicate_key
 from .schema import SCHEMA_VERSION, migrations, record_version_sql
+from .statements import STATUS_COLUMNS, build
+from .upgrade import retype_mssql_keys
 
-T = TypeVar("T")
+__all__ = ["HistoryStore", "LeaseStore", "SqlLeaseStore"]
 
-_MIN_ATTEMPT_S = 0.05  # no new attempt when less than this is left before the deadline
+log = structlog.get_logger("fos.lease")
 
-
-class LeaseStore(Protocol):
-    """What the agent needs to hold a lease; like client-go's resourcelock.Interface, nothing more."""
-
-    async def read(self, cluster: str, *, timeout: float | None = None) -> LeaseState: ...
-
-    async def try_acquire(
-        self,
-        cluster: str,
-        node: str,
-        ttl_ms: int,
-        *,
-        expected: LeaseState | None = None,
-        instance: str | None = None,
-        timeout: float | None = None,
-    ) -> AcquireResult: ...
-
-    async def renew(
-        self, cluster: str, node: str, epoch: int, ttl_ms: int, *, timeout: float | None = None
-    ) -> bool: ...
-
-    async def release(
-        self, cluster: str, node: str, epoch: int, *, detail: str | None = None, timeout: float | None = None
-    ) -> bool: ...
-
-
-class HistoryStore(Protocol):
-    """Node rows and the event history: what operators and DBAs read."""
-
-    async def record_node(
-        self,
-        cluster: str,
-        node: str,
-        role: str,
-        app_healthy: bool | None,
-        url: str | None,
-        agent_version: str | None,
-        *,
-        instance: str | None = None,
-        timeout: float | None = None,
-    ) -> None: ...
-
-    async def record_event(
-        self,
-        cluster: str,
-        node: str | None,
-        kind: str,
-        epoch: int | None,
-        detail: str | None,
-        *,
-        timeout: float | None = None,
-    ) -> None: ...
-
-    async def list_events(
-        self, cluster: str, *, limit: int = 20, since_id: int = 0, timeout: float | None = None
-    ) -> list[Event]: ...
-
-    async def list_nodes(self, cluster: str, *, timeout: float | None = None) -> list[NodeRecord]: ...
+MSSQL_MIN_MAJOR = 13  # SQL Server 2016: DATEDIFF_BIG, DROP VIEW IF EXISTS
+_AZURE_EDITIONS = (5, 8)  # Azure SQL Database, Azure SQL Managed Instance: report 12.x, support all of it
 
 
 def _judge(rowcount: int, what: str) -> bool:
@@ -96,8 +41,8 @@ def _judge(rowcount: int, what: str) -> bool:
     if rowcount == 0:
         return False
     raise ProtocolViolation(
-        f"{what} reported {rowcount} rows: the database must report affected rows exactly "
-        "(turn SET NOCOUNT off for the fos login; no triggers on fos_lease)"
+        f"{what} reported {rowcount} rows, so fos cannot judge its compare-and-set: turn SET NOCOUNT off for the "
+        "fos login (no 'user options' or logon trigger setting it) and drop any trigger on fos_lease"
     )
 
 
@@ -121,170 +66,33 @@ def _as_datetime(value: Any) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
 
 
-class SqlLeaseStore:
-    """LeaseStore and HistoryStore over ODBC. Round trips are stated on each operation."""
+def _check_instance(instance: str | None) -> str | None:
+    return None if instance is None else check_name("instance", instance)
 
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        dialect: str | None = None,
-        call_timeout: float = 2.0,
-        max_idle: int = 2,
-        max_connections: int | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._dialect: Dialect | None = get_dialect(dialect) if dialect else None
-        self._dsn = self._with_found_rows(dsn, self._dialect)
-        self.call_timeout = call_timeout
-        self._idle: list[OwnedConnection] = []
-        self._max_idle = max_idle
-        # Bounds concurrent calls (and so connections) of one store; a call waiting for a slot waits within its
-        # own deadline. Abandoned connections no longer count.
-        self._slots = asyncio.Semaphore(max_connections) if max_connections else None
-        self.statements_sent = 0
-        self._clock = clock
-        self._sql: statements.Statements | None = None
-        self._schema_ok = False
-        self._closed = False
 
-    @staticmethod
-    def _with_found_rows(dsn: str, dialect: Dialect | None) -> str:
-        # MariaDB/MySQL report *changed* rows unless the client asks for found rows (Connector/ODBC OPTION=2).
-        if dialect is not None and dialect.name == "mysql" and "option=" not in dsn.lower().replace(" ", ""):
-            return dsn.rstrip(";") + ";OPTION=2"
-        return dsn
+def may_resume(seen: LeaseState, node: str, instance: str | None) -> bool:
+    """A node may take its own unexpired lease again only from the same agent process (instance); a row written
+    without an instance (an older agent) matches only a caller without one."""
+    return seen.holder == node and seen.holder_instance == instance
 
-    @property
-    def dialect(self) -> Dialect:
-        if self._dialect is None:
-            raise StoreConfigError("the dialect is not known before the first connection")
-        return self._dialect
 
-    # ---- connections -------------------------------------------------------------------------------------
+class SqlLeaseStore(OdbcCalls):
+    """LeaseStore and HistoryStore over ODBC. Round trips are stated on each operation.
 
-    async def _checkout(self) -> OwnedConnection:
-        if self._closed:
-            raise StoreUnavailable("the lease store is closed")
-        if self._idle:
-            return self._idle.pop()
-        conn = await open_connection(self._dsn, self.call_timeout)
-        if self._dialect is None:
-            try:
-                self._dialect = dialect_for_dbms(str(await conn.getinfo(pyodbc.SQL_DBMS_NAME)))
-            except BaseException:
-                conn.abandon()
-                raise
-            found_rows_dsn = self._with_found_rows(self._dsn, self._dialect)
-            if found_rows_dsn != self._dsn:
-                conn.abandon()
-                self._dsn = found_rows_dsn
-                conn = await open_connection(self._dsn, self.call_timeout)
-        if self._sql is None:
-            self._sql = statements.build(self.dialect)
-        if self.dialect.name == "postgresql":
-            await conn.execute(f"SET statement_timeout = {max(1, int(self.call_timeout * 1000))}")
-        conn.on_statement = self._count_statement
-        return conn
-
-    def _count_statement(self) -> None:
-        self.statements_sent += 1
-
-    def _checkin(self, conn: OwnedConnection) -> None:
-        if len(self._idle) < self._max_idle and not self._closed:
-            self._idle.append(conn)
-        else:
-            conn.abandon()
-
-    async def _attempt(self, op: Callable[[OwnedConnection], Awaitable[T]], deadline: float) -> T:
-        remaining = deadline - self._clock()
-        if remaining <= 0:
-            raise TransientUnavailable("the database call's deadline passed before it could start")
-        conn: OwnedConnection | None = None
-        try:
-            async with asyncio.timeout(remaining), self._slots or contextlib.nullcontext():
-                conn = await self._checkout()
-                result = await op(conn)
-        except TimeoutError:
-            if conn is not None:
-                conn.abandon()
-            raise TransientUnavailable(f"the database did not answer within {remaining:.3g}s") from None
-        except pyodbc.Error as exc:
-            if conn is not None:
-                conn.abandon()
-            raise classify(exc) from None
-        except BaseException:
-            if conn is not None:
-                conn.abandon()
-            raise
-        self._checkin(conn)
-        return result
-
-    async def _call(
-        self,
-        op: Callable[[OwnedConnection], Awaitable[T]],
-        timeout: float | None,
-        *,
-        check_schema: bool = True,
-    ) -> T:
-        deadline = self._clock() + (timeout if timeout is not None else self.call_timeout)
-        attempt_op = self._checked(op) if check_schema else op
-        try:  # the common case, without building a retry loop
-            return await self._attempt(attempt_op, deadline)
-        except TransientUnavailable:
-            if deadline - self._clock() < _MIN_ATTEMPT_S:
-                raise
-
-        def stop(_: RetryCallState) -> bool:
-            return deadline - self._clock() < _MIN_ATTEMPT_S
-
-        def wait(state: RetryCallState) -> float:
-            backoff: float = min(0.5, 0.02 * 2.0**state.attempt_number)  # attempt 1 was the fast path
-            return max(0.0, min(backoff, deadline - self._clock() - _MIN_ATTEMPT_S))
-
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(TransientUnavailable), stop=stop, wait=wait, reraise=True
-        ):
-            with attempt:
-                result = await self._attempt(attempt_op, deadline)
-        return result
-
-    def _checked(self, op: Callable[[OwnedConnection], Awaitable[T]]) -> Callable[[OwnedConnection], Awaitable[T]]:
-        """Check the schema version once per store, on the first call, before any lease statement."""
-        if self._schema_ok:
-            return op
-
-        async def run(conn: OwnedConnection) -> T:
-            _, rows = await conn.execute(self.sql.schema_version)
-            version = rows[0][0] if rows else None
-            if version is None or int(version) < SCHEMA_VERSION:
-                raise SchemaMissing(
-                    f"the fos schema is at version {version or 0}, this agent needs {SCHEMA_VERSION}: "
-                    "run `fos init-db --config FILE`"
-                )
-            self._schema_ok = True
-            return await op(conn)
-
-        return run
-
-    @property
-    def sql(self) -> statements.Statements:
-        if self._sql is None:
-            raise StoreConfigError("no statements before the first connection")
-        return self._sql
-
-    async def close(self) -> None:
-        self._closed = True
-        idle, self._idle = self._idle, []
-        await asyncio.gather(*(c.close(1.0) for c in idle))
+    Constructor: `dsn` (ODBC connection string), `dialect` (detected from the connection when None), `schema`
+    (qualifies every object; default dbo on mssql, public on postgresql, none on mysql/sqlite), `call_timeout`
+    (default deadline, seconds; also bounds server-side lock waits), `max_idle` connections kept, `max_connections`
+    concurrent calls, `max_threads` live connection threads including abandoned ones (default
+    max(8, 2 * max_connections)); a call beyond that fails at once with StoreUnavailable.
+    """
 
     # ---- the lease -----------------------------------------------------------------------------------------
 
     @staticmethod
     def _state(cluster: str, row: Any | None) -> LeaseState:
         if row is None:
-            return LeaseState(cluster=cluster, holder=None, epoch=0, remaining_ms=None)
-        holder, epoch, remaining, ttl_ms, handover = row
+            return LeaseState.missing(cluster)
+        holder, epoch, remaining, ttl_ms, handover, instance = row
         return LeaseState(
             cluster=cluster,
             holder=holder,
@@ -292,6 +100,7 @@ class SqlLeaseStore:
             remaining_ms=None if remaining is None else int(remaining),
             ttl_ms=None if ttl_ms is None else int(ttl_ms),
             handover_to=handover,
+            holder_instance=instance,
         )
 
     async def _read(self, conn: OwnedConnection, cluster: str) -> LeaseState:
@@ -310,61 +119,77 @@ class SqlLeaseStore:
         ttl_ms: int,
         *,
         expected: LeaseState | None = None,
+        instance: str | None = None,
         timeout: float | None = None,
     ) -> AcquireResult:
-        """Take the lease if it is free, expired by the database clock, or already ours; bump the epoch.
+        """Take the lease if it is free, expired by the database clock, or this instance's own; bump the epoch.
 
-        Round trips: one read (skipped when the caller passes the state it read as `expected`), one insert
-        when the cluster has no row yet, then one transaction of a compare-and-set UPDATE on the epoch plus the
-        event INSERT and COMMIT. On a miss after a race, one more read returns who won.
+        Round trips: one read (skipped when the caller passes the state it read as `expected`), one insert when
+        the cluster has no row yet, the compare-and-set UPDATE (autocommit), then the event INSERT (autocommit,
+        best effort within the deadline). On a miss, one more read returns who holds it.
         """
         check_name("cluster", cluster)
         check_name("node", node)
+        _check_instance(instance)
         if ttl_ms < 1:
             raise ValueError("ttl_ms must be positive")
 
         async def op(conn: OwnedConnection) -> AcquireResult:
             seen = expected if expected is not None else await self._read(conn, cluster)
-            if seen.remaining_ms is None and seen.epoch == 0 and expected is None:
+            if not seen.row_exists:
                 await self._insert_if_missing(conn, cluster)
-            if seen.held and seen.holder != node:
+            if seen.held and not may_resume(seen, node, instance):
                 return AcquireResult(False, seen.epoch, seen)
-            won = await self._transaction(conn, self._acquire_statements(cluster, node, ttl_ms, seen))
-            if won:
-                return AcquireResult(True, seen.epoch + 1, seen)
-            return AcquireResult(False, seen.epoch, await self._read(conn, cluster))
+            if not await self._acquire_cas(conn, cluster, node, ttl_ms, instance, seen.epoch):
+                now = await self._read(conn, cluster)
+                if now.row_exists or seen.epoch != 0:
+                    return AcquireResult(False, now.epoch, now)
+                # The caller's state claimed a row that is not there: create it as init-db does, and try once more.
+                await self._insert_if_missing(conn, cluster)
+                seen = LeaseState.missing(cluster)
+                if not await self._acquire_cas(conn, cluster, node, ttl_ms, instance, 0):
+                    now = await self._read(conn, cluster)
+                    return AcquireResult(False, now.epoch, now)
+            kind, detail = self._acquire_event(seen, node, instance)
+            await self._event_after_change(conn, (cluster, node, str(kind), seen.epoch + 1, detail))
+            return AcquireResult(True, seen.epoch + 1, seen)
 
         return await self._call(op, timeout)
 
-    def _acquire_statements(
-        self, cluster: str, node: str, ttl_ms: int, seen: LeaseState
-    ) -> list[tuple[str, tuple[Any, ...]]]:
-        if seen.holder is None:
-            kind, detail = EventKind.ACQUIRED, "the lease was free"
-        elif seen.holder == node:
-            kind, detail = EventKind.RESUMED, f"re-acquired own lease of epoch {seen.epoch}"
+    async def _acquire_cas(
+        self, conn: OwnedConnection, cluster: str, node: str, ttl_ms: int, instance: str | None, epoch: int
+    ) -> bool:
+        params: tuple[Any, ...]
+        if instance is None:
+            sql, params = self.sql.acquire_without_instance, (node, node, None, ttl_ms, ttl_ms, cluster, epoch, node)
         else:
-            kind, detail = (
-                EventKind.TAKEOVER,
-                (f"{seen.holder} (epoch {seen.epoch}) expired {-(seen.remaining_ms or 0)} ms before the read"),
-            )
-        return [
-            (self.sql.acquire, (node, node, ttl_ms, ttl_ms, cluster, seen.epoch, node)),
-            (self.sql.insert_event, (cluster, node, str(kind), seen.epoch + 1, detail)),
-        ]
+            sql = self.sql.acquire
+            params = (node, node, instance, ttl_ms, ttl_ms, cluster, epoch, node, instance)
+        rowcount, _ = await conn.execute(sql, params)
+        return _judge(rowcount, "the lease UPDATE")
 
-    async def _transaction(self, conn: OwnedConnection, steps: list[tuple[str, tuple[Any, ...]]]) -> bool:
-        """Run a compare-and-set and what goes with it atomically; commit only if the first changed 1 row."""
-        # On any failure _attempt abandons the connection, which rolls the open transaction back with it.
-        await conn.set_autocommit(False)
-        rowcount, _ = await conn.execute(*steps[0])
-        won = _judge(rowcount, "the lease UPDATE")
-        if won:
-            for sql, params in steps[1:]:
-                await conn.execute(sql, params)
-        await conn.commit()
-        await conn.set_autocommit(True)
-        return won
+    @staticmethod
+    def _acquire_event(seen: LeaseState, node: str, instance: str | None) -> tuple[EventKind, str]:
+        if seen.holder is None:
+            return EventKind.ACQUIRED, "the lease was free"
+        if may_resume(seen, node, instance):
+            return EventKind.RESUMED, f"re-acquired own lease of epoch {seen.epoch}"
+        return (
+            EventKind.TAKEOVER,
+            f"{seen.holder} (epoch {seen.epoch}) expired {-(seen.remaining_ms or 0)} ms before the read",
+        )
+
+    async def _event_after_change(self, conn: OwnedConnection, params: tuple[Any, ...]) -> None:
+        """Append the event of a lease change that has already happened; never fail the change for it."""
+        left = call_deadline.get() - self._clock() - 0.02
+        try:
+            if left <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(left):
+                await conn.execute(self.sql.insert_event, params)
+        except (TimeoutError, pyodbc.Error) as exc:
+            conn.broken = True  # its outcome is unknown; the connection is not reused
+            log.warning("lease_event_lost", cluster=params[0], node=params[1], kind=params[2], error=repr(exc))
 
     async def _insert_if_missing(self, conn: OwnedConnection, cluster: str) -> None:
         sql = self.sql.insert_if_missing
@@ -393,21 +218,41 @@ class SqlLeaseStore:
     async def release(
         self, cluster: str, node: str, epoch: int, *, detail: str | None = None, timeout: float | None = None
     ) -> bool:
-        """Give the lease up now (expires_at = now) if we still hold this epoch. One transaction: UPDATE,
-        event INSERT, COMMIT."""
+        """Give the lease up now (expires_at = now) if we still hold this epoch. The compare-and-set UPDATE
+        (autocommit), then the event INSERT (best effort)."""
         check_name("cluster", cluster)
         check_name("node", node)
 
         async def op(conn: OwnedConnection) -> bool:
-            return await self._transaction(
-                conn,
-                [
-                    (self.sql.release, (cluster, node, epoch)),
-                    (self.sql.insert_event, (cluster, node, str(EventKind.RELEASED), epoch, detail)),
-                ],
-            )
+            rowcount, _ = await conn.execute(self.sql.release, (cluster, node, epoch))
+            if not _judge(rowcount, "the release UPDATE"):
+                return False
+            await self._event_after_change(conn, (cluster, node, str(EventKind.RELEASED), epoch, detail))
+            return True
 
         return await self._call(op, timeout)
+
+    async def preflight(self, cluster: str, *, timeout: float | None = None) -> None:
+        """What `fos run` checks before it competes: the schema version (SchemaMissing: run fos init-db), no
+        enabled trigger on fos_lease (UnsafeSchema), and the cluster's lease row (inserted if missing; never any
+        DDL). Three round trips."""
+        check_name("cluster", cluster)
+
+        async def op(conn: OwnedConnection) -> None:
+            await self._check_schema_version(conn)
+            await self._refuse_triggers(conn)
+            await self._insert_if_missing(conn, cluster)
+
+        await self._call(op, timeout, check_schema=False)
+
+    async def _refuse_triggers(self, conn: OwnedConnection) -> None:
+        _, rows = await conn.execute(self.sql.lease_triggers)
+        if rows:
+            names = ", ".join(str(r[0]) for r in rows)
+            raise UnsafeSchema(
+                f"fos_lease has an enabled trigger ({names}): a trigger can change the row count every "
+                f"compare-and-set is judged by; drop it (DROP TRIGGER {rows[0][0]}) or disable it"
+            )
 
     # ---- nodes and events --------------------------------------------------------------------------------
 
@@ -420,21 +265,23 @@ class SqlLeaseStore:
         url: str | None,
         agent_version: str | None,
         *,
+        instance: str | None = None,
         timeout: float | None = None,
     ) -> None:
         """Upsert this node's row: UPDATE, and INSERT when there was none (a racing INSERT is retried as an
         UPDATE). One round trip once the row exists."""
         check_name("cluster", cluster)
         check_name("node", node)
+        _check_instance(instance)
         healthy = None if app_healthy is None else int(app_healthy)
-        update = (role, healthy, url, agent_version, cluster, node)
+        update = (role, healthy, url, agent_version, instance, cluster, node)
 
         async def op(conn: OwnedConnection) -> None:
             rowcount, _ = await conn.execute(self.sql.update_node, update)
             if rowcount >= 1:
                 return
             try:
-                await conn.execute(self.sql.insert_node, (cluster, node, role, healthy, url, agent_version))
+                await conn.execute(self.sql.insert_node, (cluster, node, role, healthy, url, agent_version, instance))
             except pyodbc.Error as exc:
                 if not is_duplicate_key(exc):
                     raise
@@ -469,7 +316,7 @@ class SqlLeaseStore:
         check_name("cluster", cluster)
 
         async def op(conn: OwnedConnection) -> list[Event]:
-            sql = statements.build(self.dialect, events_limit=max(1, int(limit))).list_events
+            sql = build(self.dialect, self.schema, events_limit=max(1, int(limit))).list_events
             _, rows = await conn.execute(sql, (cluster, since_id))
             return [
                 Event(
@@ -501,6 +348,7 @@ class SqlLeaseStore:
                     r[3],
                     r[4],
                     None if r[5] is None else float(r[5]) / 1000.0,
+                    r[6],
                 )
                 for r in rows
             ]
@@ -515,20 +363,7 @@ class SqlLeaseStore:
             _, rows = await conn.execute(self.sql.status, (cluster,))
             if not rows:
                 return None
-            keys = (
-                "cluster",
-                "holder",
-                "epoch",
-                "seconds_left",
-                "expired",
-                "handover_to",
-                "transitions",
-                "holder_role",
-                "holder_app_healthy",
-                "holder_url",
-                "standby_last_seen_age_s",
-            )
-            row = dict(zip(keys, rows[0], strict=True))
+            row = dict(zip(STATUS_COLUMNS, rows[0], strict=True))
             for key in ("seconds_left", "standby_last_seen_age_s", "epoch", "transitions"):
                 row[key] = _as_number(row[key])
             row["expired"] = bool(_as_bool(row["expired"]))
@@ -540,9 +375,11 @@ class SqlLeaseStore:
     # ---- schema ----------------------------------------------------------------------------------------------
 
     async def init_schema(self, *, timeout: float = 30.0) -> tuple[int, int]:
-        """Apply the missing schema versions; return (version before, version after). Idempotent."""
+        """Apply the missing schema versions, then refuse an enabled trigger on fos_lease (UnsafeSchema); return
+        (version before, version after). Idempotent. Needs DDL rights; `fos run` never calls it."""
 
         async def op(conn: OwnedConnection) -> tuple[int, int]:
+            await self._check_server_version(conn)
             try:
                 _, rows = await conn.execute(self.sql.schema_version)
                 before = int(rows[0][0] or 0) if rows else 0
@@ -550,17 +387,35 @@ class SqlLeaseStore:
                 if not isinstance(classify(exc), SchemaMissing):
                     raise
                 before = 0
-            for version, stmts in sorted(migrations(self.dialect).items()):
+            for version, stmts in sorted(migrations(self.dialect, self.schema).items()):
                 if version <= before:
                     continue
                 for sql in stmts:
-                    await conn.execute(sql)
+                    try:
+                        await conn.execute(sql)
+                    except pyodbc.Error as exc:  # ADD COLUMN without IF NOT EXISTS (MySQL, SQLite), run again
+                        if "duplicate column" not in str(exc).lower():
+                            raise
                 try:
-                    await conn.execute(record_version_sql(self.dialect), (version,))
+                    await conn.execute(record_version_sql(self.dialect, self.schema), (version,))
                 except pyodbc.Error as exc:
                     if not is_duplicate_key(exc):
                         raise
+            if self.dialect.name == "mssql" and before < 2:
+                await retype_mssql_keys(conn, self.schema)
+            await self._refuse_triggers(conn)
             self._schema_ok = True
             return before, SCHEMA_VERSION
 
         return await self._call(op, timeout, check_schema=False)
+
+    async def _check_server_version(self, conn: OwnedConnection) -> None:
+        if self.sql.server_version is None:
+            return
+        _, rows = await conn.execute(self.sql.server_version)
+        version, edition = str(rows[0][0]), int(rows[0][1] or 0)
+        major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
+        if edition not in _AZURE_EDITIONS and major < MSSQL_MIN_MAJOR:
+            raise StoreConfigError(
+                f"SQL Server {version} is too old: fos needs SQL Server 2016 (13.x) or later, or Azure SQL"
+            )

@@ -16,12 +16,14 @@ from lease.schema import migrations, record_version_sql
 SQLGLOT_NAME = {"mssql": "tsql", "postgresql": "postgres", "mysql": "mysql", "sqlite": "sqlite"}
 
 
-def every_statement(d: Dialect) -> list[str]:
-    built = statements.build(d)
+def every_statement(d: Dialect, schema: str | None = None) -> list[str]:
+    """Every statement text of the dialect, with the session set-up split into its single statements."""
+    built = statements.build(d, schema)
     out = [getattr(built, f.name) for f in dataclasses.fields(built)]
-    out += [stmt for stmts in migrations(d).values() for stmt in stmts]
-    out += [record_version_sql(d), statements.build(d, events_limit=7).list_events]
-    return out
+    out += [stmt for stmts in migrations(d, schema).values() for stmt in stmts]
+    out += [record_version_sql(d, schema), statements.build(d, schema, events_limit=7).list_events]
+    out += [part for sql in d.session_setup(2.0, "MariaDB") for part in sql.split("; ")]
+    return [s for s in out if s is not None]
 
 
 def parse_strict(sql: str, dialect: str) -> exp.Expression:
@@ -33,16 +35,15 @@ def parse_strict(sql: str, dialect: str) -> exp.Expression:
     return tree
 
 
-@pytest.mark.parametrize("sql", every_statement(MSSQL))
+@pytest.mark.parametrize("sql", every_statement(MSSQL, "dbo") + every_statement(MSSQL, "fos"))
 def test_every_tsql_statement_parses(sql: str) -> None:
     parse_strict(sql, "tsql")
 
 
 @pytest.mark.parametrize("name", ["postgresql", "mysql", "sqlite"])
 def test_every_statement_of_the_other_dialects_parses(name: str) -> None:
-    for sql in every_statement(DIALECTS[name]):
-        if name == "mysql" and sql.startswith("CREATE TABLE"):
-            continue  # sqlglot does not model ENGINE=InnoDB with an inline INDEX; the real server runs these
+    d = DIALECTS[name]
+    for sql in every_statement(d, d.default_schema) + every_statement(d, "fos"):
         parse_strict(sql, SQLGLOT_NAME[name])
 
 
@@ -96,3 +97,53 @@ def test_unknown_dbms_is_refused_with_the_way_out() -> None:
 
 def test_dialect_aliases_are_accepted() -> None:
     assert get_dialect("MariaDB").name == "mysql" and get_dialect("postgres").name == "postgresql"
+
+
+@pytest.mark.parametrize("bad", ["dbo;drop", "", "1abc", "a.b", "x" * 64, "d b", "dbo\n"])
+def test_a_schema_that_is_not_a_plain_identifier_is_refused_naming_the_key(bad: str) -> None:
+    from lease import SqlLeaseStore
+
+    with pytest.raises(StoreConfigError, match=r"database\.schema"):
+        SqlLeaseStore("Driver=X", dialect="postgresql", schema=bad)
+
+
+@pytest.mark.parametrize(
+    ("sql", "params", "expected_sql", "expected_params"),
+    [
+        (
+            "INSERT INTO t (a, b, c) VALUES (?, ?, ?)",
+            (1, None, "x"),
+            "INSERT INTO t (a, b, c) VALUES (?, NULL, ?)",
+            (1, "x"),
+        ),
+        ("SELECT '?', ? FROM t", (None,), "SELECT '?', NULL FROM t", ()),
+        ("UPDATE t SET a = CAST(? AS NVARCHAR(64))", (None,), "UPDATE t SET a = CAST(NULL AS NVARCHAR(64))", ()),
+        ("SELECT ?", ("v",), "SELECT ?", ("v",)),
+    ],
+)
+def test_none_parameters_are_written_as_null_and_never_bound(
+    sql: str, params: tuple[object, ...], expected_sql: str, expected_params: tuple[object, ...]
+) -> None:
+    assert statements.inline_nulls(sql, params) == (expected_sql, expected_params)
+
+
+def test_inlining_refuses_a_parameter_count_that_does_not_match_the_markers() -> None:
+    with pytest.raises(ValueError):
+        statements.inline_nulls("SELECT ?, ?", (None,))
+    with pytest.raises(ValueError):
+        statements.inline_nulls("SELECT ?", (None, 1))
+
+
+@pytest.mark.parametrize("d", list(DIALECTS.values()), ids=list(DIALECTS))
+def test_no_lease_statement_keeps_a_transaction_open(d: Dialect) -> None:
+    every = " ".join(every_statement(d, d.default_schema)).upper()
+    assert "BEGIN TRAN" not in every and "COMMIT" not in every
+
+
+def test_mariadb_views_run_with_the_invokers_rights() -> None:
+    view = [s for s in every_statement(DIALECTS["mysql"]) if "VIEW" in s and "fos_lease_status" in s]
+    assert view and all("SQL SECURITY INVOKER" in s for s in view)
+
+
+def test_sql_server_views_avoid_create_or_alter_which_2016_rtm_lacks() -> None:
+    assert not [s for s in every_statement(MSSQL, "dbo") if "CREATE OR ALTER" in s.upper()]

@@ -193,7 +193,7 @@ def test_rowcount_other_than_zero_or_one_is_a_protocol_violation() -> None:
 async def test_max_connections_bounds_how_many_connections_concurrent_calls_open(
     dialect: str, dsns: dict[str, str], store: SqlLeaseStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lease.store as store_module
+    import lease.calls as store_module
 
     opened = 0
     real_open = store_module.open_connection
@@ -210,3 +210,125 @@ async def test_max_connections_bounds_how_many_connections_concurrent_calls_open
     assert opened == 2
     assert bounded.statements_sent == 2 + 10  # one round trip per read
     await bounded.close()
+
+
+async def test_acquire_with_an_expected_state_creates_the_missing_row(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    got = await store.try_acquire(c, "m1", 5000, expected=LeaseState.missing(c))
+    assert got.acquired and got.epoch == 1
+    assert (await store.read(c)).holder == "m1"
+
+
+async def test_acquire_with_an_expected_state_that_wrongly_claims_a_row_still_creates_it(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    # What a caller that built its own state (epoch 0, never held) passes; the row does not exist.
+    got = await store.try_acquire(c, "m1", 5000, expected=LeaseState(c, None, 0, None))
+    assert got.acquired and got.epoch == 1
+    state = await store.read(c)
+    assert state.row_exists and state.holder == "m1"
+
+
+async def test_a_missing_row_reads_as_missing(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    assert not (await store.read(c)).row_exists
+    await store.ensure_cluster(c)
+    assert (await store.read(c)).row_exists
+
+
+async def test_another_instance_of_the_same_node_cannot_take_an_unexpired_lease(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    got = await store.try_acquire(c, "m1", 5000, instance="inst-a")
+    assert got.acquired and (await store.read(c)).holder_instance == "inst-a"
+    clone = await store.try_acquire(c, "m1", 5000, instance="inst-b")
+    assert not clone.acquired and clone.seen.holder_instance == "inst-a"
+    # Even with the state it read as `expected`: the compare-and-set itself refuses.
+    state = await store.read(c)
+    forced = await store.try_acquire(c, "m1", 5000, expected=LeaseState(c, None, state.epoch, -1), instance="inst-b")
+    assert not forced.acquired
+    legacy = await store.try_acquire(c, "m1", 5000)  # an agent without an instance id
+    assert not legacy.acquired
+    after = await store.read(c)
+    assert (after.holder_instance, after.epoch) == ("inst-a", 1)
+
+
+async def test_the_same_instance_resumes_its_unexpired_lease(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    await store.try_acquire(c, "m1", 5000, instance="inst-a")
+    again = await store.try_acquire(c, "m1", 5000, instance="inst-a")
+    assert again.acquired and again.epoch == 2
+    assert (await store.list_events(c, limit=1))[0].kind == EventKind.RESUMED
+
+
+async def test_a_lease_written_without_an_instance_is_resumed_only_without_one(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    await store.try_acquire(c, "m1", 5000)
+    assert not (await store.try_acquire(c, "m1", 5000, instance="inst-a")).acquired
+    assert (await store.try_acquire(c, "m1", 5000)).acquired
+
+
+async def test_after_expiry_any_instance_takes_the_lease(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    await store.try_acquire(c, "m1", 300, instance="inst-a")
+    await wait_until_expired(store, c)
+    got = await store.try_acquire(c, "m1", 5000, instance="inst-b")
+    assert got.acquired and got.epoch == 2
+    assert (await store.read(c)).holder_instance == "inst-b"
+
+
+async def test_release_clears_the_holder_instance(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    got = await store.try_acquire(c, "m1", 5000, instance="inst-a")
+    assert await store.release(c, "m1", got.epoch)
+    state = await store.read(c)
+    assert state.holder is None and state.holder_instance is None
+
+
+async def test_node_rows_carry_the_instance(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    await store.record_node(c, "m1", "standby", None, None, None, instance="inst-a")
+    await store.record_node(c, "m2", "standby", None, None, None)
+    nodes = {n.node: n for n in await store.list_nodes(c)}
+    assert nodes["m1"].instance == "inst-a" and nodes["m2"].instance is None
+    await store.record_node(c, "m1", "active", True, None, None, instance="inst-b")
+    assert {n.node: n for n in await store.list_nodes(c)}["m1"].instance == "inst-b"
+
+
+async def test_status_view_shows_the_holder_instance(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    await store.try_acquire(c, "m1", 30000, instance="inst-a")
+    row = await store.status_row(c)
+    assert row is not None and row["holder_instance"] == "inst-a"
+
+
+async def test_names_differing_only_in_case_are_different_nodes_and_never_both_hold(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    assert (await store.try_acquire(c, "M1", 5000)).acquired
+    lower = await store.try_acquire(c, "m1", 5000)
+    assert not lower.acquired and lower.seen.holder == "M1"
+    assert not await store.renew(c, "m1", 1, 5000)
+    assert not await store.release(c, "m1", 1)
+    assert (await store.read(c)).holder == "M1"
+    # Clusters and node rows that differ only in case are separate rows.
+    assert not (await store.read(c.upper())).row_exists
+    await store.record_node(c, "M1", "active", True, None, None)
+    await store.record_node(c, "m1", "standby", None, None, None)
+    assert [(n.node, n.role) for n in await store.list_nodes(c)] == [("M1", "active"), ("m1", "standby")]
+
+
+async def test_none_values_are_stored_as_null(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    await store.record_event(c, None, EventKind.NOTE, None, None)
+    got = await store.try_acquire(c, "m1", 5000)
+    await store.release(c, "m1", got.epoch)
+    events = await store.list_events(c)
+    note = events[-1]
+    assert (note.node, note.epoch, note.detail) == (None, None, None)
+    assert events[0].kind == EventKind.RELEASED and events[0].detail is None
+
+
+async def test_preflight_creates_the_missing_row_and_passes_on_a_clean_schema(store: SqlLeaseStore) -> None:
+    c = unique("c")
+    await store.preflight(c)
+    state = await store.read(c)
+    assert state.row_exists and state.epoch == 0 and state.holder is None
+    await store.preflight(c)  # idempotent

@@ -84,6 +84,29 @@ class DbServer:
         parts.update(extra)
         return ";".join(f"{k}={v}" for k, v in parts.items())
 
+    def admin_sql(self, sql: str, database: str = DATABASE) -> str:
+        """Run a script of SQL statements as the server's administrator (PostgreSQL: the bootstrap superuser, each
+        statement in its own transaction; MariaDB: root over the socket); return its output. For test set-up only:
+        creating databases, logins and grants."""
+        if self.kind == "postgresql":
+            argv = [f"{_pg_bindir()}/psql", "-h", self.workdir, "-p", str(self.port), "-U", USER, "-d", database]
+            argv = _prefix(self.netns) + _as_user("postgres", [*argv, "-v", "ON_ERROR_STOP=1", "-qAt", "-f", "-"])
+        else:
+            sock = os.path.join(self.workdir, "mysqld.sock")
+            argv = [*_prefix(self.netns), "mariadb", "--no-defaults", f"--socket={sock}", "-uroot", "-N", database]
+        done = subprocess.run(argv, input=sql, capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"admin SQL failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def create_database(self, name: str) -> str:
+        """A fresh empty database that the test login owns; returns its DSN."""
+        if self.kind == "postgresql":
+            self.admin_sql(f"CREATE DATABASE {name}")
+        else:
+            self.admin_sql(f"CREATE DATABASE {name}; GRANT ALL ON {name}.* TO '{USER}'@'%';")
+        return self.dsn(database=name)
+
     def stop(self) -> None:
         if self._stop_argv:
             subprocess.run(self._stop_argv, capture_output=True, timeout=30, check=False)

@@ -1,0 +1,134 @@
+"""Least privilege, with the exact set-up SQL of docs/database-setup.md: an owner login runs init-db, an agent
+login with only SELECT/INSERT/UPDATE on the tables and SELECT on the view runs every store operation the agent
+and the operator commands use, sends no DDL, and is refused DDL by the server."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pyodbc
+import pytest
+
+import lease.odbc
+from lease import LeaseState, SqlLeaseStore, UnsafeSchema
+from tests.support.dbservers import DbServer
+
+_runs = itertools.count(1)
+_DDL = re.compile(r"^\s*(CREATE|ALTER|DROP|GRANT|TRUNCATE)\b", re.IGNORECASE)
+DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "database-setup.md")
+
+
+def _doc_blocks(section: str) -> list[str]:
+    """The ```sql blocks of one section of docs/database-setup.md: the test runs what the document says."""
+    with open(DOC) as f:
+        text = f.read()
+    body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sql\n(.*?)```", body, re.DOTALL)
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def server(request: pytest.FixtureRequest) -> DbServer:
+    found: DbServer = request.getfixturevalue("pg_server" if request.param == "postgresql" else "mariadb_server")
+    return found
+
+
+def _personalise(sql: str, n: int) -> str:
+    """The documented names, made unique per run so tests can share one server."""
+    return (
+        sql.replace("fos_owner", f"fos_owner{n}")
+        .replace("fos_agent", f"fos_agent{n}")
+        .replace("DATABASE fos", f"DATABASE fos_p{n}")
+        .replace("\\c fos", f"\\c fos_p{n}")
+        .replace(" fos.", f" fos_p{n}.")
+    )
+
+
+@pytest.fixture
+def logins(server: DbServer) -> Iterator[dict[str, str]]:
+    n = next(_runs) + 100 * (os.getpid() % 1000)
+    section = "PostgreSQL (15 and later)" if server.kind == "postgresql" else "MariaDB / MySQL"
+    setup, grants = (_personalise(b, n) for b in _doc_blocks(section))
+    if server.kind == "postgresql":
+        # Schema-qualified names stay `fos.` on PostgreSQL: the schema is called fos in every database.
+        setup = setup.replace(f"fos_p{n}.", "fos.")
+        grants = grants.replace(f"fos_p{n}.", "fos.")
+        server.admin_sql(setup, database="postgres")
+    else:
+        server.admin_sql(setup, database="mysql")
+    database = f"fos_p{n}"
+    extra = {"Uid": f"fos_owner{n}"}
+    owner = server.dsn(password="owner-secret", database=database, **extra)
+    agent = server.dsn(password="agent-secret", database=database, Uid=f"fos_agent{n}")
+    yield {"owner": owner, "agent": agent, "grants": grants, "database": database}
+
+
+async def test_the_agent_login_with_the_documented_grants_runs_everything_and_no_ddl(
+    server: DbServer, logins: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = "fos" if server.kind == "postgresql" else None
+    owner = SqlLeaseStore(logins["owner"], schema=schema, call_timeout=10)
+    assert (await owner.init_schema())[1] == 2
+    await owner.close()
+    server.admin_sql(logins["grants"], database=logins["database"] if server.kind == "postgresql" else "mysql")
+
+    sent: list[str] = []
+    real = lease.odbc._execute
+
+    def recording(worker: Any, sql: str, params: tuple[Any, ...]) -> Any:
+        sent.append(sql)
+        return real(worker, sql, params)
+
+    monkeypatch.setattr(lease.odbc, "_execute", recording)
+    agent = SqlLeaseStore(logins["agent"], schema=schema, call_timeout=5)
+    await agent.preflight("c1")
+    state = await agent.read("c1")
+    assert state.row_exists
+    got = await agent.try_acquire("c1", "m1", 5000, expected=state, instance="i1")
+    assert got.acquired
+    assert await agent.renew("c1", "m1", got.epoch, 5000)
+    assert await agent.release("c1", "m1", got.epoch, detail="graceful stop")
+    assert (await agent.try_acquire("c2", "m1", 5000, expected=LeaseState.missing("c2"))).acquired
+    await agent.record_node("c1", "m1", "standby", None, None, "0.1", instance="i1")
+    await agent.record_node("c1", "m1", "active", True, "http://m1", "0.1", instance="i1")
+    await agent.record_event("c1", "m1", "note", None, "hello")
+    assert len(await agent.list_events("c1")) == 3
+    assert [n.node for n in await agent.list_nodes("c1")] == ["m1"]
+    row = await agent.status_row("c1")
+    assert row is not None and row["holder"] is None
+    await agent.close()
+    assert sent and not [s for s in sent if _DDL.match(s)], "the agent sent DDL"
+
+    conn = pyodbc.connect(logins["agent"], autocommit=True)
+    try:
+        table = "fos.fos_event" if schema else "fos_event"
+        for ddl in (f"CREATE TABLE {table}_x (x INTEGER)", f"DROP TABLE {table}", f"ALTER TABLE {table} ADD y INTEGER"):
+            with pytest.raises(pyodbc.Error, match=r"(?i)denied|must be owner"):
+                conn.cursor().execute(ddl)
+    finally:
+        conn.close()
+
+
+async def test_the_agent_login_sees_and_refuses_a_trigger_the_owner_did_not_create(
+    server: DbServer, logins: dict[str, str]
+) -> None:
+    schema = "fos" if server.kind == "postgresql" else None
+    owner = SqlLeaseStore(logins["owner"], schema=schema, call_timeout=10)
+    await owner.init_schema()
+    await owner.close()
+    server.admin_sql(logins["grants"], database=logins["database"] if server.kind == "postgresql" else "mysql")
+    if server.kind == "postgresql":
+        trigger = (
+            "CREATE FUNCTION fos.audit() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';\n"
+            "CREATE TRIGGER fos_audit AFTER UPDATE ON fos.fos_lease FOR EACH ROW EXECUTE FUNCTION fos.audit();"
+        )
+    else:
+        trigger = "CREATE TRIGGER fos_audit AFTER UPDATE ON fos_lease FOR EACH ROW SET @fos_audit = 1;"
+    server.admin_sql(trigger, database=logins["database"])
+    agent = SqlLeaseStore(logins["agent"], schema=schema, call_timeout=5)
+    with pytest.raises(UnsafeSchema, match="fos_audit"):
+        await agent.preflight("c1")
+    await agent.close()
