@@ -1,45 +1,71 @@
-"""The cluster file: one TOML file, the same on every node. Parsing and validation only, no I/O beyond reading it.
+"""The cluster file: one TOML file, the same on every node. Parsing and validation only, no I/O beyond reading it
+(and, in check_listen, resolving http.listen's host name).
 
-Every problem is reported as a ConfigError whose one-line message names the field and the fix. Unsafe timing
-is refused (never silently adjusted): see timing.py for the rules.
+Every problem is reported as a ConfigError whose one-line message names the field and the fix, and never shows
+a secret. Unsafe timing is refused (never silently adjusted): see timing.py for the rules. Each default and each
+bound is declared once, on the dataclass field below; the parser reads them from there.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
+import socket
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from lease.dialects import ALIASES, DIALECTS
 from lease.names import MAX_NAME
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SQL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # 63: PostgreSQL's limit, the smallest of the four
+_ACCOUNT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")  # a POSIX user/group name or a numeric id
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SECRET_WORDS = ("password", "passwd", "pwd", "token", "secret")
+_SECRET_QUERY = re.compile(r"(?i)(password|passwd|pwd|token|secret|key|auth)")
+
+DAY = 86400.0  # upper bound of every duration: no sane failover setting is longer than a day
+# lease.ttl is stored as ttl_ms in a 32-bit INTEGER column: 2147483 s is the hard limit; a day is far below it.
+TTL_MAX_S = DAY
+DEFERRED_SECRET = "fos-config-check-placeholder"  # what `fos config check` puts where an unset ${VAR} was
 
 
 class ConfigError(Exception):
     """Bad configuration; the message is one line and names the field."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).splitlines()))
+
+
+def _bounded(default: Any, low: float = 0.0, high: float = DAY, low_ok: bool = False, fix: str = "") -> Any:
+    """A numeric field: its default and its accepted range (low exclusive unless low_ok, high inclusive); fix
+    replaces the generic out-of-range message."""
+    return field(default=default, metadata={"low": low, "high": high, "low_ok": low_ok, "fix": fix})
+
 
 @dataclass(frozen=True)
 class NodeConfig:
     name: str
-    interface: str
+    interface: str = ""
     url: str | None = None
-    priority: int = 0
+    priority: int = _bounded(0, low=-1_000_000, high=1_000_000, low_ok=True)  # for fail-back (not yet used)
 
 
 @dataclass(frozen=True)
 class HealthConfig:
     http: str | None = None
-    tcp: int | None = None
+    tcp: int | None = _bounded(None, low=1, high=65535, low_ok=True, fix="is not a port: use 1-65535")
     command: str | None = None
-    interval: float = 2.0
-    timeout: float = 1.0
-    failures: int = 3
-    start_grace: float = 30.0
+    interval: float = _bounded(2.0, high=3600)
+    timeout: float = _bounded(1.0, high=3600)
+    failures: int = _bounded(3, low=1, high=1000, low_ok=True)
+    start_grace: float = _bounded(30.0)
 
     @property
     def enabled(self) -> bool:
@@ -51,31 +77,34 @@ class AppConfig:
     command: str | list[str] | None = None
     start: str | list[str] | None = None
     stop: str | list[str] | None = None
-    stop_timeout: float = 10.0
+    stop_timeout: float = _bounded(10.0)
     health: HealthConfig = field(default_factory=HealthConfig)
-    hold_off: float = 30.0  # after stepping down for an app failure, do not re-acquire for this long
+    hold_off: float = _bounded(30.0, low_ok=True)  # after stepping down for an app failure, do not re-acquire
+    user: str | None = None  # run the application as this user (agent/app.py), None: as the agent
+    group: str | None = None  # and this group, None: the user's primary group
 
 
 @dataclass(frozen=True)
 class DatabaseConfig:
     dsn: str
     dialect: str | None = None
-    call_timeout: float | None = None  # default: heartbeat / 2
+    call_timeout: float | None = _bounded(None, high=3600)  # default: heartbeat / 2
+    schema: str | None = None  # None: the dialect's default (dbo on mssql, public on postgresql)
 
 
 @dataclass(frozen=True)
 class LeaseConfig:
-    ttl: float = 180.0
-    heartbeat: float = 10.0
-    fence_margin: float = 0.2
-    min_hold: float = 5.0  # minimum time between two transitions of one node (no flapping)
+    ttl: float = _bounded(180.0, high=TTL_MAX_S)
+    heartbeat: float = _bounded(10.0)
+    fence_margin: float = _bounded(0.2, high=3600)
+    min_hold: float = _bounded(5.0, low_ok=True)  # minimum time between two transitions of one node (no flapping)
 
 
 @dataclass(frozen=True)
 class AnnounceConfig:
-    count: int = 3
-    interval: float = 0.2
-    refresh: float = 0.0  # seconds between gratuitous ARP refreshes while active; 0 = off
+    count: int = _bounded(3, low=1, high=100, low_ok=True)
+    interval: float = _bounded(0.2, high=60)
+    refresh: float = _bounded(0.0, low_ok=True)  # seconds between gratuitous ARP refreshes while active; 0 = off
 
 
 @dataclass(frozen=True)
@@ -83,20 +112,26 @@ class Config:
     path: str
     cluster: str
     common_ip: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None
-    address_driver: str
-    alias_url: str | None
     nodes: tuple[NodeConfig, ...]
     database: DatabaseConfig
-    lease: LeaseConfig
-    app: AppConfig
-    announce: AnnounceConfig
-    http_listen: str | None
+    address_driver: str = "netlink"
+    alias_url: str | None = None
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
+    app: AppConfig = field(default_factory=AppConfig)
+    announce: AnnounceConfig = field(default_factory=AnnounceConfig)
+    http_listen: str | None = "0.0.0.0:8470"  # None: no HTTP endpoint
     probe_conflict: bool = True
-    probe_timeout: float = 0.2
+    probe_timeout: float = _bounded(0.2, high=60)
+    unset_env: tuple[str, ...] = ()  # ${VAR}s replaced by DEFERRED_SECRET (only when parsed with defer_env)
 
     @property
     def call_timeout(self) -> float:
         return self.database.call_timeout if self.database.call_timeout is not None else self.lease.heartbeat / 2
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """(host, port) of http.listen, host without brackets ('' = every address); None when it is off."""
+        return None if self.http_listen is None else parse_listen(self.http_listen)
 
     def node(self, name: str) -> NodeConfig:
         for n in self.nodes:
@@ -108,6 +143,62 @@ class Config:
         return ", ".join(n.name for n in self.nodes)
 
 
+def _field(cls: type, name: str) -> Any:
+    return next(f for f in fields(cls) if f.name == name)
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The one declared default of a config field."""
+    f = _field(cls, name)
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    raise KeyError(f"{cls.__name__}.{name} has no default")
+
+
+def is_secret_key(dotted: str) -> bool:
+    """Keys whose values are never printed: the DSN, and anything named like a password or token."""
+    lowered = dotted.lower()
+    return lowered == "database.dsn" or any(w in lowered for w in _SECRET_WORDS)
+
+
+def redact_url(url: str) -> str:
+    """The URL without credentials (user info, and query values named like secrets), for logs, events and pages."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            netloc = "***@" + netloc.rpartition("@")[2]
+        query = parts.query
+        if query and _SECRET_QUERY.search(query):
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode([(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in pairs], safe="*")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:  # not parseable as a URL: still never show what looks like user info
+        return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+def _shown(dotted: str, value: Any) -> str:
+    if is_secret_key(dotted):
+        return f"({_type_name(value)})"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _num(value: float) -> str:
+    """A number for a message; a very long TOML integer is shown by its size."""
+    if isinstance(value, int):
+        digits = str(value)
+        return digits if len(digits) <= 20 else f"a {len(digits.lstrip('-'))}-digit number"
+    return f"{value:g}"
+
+
+def _type_name(value: Any) -> str:
+    names = {bool: "true/false", int: "number", float: "number", str: "string", list: "list", dict: "table"}
+    return names.get(type(value), type(value).__name__)
+
+
 class _Reader:
     """Typed access to a TOML table that remembers the dotted path, for messages."""
 
@@ -117,7 +208,8 @@ class _Reader:
         self.used: set[str] = set()
 
     def _key(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
+        shown = key if _PLAIN_KEY.fullmatch(key) else repr(key)
+        return f"{self.where}.{shown}" if self.where else shown
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
         self.used.add(key)
@@ -126,19 +218,77 @@ class _Reader:
                 raise ConfigError(f"{self._key(key)} is missing: add it to the config file")
             return default
         value = self.data[key]
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            raise ConfigError(f"{self._key(key)} = {value!r} has the wrong type: expected {_kind_name(kind)}")
-        if not isinstance(value, kind):
-            raise ConfigError(f"{self._key(key)} = {value!r} has the wrong type: expected {_kind_name(kind)}")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            where = self._key(key)
+            if is_secret_key(where):
+                raise ConfigError(
+                    f"{where} has the wrong type {_shown(where, value)}: expected {_kind_name(kind)}"
+                )
+            raise ConfigError(f"{where} = {_shown(where, value)} has the wrong type: expected {_kind_name(kind)}")
         return value
 
-    def number(self, key: str, default: float | None, minimum: float = 0.0, required: bool = False) -> float:
-        value = self.get(key, (int, float), default, required)
+    def _range(self, cls: type, key: str, attr: str | None) -> tuple[Any, float, float, bool, str]:
+        f = _field(cls, attr or key)
+        meta = f.metadata
+        return default_of(cls, attr or key), meta["low"], meta["high"], meta["low_ok"], meta["fix"]
+
+    def _check_range(self, key: str, value: float, low: float, high: float, low_ok: bool, fix: str) -> None:
+        if fix and (value < low or (value == low and not low_ok) or value > high):
+            raise ConfigError(f"{self._key(key)} = {_num(value)} {fix}")
+        if value < low or (value == low and not low_ok):
+            bound = "at least" if low_ok else "greater than"
+            raise ConfigError(f"{self._key(key)} = {_num(value)} must be {bound} {low:g}")
+        if value > high:
+            raise ConfigError(f"{self._key(key)} = {_num(value)} is more than {high:g}, the most fos accepts: lower it")
+
+    def number(self, cls: type, key: str, attr: str | None = None) -> Any:
+        """A duration or other real number: finite, within the field's declared bounds."""
+        default, low, high, low_ok, fix = self._range(cls, key, attr)
+        value = self.get(key, (int, float), default)
         if value is None:
-            return None  # type: ignore[return-value]
-        if value <= minimum:
-            raise ConfigError(f"{self._key(key)} = {value} must be greater than {minimum:g}")
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{self._key(key)} = {value} is not a finite number: give a value like {default or 1:g}")
+        self._check_range(key, value, low, high, low_ok, fix)  # before float(): a huge TOML integer overflows a float
         return float(value)
+
+    def integer(self, cls: type, key: str, attr: str | None = None) -> Any:
+        """A count, port or priority: a TOML integer (no fraction, nan or inf), within the declared bounds."""
+        default, low, high, low_ok, fix = self._range(cls, key, attr)
+        value = self.get(key, (int, float), default)
+        if value is None:
+            return None
+        if isinstance(value, float):
+            raise ConfigError(f"{self._key(key)} = {value} must be a whole number, like {default or 1}")
+        self._check_range(key, value, low, high, low_ok, fix)
+        return int(value)
+
+    def text(self, key: str, pattern: re.Pattern[str] | None = None, what: str = "", fix: str = "") -> str | None:
+        value: str | None = self.get(key, str)
+        if value is not None and pattern is not None and not pattern.fullmatch(value):
+            raise ConfigError(f"{self._key(key)} = {_shown(self._key(key), value)} is not {what}: {fix}")
+        return value
+
+    def url(self, key: str, credentials_ok: bool = False) -> str | None:
+        """An http(s) URL with a host; unless credentials_ok, without user name or password (it is displayed)."""
+        value: str | None = self.get(key, str)
+        if value is None:
+            return None
+        where = self._key(key)
+        try:
+            parts = urlsplit(value)
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+            _ = parts.port  # raises ValueError for a port that is not a number in 0-65535
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ConfigError(
+                f"{where} = {redact_url(value)!r} is not an http(s) URL with a host: write it like http://host:8080/"
+            )
+        if not credentials_ok and (parts.username or parts.password):
+            raise ConfigError(f"{where} contains a user name or password: remove it, fos shows this URL in status")
+        return value
 
     def table(self, key: str) -> _Reader:
         return _Reader(self.get(key, dict, {}), self._key(key))
@@ -160,8 +310,17 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 def _name(value: str, field_name: str) -> str:
     if not _NAME.fullmatch(value):
         raise ConfigError(
-            f"{field_name} = {value!r} is not a valid name: use 1-{MAX_NAME} letters, digits, '.', '_' or '-'"
+            f"{field_name} = {_shown(field_name, value)} is not a valid name: use 1-{MAX_NAME} letters, digits, "
+            "'.', '_' or '-'"
         )
+    return value
+
+
+def _quote_odbc_value(value: str) -> str:
+    """An ODBC attribute value as a connection string needs it: brace-quoted (a `}` doubled) when it contains
+    `;`, `{` or `}` or has leading/trailing spaces, else unchanged."""
+    if value and (any(c in value for c in ";{}") or value != value.strip()):
+        return "{" + value.replace("}", "}}") + "}"
     return value
 
 
@@ -175,6 +334,114 @@ def expand_env(value: str, field_name: str, env: dict[str, str] | None = None) -
         return environ[m.group(1)]
 
     return _ENV.sub(sub, value)
+
+
+def expand_dsn(template: str, env: dict[str, str] | None = None, defer: bool = False) -> tuple[str, tuple[str, ...]]:
+    """database.dsn with each ${VAR} replaced by the environment's value, quoted by ODBC's rules so a password
+    with `;` or `}` stays one attribute. With defer, an unset VAR becomes DEFERRED_SECRET (for `fos config check`,
+    which never connects) and its name is returned; without, it is an error."""
+    environ = os.environ if env is None else env
+    refs: list[str] = []
+
+    def mark(m: re.Match[str]) -> str:  # hide ${VAR} from the ODBC parse below: its braces are not ODBC's
+        refs.append(m.group(1))
+        return f"\0{len(refs) - 1}\0"
+
+    unset: list[str] = []
+
+    def value_of(index: int) -> str:
+        name = refs[index]
+        if name in environ:
+            return environ[name]
+        if not defer:
+            raise ConfigError(f"database.dsn uses ${{{name}}}, which is not set in the environment: export it")
+        unset.append(name)
+        return DEFERRED_SECRET
+
+    def substitute(text: str, escape_braces: bool) -> str:
+        def one(m: re.Match[str]) -> str:
+            v = value_of(int(m.group(1)))
+            return v.replace("}", "}}") if escape_braces else v
+
+        return re.sub(r"\0(\d+)\0", one, text)
+
+    if "\0" in template:
+        raise ConfigError("database.dsn contains a NUL character: remove it")
+    marked = _ENV.sub(mark, template)
+    out: list[str] = []
+    i = 0
+    while i < len(marked):
+        eq, semi = marked.find("=", i), marked.find(";", i)
+        if eq < 0 or (0 <= semi < eq):  # a segment without '=': keep it as written
+            end = len(marked) if semi < 0 else semi
+            out.append(substitute(marked[i:end], False))
+            i = end + 1
+            continue
+        key = marked[i : eq + 1]
+        if marked.startswith("{", eq + 1):
+            j = eq + 2
+            while True:
+                close = marked.find("}", j)
+                if close < 0:
+                    raise ConfigError("database.dsn has a '{' that is never closed: end the braced value with '}'")
+                if marked.startswith("}}", close):
+                    j = close + 2
+                    continue
+                break
+            end = marked.find(";", close)
+            end = len(marked) if end < 0 else end
+            out.append(key + substitute(marked[eq + 1 : end], True))
+        else:
+            end = marked.find(";", eq)
+            end = len(marked) if end < 0 else end
+            raw = marked[eq + 1 : end]
+            value = substitute(raw, False)
+            out.append(key + (_quote_odbc_value(value) if "\0" in raw else value))
+        i = end + 1
+    dsn = ";".join(out) + (";" if marked.endswith(";") else "")
+    return dsn, tuple(dict.fromkeys(unset))
+
+
+def parse_listen(text: str, field_name: str = "http.listen") -> tuple[str, int]:
+    """host:port ([v6]:port for IPv6; an empty host means every address) -> (host, port)."""
+    m = re.fullmatch(r"\[([^\]]*)\]:(\d{1,5})|([^:\[\]]*):(\d{1,5})", text)
+    host = (m.group(1) if m.group(1) is not None else m.group(3)) if m else ""
+    port = int(m.group(2) or m.group(4)) if m else 0
+    ok = m is not None and 1 <= port <= 65535
+    if ok and m is not None and m.group(1) is not None:
+        try:
+            ok = ipaddress.ip_address(host).version == 6
+        except ValueError:
+            ok = False
+    elif ok and host:
+        ok = bool(_HOSTNAME.fullmatch(host))
+    if not ok:
+        raise ConfigError(
+            f"{field_name} = {_shown(field_name, text)} is not an address to listen on: use host:port with a port "
+            "1-65535, e.g. 0.0.0.0:8470, [::]:8470 or 127.0.0.1:8470"
+        )
+    return host, port
+
+
+def check_listen(cfg: Config) -> None:
+    """http.listen's host is a literal IP or a name this machine resolves (at check and start time, before
+    anything is started); a ConfigError otherwise."""
+    address = cfg.http_address
+    if address is None or not address[0]:
+        return
+    host, port = address
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise ConfigError(
+            f"http.listen = {cfg.http_listen!r}: the host {host!r} does not resolve on this machine: use an IP "
+            "address, or a name in /etc/hosts"
+        ) from None
 
 
 def parse_common_ip(
@@ -191,7 +458,7 @@ def parse_common_ip(
             mask = netmask or ("255.255.255.0" if addr.version == 4 else "64")
             iface = ipaddress.ip_interface(f"{text}/{mask}")
     except ValueError as exc:
-        raise ConfigError(f"{field_name} = {text!r} is not an address: {exc}") from None
+        raise ConfigError(f"{field_name} = {_shown(field_name, text)} is not an address: {exc}") from None
     if iface.ip == iface.network.network_address and iface.network.prefixlen < iface.max_prefixlen:
         raise ConfigError(f"{field_name} = {text!r} is the network address of its subnet: choose a host address")
     if iface.ip.is_loopback or iface.ip.is_multicast or iface.ip.is_unspecified:
@@ -208,91 +475,95 @@ def _command(reader: _Reader, key: str) -> str | list[str] | None:
     return value  # type: ignore[no-any-return]
 
 
-def load(path: str, env: dict[str, str] | None = None) -> Config:
+def load(path: str, env: dict[str, str] | None = None, defer_env: bool = False) -> Config:
+    """Read and parse the cluster file; every failure is a one-line ConfigError."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read()
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist: pass --config with the cluster file's path") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}): save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    return parse(data, path, env)
+    return parse(data, path, env, defer_env=defer_env)
 
 
-def parse(data: dict[str, Any], path: str = "<config>", env: dict[str, str] | None = None) -> Config:
+def parse(
+    data: dict[str, Any], path: str = "<config>", env: dict[str, str] | None = None, defer_env: bool = False
+) -> Config:
+    """Validate the TOML document into a Config. defer_env: unset ${VAR}s in the DSN become a placeholder
+    (listed in Config.unset_env) instead of an error, for checks that never connect."""
     top = _Reader(data, "")
     cl = top.table("cluster")
     cluster = _name(cl.get("name", str, required=True), "cluster.name")
-    driver = cl.get("address_driver", str, "netlink")
+    driver = cl.get("address_driver", str, default_of(Config, "address_driver"))
     if driver not in ("netlink", "none"):
-        raise ConfigError(f"cluster.address_driver = {driver!r} is unknown: use 'netlink' or 'none'")
+        raise ConfigError(f"cluster.address_driver = {_shown('', driver)} is unknown: use 'netlink' or 'none'")
     ip_text = cl.get("common_ip", str)
     common_ip = parse_common_ip(ip_text, cl.get("netmask", str), "cluster.common_ip") if ip_text else None
     if common_ip is None and driver == "netlink":
         raise ConfigError("cluster.common_ip is missing: set it, or set cluster.address_driver = 'none'")
-    alias_url = cl.get("alias_url", str)
-    probe = cl.get("probe_conflict", bool, True)
-    probe_timeout = cl.number("probe_timeout", 0.2)
+    alias_url = cl.url("alias_url")
+    probe = cl.get("probe_conflict", bool, default_of(Config, "probe_conflict"))
+    probe_timeout = cl.number(Config, "probe_timeout")
     cl.done()
 
-    raw_nodes = top.get("nodes", list, required=True)
-    nodes: list[NodeConfig] = []
-    for i, raw in enumerate(raw_nodes):
-        if not isinstance(raw, dict):
-            raise ConfigError(f"nodes[{i}] must be a table: write it as [[nodes]]")
-        r = _Reader(raw, f"nodes[{i}]")
-        node = NodeConfig(
-            name=_name(r.get("name", str, required=True), f"nodes[{i}].name"),
-            interface=r.get("interface", str, required=driver == "netlink") or "",
-            url=r.get("url", str),
-            priority=int(r.get("priority", int, 0)),
-        )
-        r.done()
-        if any(n.name == node.name for n in nodes):
-            raise ConfigError(f"nodes[{i}].name = {node.name!r} is used twice: give every node its own name")
-        nodes.append(node)
-    if len(nodes) < 1:
-        raise ConfigError("nodes is empty: list each machine of the cluster as a [[nodes]] table")
+    nodes = _nodes(top, driver)
 
     db = top.table("database")
-    dsn = expand_env(db.get("dsn", str, required=True), "database.dsn", env)
-    database = DatabaseConfig(dsn=dsn, dialect=db.get("dialect", str), call_timeout=db.number("call_timeout", None))
+    dsn, unset = expand_dsn(db.get("dsn", str, required=True), env, defer_env)
+    dialect = db.get("dialect", str)
+    if dialect is not None and ALIASES.get(dialect.lower(), dialect.lower()) not in DIALECTS:
+        raise ConfigError(
+            f"database.dialect = {_shown('', dialect)} is unknown: use one of {', '.join(sorted(DIALECTS))}, "
+            "or omit it to detect the database from the connection"
+        )
+    database = DatabaseConfig(
+        dsn=dsn,
+        dialect=dialect,
+        call_timeout=db.number(DatabaseConfig, "call_timeout"),
+        schema=db.text(
+            "schema", _SQL_IDENTIFIER, "an SQL identifier", "use letters, digits and '_' (1-63, not first a digit)"
+        ),
+    )
     db.done()
 
     ls = top.table("lease")
-    lease = LeaseConfig(
-        ttl=ls.number("ttl", 180.0),
-        heartbeat=ls.number("heartbeat", 10.0),
-        fence_margin=ls.number("fence_margin", 0.2),
-        min_hold=ls.number("min_hold", 5.0, minimum=-1e-9),
-    )
+    lease = LeaseConfig(**{k: ls.number(LeaseConfig, k) for k in ("ttl", "heartbeat", "fence_margin", "min_hold")})
     ls.done()
 
     ap = top.table("application")
     hr = ap.table("health")
     health = HealthConfig(
-        http=hr.get("http", str),
-        tcp=hr.get("tcp", int),
+        http=hr.url("http", credentials_ok=True),
+        tcp=hr.integer(HealthConfig, "tcp"),
         command=hr.get("command", str),
-        interval=hr.number("interval", 2.0),
-        timeout=hr.number("timeout", 1.0),
-        failures=int(hr.number("failures", 3)),
-        start_grace=hr.number("start_grace", 30.0),
+        interval=hr.number(HealthConfig, "interval"),
+        timeout=hr.number(HealthConfig, "timeout"),
+        failures=hr.integer(HealthConfig, "failures"),
+        start_grace=hr.number(HealthConfig, "start_grace"),
     )
     hr.done()
     if sum(x is not None for x in (health.http, health.tcp, health.command)) > 1:
         raise ConfigError("application.health has more than one of http, tcp, command: keep exactly one")
-    if health.tcp is not None and not 0 < health.tcp < 65536:
-        raise ConfigError(f"application.health.tcp = {health.tcp} is not a port: use 1-65535")
+    account_fix = "give a user or group name (or a numeric id) of this machine, or remove the key"
     app = AppConfig(
         command=_command(ap, "command"),
         start=_command(ap, "start"),
         stop=_command(ap, "stop"),
-        stop_timeout=ap.number("stop_timeout", 10.0),
+        stop_timeout=ap.number(AppConfig, "stop_timeout"),
         health=health,
-        hold_off=ap.number("hold_off", 30.0, minimum=-1e-9),
+        hold_off=ap.number(AppConfig, "hold_off"),
+        user=ap.text("user", _ACCOUNT, "a user name", account_fix),
+        group=ap.text("group", _ACCOUNT, "a group name", account_fix),
     )
     ap.done()
     if app.command is not None and (app.start is not None or app.stop is not None):
@@ -302,14 +573,16 @@ def parse(data: dict[str, Any], path: str = "<config>", env: dict[str, str] | No
 
     an = top.table("announce")
     announce = AnnounceConfig(
-        count=int(an.number("count", 3)),
-        interval=an.number("interval", 0.2),
-        refresh=an.number("refresh", 0.0, minimum=-1e-9),
+        count=an.integer(AnnounceConfig, "count"),
+        interval=an.number(AnnounceConfig, "interval"),
+        refresh=an.number(AnnounceConfig, "refresh"),
     )
     an.done()
 
     hp = top.table("http")
-    listen = hp.get("listen", str, "0.0.0.0:8470")
+    listen = hp.get("listen", str, default_of(Config, "http_listen")) or None  # "" turns the endpoint off
+    if listen is not None:
+        parse_listen(listen)
     hp.done()
     top.done()
 
@@ -324,12 +597,37 @@ def parse(data: dict[str, Any], path: str = "<config>", env: dict[str, str] | No
         common_ip=common_ip,
         address_driver=driver,
         alias_url=alias_url,
-        nodes=tuple(nodes),
+        nodes=nodes,
         database=database,
         lease=lease,
         app=app,
         announce=announce,
-        http_listen=listen or None,
+        http_listen=listen,
         probe_conflict=probe,
         probe_timeout=probe_timeout,
+        unset_env=unset,
     )
+
+
+def _nodes(top: _Reader, driver: str) -> tuple[NodeConfig, ...]:
+    raw_nodes = top.get("nodes", list, required=True)
+    nodes: list[NodeConfig] = []
+    for i, raw in enumerate(raw_nodes):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"nodes[{i}] must be a table: write it as [[nodes]]")
+        r = _Reader(raw, f"nodes[{i}]")
+        node = NodeConfig(
+            name=_name(r.get("name", str, required=True), f"nodes[{i}].name"),
+            interface=r.get("interface", str, default_of(NodeConfig, "interface"), required=driver == "netlink"),
+            url=r.url("url"),
+            priority=r.integer(NodeConfig, "priority"),
+        )
+        r.done()
+        if driver == "netlink" and not node.interface:
+            raise ConfigError(f"nodes[{i}].interface is empty: give the NIC on the common IP's network")
+        if any(n.name == node.name for n in nodes):
+            raise ConfigError(f"nodes[{i}].name = {node.name!r} is used twice: give every node its own name")
+        nodes.append(node)
+    if len(nodes) < 1:
+        raise ConfigError("nodes is empty: list each machine of the cluster as a [[nodes]] table")
+    return tuple(nodes)
