@@ -179,6 +179,21 @@ def redact_url(url: str) -> str:
         return re.sub(r"//[^/@]*@", "//***@", url)
 
 
+def scrub_url(text: str, url: str | None) -> str:
+    """`text` (an error message that may quote `url`) with the URL's credentials replaced by ***."""
+    if not url:
+        return text
+    text = text.replace(url, redact_url(url))
+    try:
+        parts = urlsplit(url)
+        secrets = [s for s in (parts.password, parts.username) if s and len(s) >= 3]  # shorter: mangles the text
+    except ValueError:
+        secrets = []
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 def _shown(dotted: str, value: Any) -> str:
     if is_secret_key(dotted):
         return f"({_type_name(value)})"
