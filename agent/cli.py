@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
-import ipaddress
 import grp
+import ipaddress
 import json
 import os
 import pwd

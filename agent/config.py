@@ -237,9 +237,7 @@ class _Reader:
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             where = self._key(key)
             if is_secret_key(where):
-                raise ConfigError(
-                    f"{where} has the wrong type {_shown(where, value)}: expected {_kind_name(kind)}"
-                )
+                raise ConfigError(f"{where} has the wrong type {_shown(where, value)}: expected {_kind_name(kind)}")
             raise ConfigError(f"{where} = {_shown(where, value)} has the wrong type: expected {_kind_name(kind)}")
         return value
 

@@ -253,8 +253,10 @@ def test_status_shows_dead_and_stopped_nodes_as_down_with_their_age(tmp_path: Pa
 
     asyncio.run(record())
     native_query(
-        "sqlite", None, db, "UPDATE fos_node SET last_seen = strftime('%Y-%m-%d %H:%M:%f', 'now', '-60 seconds') "
-        "WHERE node_name = 'm1'"
+        "sqlite",
+        None,
+        db,
+        "UPDATE fos_node SET last_seen = strftime('%Y-%m-%d %H:%M:%f', 'now', '-60 seconds') WHERE node_name = 'm1'",
     )
     result = fos("status", "--config", str(cfg), dsn=dsn)
     assert result.returncode == 0, result.stderr
@@ -298,10 +300,14 @@ def test_config_check_on_a_node_names_it_and_checks_its_interface(lan: Any, tmp_
     cfg.write_text(cfg.read_text().replace('interface = "eth0"', 'interface = "eth7"', 1))
     bad_if = m1.run(*FOS, "config", "check", "--config", str(cfg), check=False)
     assert bad_if.returncode == 2 and "eth7" in bad_if.stderr and bad_if.stderr.count("\n") == 1
-    cfg.write_text(cfg.read_text().replace('interface = "eth7"', 'interface = "eth0"').replace("10.213.0.100", "10.9.9.9"))
+    cfg.write_text(
+        cfg.read_text().replace('interface = "eth7"', 'interface = "eth0"').replace("10.213.0.100", "10.9.9.9")
+    )
     bad_net = m1.run(*FOS, "config", "check", "--config", str(cfg), check=False)
     assert bad_net.returncode == 2 and "is not in a subnet of eth0" in bad_net.stderr
-    cfg.write_text(cfg.read_text().replace("10.9.9.9", "10.213.0.100").replace("127.0.0.1:8470", "nosuch.fos.test:8470"))
+    cfg.write_text(
+        cfg.read_text().replace("10.9.9.9", "10.213.0.100").replace("127.0.0.1:8470", "nosuch.fos.test:8470")
+    )
     bad_listen = m1.run(*FOS, "config", "check", "--config", str(cfg), check=False)  # no DNS server in the namespace
     assert bad_listen.returncode == 2 and "does not resolve on this machine" in bad_listen.stderr
     assert bad_listen.stderr.count("\n") == 1

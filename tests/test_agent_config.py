@@ -217,7 +217,12 @@ def test_an_unknown_key_with_a_newline_in_its_name_is_shown_on_one_line() -> Non
 
 @pytest.mark.parametrize(
     ("listen", "host", "port"),
-    [("0.0.0.0:8470", "0.0.0.0", 8470), ("[::1]:9000", "::1", 9000), ("localhost:1", "localhost", 1), (":8470", "", 8470)],
+    [
+        ("0.0.0.0:8470", "0.0.0.0", 8470),
+        ("[::1]:9000", "::1", 9000),
+        ("localhost:1", "localhost", 1),
+        (":8470", "", 8470),
+    ],
 )
 def test_http_listen_accepts_host_port_forms(listen: str, host: str, port: int) -> None:
     cfg = parse(base(http={"listen": listen}))

@@ -73,12 +73,12 @@ def example() -> dict[str, Any]:
 def leaf_paths(node: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
     if isinstance(node, dict):
         for key, value in node.items():
-            yield prefix + (key,)
-            yield from leaf_paths(value, prefix + (key,))
+            yield (*prefix, key)
+            yield from leaf_paths(value, (*prefix, key))
     elif isinstance(node, list):
         for i, value in enumerate(node):
             if isinstance(value, dict):
-                yield from leaf_paths(value, prefix + (i,))
+                yield from leaf_paths(value, (*prefix, i))
 
 
 def with_value(doc: dict[str, Any], path: tuple[Any, ...], value: Any, drop: bool = False) -> dict[str, Any]:
