@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -377,3 +378,112 @@ def test_database_dialect_accepts_known_names(dialect: str) -> None:
 def test_database_dialect_refuses_unknown_names_at_parse_time() -> None:
     with pytest.raises(ConfigError, match=r"^database\.dialect = 'oracle' is unknown"):
         parse(base(database__dialect="oracle"))
+
+
+# ---- every documented key reaches the Config (issue 9 item 5; the runtime effects are tested where they act) ---
+
+ROOT = Path(__file__).resolve().parent.parent
+NODES = [{"name": "m1", "interface": "eth0"}, {"name": "m2", "interface": "eth0"}]
+# key -> (overrides of base(), what to read from the Config, the value it must then have)
+EFFECTS: dict[str, tuple[dict[str, Any], Any, Any]] = {
+    "cluster.name": ({"cluster__name": "other"}, lambda c: c.cluster, "other"),
+    "cluster.common_ip": ({"cluster__common_ip": "10.1.2.60/25"}, lambda c: str(c.common_ip), "10.1.2.60/25"),
+    "cluster.netmask": (
+        {"cluster": {"name": "c", "common_ip": "10.1.2.60", "netmask": "255.255.0.0"}},
+        lambda c: str(c.common_ip),
+        "10.1.2.60/16",
+    ),
+    "cluster.alias_url": ({"cluster__alias_url": "http://hd.example/"}, lambda c: c.alias_url, "http://hd.example/"),
+    "cluster.address_driver": ({"cluster__address_driver": "none"}, lambda c: c.address_driver, "none"),
+    "cluster.probe_conflict": ({"cluster__probe_conflict": False}, lambda c: c.probe_conflict, False),
+    "cluster.probe_timeout": ({"cluster__probe_timeout": 0.7}, lambda c: c.probe_timeout, 0.7),
+    "nodes.name": ({"nodes": [{"name": "x9", "interface": "eth0"}]}, lambda c: c.nodes[0].name, "x9"),
+    "nodes.interface": ({"nodes": [{"name": "m1", "interface": "br1"}]}, lambda c: c.nodes[0].interface, "br1"),
+    "nodes.url": (
+        {"nodes": [{"name": "m1", "interface": "eth0", "url": "http://m1:8080/"}]},
+        lambda c: c.nodes[0].url,
+        "http://m1:8080/",
+    ),
+    "nodes.priority": (
+        {"nodes": [{"name": "m1", "interface": "eth0", "priority": 100}]},
+        lambda c: c.nodes[0].priority,
+        100,
+    ),
+    "database.dsn": (
+        {"database__dsn": "Driver=SQLite3;Database=/y.db"},
+        lambda c: c.database.dsn,
+        "Driver=SQLite3;Database=/y.db",
+    ),
+    "database.dialect": ({"database__dialect": "mssql"}, lambda c: c.database.dialect, "mssql"),
+    "database.schema": ({"database__schema": "fos"}, lambda c: c.database.schema, "fos"),
+    "database.call_timeout": ({"database__call_timeout": 0.25}, lambda c: c.call_timeout, 0.25),
+    "lease.ttl": ({"lease__ttl": 4}, lambda c: c.lease.ttl, 4.0),
+    "lease.heartbeat": ({"lease__heartbeat": 0.75}, lambda c: c.lease.heartbeat, 0.75),
+    "lease.fence_margin": ({"lease__fence_margin": 0.3}, lambda c: c.lease.fence_margin, 0.3),
+    "lease.min_hold": ({"lease__min_hold": 0}, lambda c: c.lease.min_hold, 0.0),
+    "application.command": ({"application": {"command": ["srv", "-p"]}}, lambda c: c.app.command, ["srv", "-p"]),
+    "application.start": ({"application": {"start": "a", "stop": "b"}}, lambda c: c.app.start, "a"),
+    "application.stop": ({"application": {"start": "a", "stop": "b"}}, lambda c: c.app.stop, "b"),
+    "application.stop_timeout": ({"application": {"stop_timeout": 61}}, lambda c: c.app.stop_timeout, 61.0),
+    "application.hold_off": ({"application": {"hold_off": 0}}, lambda c: c.app.hold_off, 0.0),
+    "application.user": ({"application": {"user": "nobody"}}, lambda c: c.app.user, "nobody"),
+    "application.group": ({"application": {"group": "nogroup"}}, lambda c: c.app.group, "nogroup"),
+    "application.health.http": (
+        {"application": {"health": {"http": "http://127.0.0.1:8080/h"}}},
+        lambda c: c.app.health.http,
+        "http://127.0.0.1:8080/h",
+    ),
+    "application.health.tcp": ({"application": {"health": {"tcp": 8080}}}, lambda c: c.app.health.tcp, 8080),
+    "application.health.command": (
+        {"application": {"health": {"command": "check"}}},
+        lambda c: c.app.health.command,
+        "check",
+    ),
+    "application.health.interval": (
+        {"application": {"health": {"interval": 7}}},
+        lambda c: c.app.health.interval,
+        7.0,
+    ),
+    "application.health.timeout": ({"application": {"health": {"timeout": 0.5}}}, lambda c: c.app.health.timeout, 0.5),
+    "application.health.failures": ({"application": {"health": {"failures": 5}}}, lambda c: c.app.health.failures, 5),
+    "application.health.start_grace": (
+        {"application": {"health": {"start_grace": 90}}},
+        lambda c: c.app.health.start_grace,
+        90.0,
+    ),
+    "announce.count": ({"announce__count": 5}, lambda c: c.announce.count, 5),
+    "announce.interval": ({"announce__interval": 0.5}, lambda c: c.announce.interval, 0.5),
+    "announce.refresh": ({"announce__refresh": 30}, lambda c: c.announce.refresh, 30.0),
+    "http.listen": ({"http__listen": "127.0.0.1:9999"}, lambda c: c.http_address, ("127.0.0.1", 9999)),
+}
+
+
+@pytest.mark.parametrize("key", sorted(EFFECTS))
+def test_each_documented_key_reaches_the_config(key: str) -> None:
+    overrides, read, expected = EFFECTS[key]
+    assert read(parse(base(**overrides))) == expected
+    assert read(parse(base())) != expected  # the value differs from the default: the key, not the default, set it
+
+
+def readme_keys() -> set[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Configuration") : text.index("### Timing that fos refuses")]
+    return set(re.findall(r"^\| `([a-z_.]+)` \|", section, flags=re.M))
+
+
+def example_keys() -> set[str]:
+    keys, table = set(), ""
+    for line in (ROOT / "examples" / "fos.toml").read_text().splitlines():
+        header = re.match(r"^\[\[?([a-z_.]+)\]\]?", line)
+        if header:
+            table = header.group(1)
+        key = re.match(r"^#?\s*([a-z_]+)\s*=", line)
+        if key:
+            keys.add(f"{table}.{key.group(1)}")
+    return keys
+
+
+def test_every_key_in_readme_and_the_example_has_an_effect_test() -> None:
+    assert readme_keys() == set(EFFECTS)
+    assert example_keys() <= set(EFFECTS), example_keys() - set(EFFECTS)
+    assert len(example_keys()) >= 30
