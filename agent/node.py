@@ -14,7 +14,13 @@ from .config import Config, ConfigError, NodeConfig
 
 
 def local_addresses() -> set[str]:
-    return {a.split("/")[0] for i in list_interfaces() for a in i.addresses}
+    """This machine's addresses; a ConfigError (asking for --node) when the kernel will not list them."""
+    try:
+        return {a.split("/")[0] for i in list_interfaces() for a in i.addresses}
+    except Exception as exc:  # pyroute2's NetlinkError is no OSError; any failure here means: cannot tell
+        raise ConfigError(
+            f"cannot list this machine's addresses to find its node ({type(exc).__name__}): pass --node"
+        ) from None
 
 
 def resolve_host(host: str) -> set[str]:
