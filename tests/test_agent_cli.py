@@ -311,3 +311,30 @@ def test_config_check_on_a_node_names_it_and_checks_its_interface(lan: Any, tmp_
     bad_listen = m1.run(*FOS, "config", "check", "--config", str(cfg), check=False)  # no DNS server in the namespace
     assert bad_listen.returncode == 2 and "does not resolve on this machine" in bad_listen.stderr
     assert bad_listen.stderr.count("\n") == 1
+    cfg.write_text(cfg.read_text().replace(";Pwd=${FOS_UNSET_SECRET_9}", ""))  # `fos run` needs its secrets
+    run = m1.run(*FOS, "run", "--config", str(cfg), "--state-dir", str(tmp_path), check=False, timeout=30)
+    assert run.returncode == 2 and "does not resolve on this machine" in run.stderr  # before anything started
+    assert run.stderr.count("\n") == 1 and not m1.has_address("10.213.0.100")
+
+
+def test_config_check_on_a_node_checks_the_application_user_and_group(tmp_path: Path) -> None:
+    cfg = tmp_path / "fos.toml"
+    base = [
+        "[cluster]",
+        'name = "c1"',
+        'address_driver = "none"',
+        "[[nodes]]",
+        'name = "m1"',
+        "[database]",
+        'dsn = "Driver=SQLite3;Database=/x.db"',
+        "[application]",
+        'command = "true"',
+    ]
+    cfg.write_text("\n".join([*base, 'user = "root"', 'group = "0"']) + "\n")
+    ok = fos("config", "check", "--config", str(cfg), "--node", "m1")
+    assert ok.returncode == 0, ok.stderr
+    assert "this machine is node m1:" in ok.stdout and "application.user root exists" in ok.stdout
+    cfg.write_text("\n".join([*base, 'user = "no-such-user-fos9"']) + "\n")
+    bad = fos("config", "check", "--config", str(cfg), "--node", "m1")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "application.user = 'no-such-user-fos9' is not a user on this machine" in bad.stderr
