@@ -9,6 +9,7 @@ import faulthandler
 import grp
 import ipaddress
 import json
+import math
 import os
 import pwd
 import signal
@@ -235,6 +236,17 @@ def check_state_dir(path: str) -> None:
         raise ConfigError(f"--state-dir {path}: {probe} {what}: choose a directory the agent can write")
 
 
+def _probe_seconds(text: str) -> float:
+    """A finite number of seconds, 0 < s <= 60; anything else is a one-line usage error (exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 < value <= 60:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0 to 60: give e.g. 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fos", description="Fail Over Service: keeps one node of a pair serving the common IP.")
     parser.add_argument("--version", action="version", version=f"fos {__version__}")
@@ -272,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-ip", help="is ADDRESS free to use as the common IP? (exit 0 free, 1 in use)")
     p.add_argument("address", metavar="ADDRESS")
     p.add_argument("--interface", "-i", required=True, help="the NIC on the address's network")
-    p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for an answer (default 1)")
+    p.add_argument("--timeout", type=_probe_seconds, default=1.0, help="seconds to wait for an answer (default 1)")
     p.set_defaults(func=cmd_check_ip)
     return parser
 

@@ -338,3 +338,10 @@ def test_config_check_on_a_node_checks_the_application_user_and_group(tmp_path: 
     bad = fos("config", "check", "--config", str(cfg), "--node", "m1")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "application.user = 'no-such-user-fos9' is not a user on this machine" in bad.stderr
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf", "-1", "0", "1e9", "soon"])
+def test_check_ip_refuses_a_timeout_that_is_not_a_sane_number_of_seconds(timeout: str) -> None:
+    result = fos("check-ip", "10.0.0.1", "--interface", "lo", "--timeout", timeout)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "--timeout" in result.stderr and "is not a number of seconds" in result.stderr
