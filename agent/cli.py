@@ -48,22 +48,20 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = load(args.config, defer_env=True)
     check(cfg)
     check_listen(cfg)
+    skipped = ""
     try:
         node: NodeConfig | None = select_node(cfg, args.node)
-    except ConfigError:
+    except ConfigError as exc:
         if args.node:
             raise
-        node = None
+        node, skipped = None, str(exc)
     checked = check_on_node(cfg, node) if node is not None else ""
     print(
         f"{args.config}: ok (cluster {cfg.cluster}, nodes {cfg.node_names()}, ttl {cfg.lease.ttl:g}s, "
         f"heartbeat {cfg.lease.heartbeat:g}s)"
     )
     if node is None:
-        print(
-            "this machine matches none of the nodes (by hostname or url): the node checks were skipped; run this on "
-            "a node, or pass --node"
-        )
+        print(f"this machine matches none of the nodes, so the node checks were skipped: {skipped}")
     else:
         print(f"this machine is node {node.name}: {checked}")
     for name in cfg.unset_env:
@@ -89,7 +87,7 @@ def check_on_node(cfg: Config, node: NodeConfig) -> str:
             continue
         try:
             lookup(value)
-        except KeyError:
+        except (KeyError, OverflowError):  # OverflowError: a numeric id beyond the platform's uid_t
             raise ConfigError(
                 f"application.{key} = {value!r} is not a {key} on this machine: create it, or fix the name"
             ) from None

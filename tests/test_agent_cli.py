@@ -338,6 +338,9 @@ def test_config_check_on_a_node_checks_the_application_user_and_group(tmp_path: 
     bad = fos("config", "check", "--config", str(cfg), "--node", "m1")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "application.user = 'no-such-user-fos9' is not a user on this machine" in bad.stderr
+    cfg.write_text("\n".join([*base, 'group = "99999999999999999999"']) + "\n")
+    huge = fos("config", "check", "--config", str(cfg), "--node", "m1")
+    assert huge.returncode == 2 and "is not a group on this machine" in huge.stderr and huge.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize("timeout", ["nan", "inf", "-1", "0", "1e9", "soon"])
