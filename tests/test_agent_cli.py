@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -348,3 +349,31 @@ def test_check_ip_refuses_a_timeout_that_is_not_a_sane_number_of_seconds(timeout
     result = fos("check-ip", "10.0.0.1", "--interface", "lo", "--timeout", timeout)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "--timeout" in result.stderr and "is not a number of seconds" in result.stderr
+
+
+def test_config_check_picks_the_node_whose_url_host_name_resolves_here(lan: Any, tmp_path: Path) -> None:
+    m1 = lan.add_host("m1")
+    # `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts: a name only this namespace resolves.
+    etc = Path("/etc/netns") / m1.ns
+    etc.mkdir(parents=True)
+    try:
+        (etc / "hosts").write_text(f"127.0.0.1 localhost\n{m1.ip} m1.fos.test\n10.213.0.222 m2.fos.test\n")
+        cfg = tmp_path / "fos.toml"
+        nodes = [f'[[nodes]]\nname = "{n}"\ninterface = "eth0"\nurl = "http://{n}.fos.test:8080/"' for n in ("a", "b")]
+        text = "\n".join(
+            [
+                '[cluster]\nname = "c1"\ncommon_ip = "10.213.0.100/24"',
+                nodes[0].replace("a.fos.test", "m2.fos.test"),
+                nodes[1].replace("b.fos.test", "m1.fos.test"),
+                '[database]\ndsn = "Driver=SQLite3;Database=/x.db"\n[lease]\nttl = 3\nheartbeat = 1',
+            ]
+        )
+        cfg.write_text(text + "\n")
+        result = m1.run(*FOS, "config", "check", "--config", str(cfg), check=False)
+        assert result.returncode == 0, result.stderr
+        assert "this machine is node b: interface eth0 is up" in result.stdout
+    finally:
+        (etc / "hosts").unlink(missing_ok=True)
+        etc.rmdir()
+        with contextlib.suppress(OSError):
+            etc.parent.rmdir()  # only if no one else's namespace uses it
