@@ -6,25 +6,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
+import grp
 import ipaddress
 import json
+import math
 import os
+import pwd
 import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from lease import SqlLeaseStore, StoreError
-from netops import NetopsError, find_interface, format_table, list_interfaces, probe_address
+from netops import NetopsError, find_interface, format_table, list_interfaces, probe_address, validate
 
 from . import __version__
-from .config import Config, ConfigError, load
+from .config import Config, ConfigError, NodeConfig, check_listen, load
 from .logs import configure as configure_logs
 from .node import select_node
 from .service import serve
 from .timing import check
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_CONFIG = "/etc/fos/fos.toml"
+DOWN_AFTER_HEARTBEATS = 3  # a node row older than this many heartbeats is shown as DOWN, not its last role
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,13 +44,55 @@ def _store(cfg: Config) -> SqlLeaseStore:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    cfg = load(args.config)
+    # It never connects, so the DSN's ${VAR} secrets need not be set here: they are replaced by a placeholder.
+    cfg = load(args.config, defer_env=True)
     check(cfg)
+    check_listen(cfg)
+    skipped = ""
+    try:
+        node: NodeConfig | None = select_node(cfg, args.node)
+    except ConfigError as exc:
+        if args.node:
+            raise
+        node, skipped = None, str(exc)
+    checked = check_on_node(cfg, node) if node is not None else ""
     print(
         f"{args.config}: ok (cluster {cfg.cluster}, nodes {cfg.node_names()}, ttl {cfg.lease.ttl:g}s, "
         f"heartbeat {cfg.lease.heartbeat:g}s)"
     )
+    if node is None:
+        print(f"this machine matches none of the nodes, so the node checks were skipped: {skipped}")
+    else:
+        print(f"this machine is node {node.name}: {checked}")
+    for name in cfg.unset_env:
+        print(f"note: ${{{name}}} is not set here; `fos run`, `fos init-db` and `fos status` need it")
     return EXIT_OK
+
+
+def check_on_node(cfg: Config, node: NodeConfig) -> str:
+    """What only the node itself can check: its interface is up and on the common IP's subnet, and the
+    application's user and group exist. Raises NetopsError / ConfigError; returns what was checked."""
+    done = []
+    if cfg.address_driver == "netlink":
+        assert cfg.common_ip is not None
+        iface = validate(node.interface, cfg.common_ip)
+        done.append(f"interface {iface.name} is up and on the subnet of {cfg.common_ip}")
+    else:
+        done.append("no common IP to check (address_driver = 'none')")
+    for key, value, lookup in (
+        ("user", cfg.app.user, lambda v: pwd.getpwuid(int(v)) if v.isdigit() else pwd.getpwnam(v)),
+        ("group", cfg.app.group, lambda v: grp.getgrgid(int(v)) if v.isdigit() else grp.getgrnam(v)),
+    ):
+        if value is None:
+            continue
+        try:
+            lookup(value)
+        except (KeyError, OverflowError):  # OverflowError: a numeric id beyond the platform's uid_t
+            raise ConfigError(
+                f"application.{key} = {value!r} is not a {key} on this machine: create it, or fix the name"
+            ) from None
+        done.append(f"application.{key} {value} exists")
+    return "; ".join(done)
 
 
 async def _init_db(cfg: Config) -> str:
@@ -67,6 +114,14 @@ def cmd_init_db(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def node_is_down(role: str, last_seen_age_s: float | None, heartbeat: float) -> bool:
+    """A node whose agent stopped, or whose row was not refreshed for DOWN_AFTER_HEARTBEATS heartbeats (its
+    agent was killed or cut off): its last role and app health are stale, so they are not shown."""
+    if role == "stopped" or last_seen_age_s is None:
+        return True
+    return last_seen_age_s > DOWN_AFTER_HEARTBEATS * heartbeat
+
+
 async def _status(cfg: Config) -> dict[str, Any]:
     store = _store(cfg)
     try:
@@ -77,10 +132,12 @@ async def _status(cfg: Config) -> dict[str, Any]:
         await store.close()
     return {
         "cluster": cfg.cluster,
+        "alias_url": cfg.alias_url,
         "lease": row,
         "nodes": [
             {
                 "node": n.node,
+                "down": node_is_down(n.role, n.last_seen_age_s, cfg.lease.heartbeat),
                 "role": n.role,
                 "app_healthy": n.app_healthy,
                 "url": n.url,
@@ -101,19 +158,24 @@ def _print_status(status: dict[str, Any]) -> None:
     holder = lease.get("holder") or "(none)"
     left = lease.get("seconds_left")
     left_text = "-" if left is None or lease.get("expired") else f"{left:.1f}s"
+    alias = f" ({status['alias_url']})" if status.get("alias_url") else ""
     print(
-        f"cluster {status['cluster']}: holder {holder}, epoch {lease.get('epoch', 0)}, "
+        f"cluster {status['cluster']}{alias}: holder {holder}, epoch {lease.get('epoch', 0)}, "
         f"lease left {left_text}{' (expired)' if lease.get('expired') and lease.get('holder') else ''}"
     )
     print(f"{'NODE':<16} {'ROLE':<10} {'APP':<8} {'SEEN':>8}  URL")
     for n in status["nodes"]:
-        app = {True: "healthy", False: "failing", None: "-"}[n["app_healthy"]]
         seen = "-" if n["last_seen_age_s"] is None else f"{n['last_seen_age_s']:.1f}s"
-        print(f"{n['node']:<16} {n['role']:<10} {app:<8} {seen:>8}  {n['url'] or ''}")
+        role, app = ("DOWN", "-") if n["down"] else (n["role"], _app_text(n["app_healthy"]))
+        print(f"{n['node']:<16} {role:<10} {app:<8} {seen:>8}  {n['url'] or ''}")
     print("recent events:")
     for e in status["events"]:
         epoch = "-" if e["epoch"] is None else str(e["epoch"])
         print(f"  {e['at'][:23]}  {e['node'] or '-':<12} {e['kind']:<13} epoch {epoch:<5} {e['detail'] or ''}")
+
+
+def _app_text(healthy: bool | None) -> str:
+    return {True: "healthy", False: "failing", None: "-"}[healthy]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -156,8 +218,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack: for a stuck agent
     cfg = load(args.config)
     check(cfg)
+    check_listen(cfg)
     node = select_node(cfg, args.node)
+    check_state_dir(args.state_dir)
     return asyncio.run(serve(cfg, node, args.state_dir))
+
+
+def check_state_dir(path: str) -> None:
+    """--state-dir is a writable directory, or can be created (its nearest existing parent is writable)."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not a directory" if not os.path.isdir(probe) else "is not writable by this user"
+        raise ConfigError(f"--state-dir {path}: {probe} {what}: choose a directory the agent can write")
+
+
+def _probe_seconds(text: str) -> float:
+    """A finite number of seconds, 0 < s <= 60; anything else is a one-line usage error (exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 < value <= 60:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0 to 60: give e.g. 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", "-c", required=True, help="the cluster file (TOML)")
+        p.add_argument(
+            "--config", "-c", default=DEFAULT_CONFIG, help=f"the cluster file (TOML; default {DEFAULT_CONFIG})"
+        )
         return p
 
     p = with_config(sub.add_parser("run", help="run the agent on this node"))
@@ -187,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="configuration commands")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     p = with_config(cfg_sub.add_parser("check", help="validate the cluster file without starting anything"))
+    p.add_argument("--node", help="check as this [[nodes]] entry (default: the node this machine matches, if any)")
     p.set_defaults(func=cmd_config_check)
     p = sub.add_parser("iflist", help="list network interfaces with state, MAC and addresses")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -194,26 +282,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-ip", help="is ADDRESS free to use as the common IP? (exit 0 free, 1 in use)")
     p.add_argument("address", metavar="ADDRESS")
     p.add_argument("--interface", "-i", required=True, help="the NIC on the address's network")
-    p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for an answer (default 1)")
+    p.add_argument("--timeout", type=_probe_seconds, default=1.0, help="seconds to wait for an answer (default 1)")
     p.set_defaults(func=cmd_check_ip)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Every refused input (ConfigError, NetopsError) is exit 2 with exactly one line on stderr,
+    a failed operation (StoreError) exit 1 with one line."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"fos: config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except StoreError as exc:
-        print(f"fos: database: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail("config error: ", exc, EXIT_USAGE)
     except NetopsError as exc:
-        print(f"fos: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail("", exc, EXIT_USAGE)
+    except StoreError as exc:
+        return _fail("database: ", exc, EXIT_FAILED)
     except KeyboardInterrupt:
         return EXIT_FAILED
+
+
+def _fail(prefix: str, exc: Exception, code: int) -> int:
+    print(f"fos: {prefix}{' '.join(str(exc).splitlines())}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,45 +1,92 @@
-"""The cluster file: one TOML file, the same on every node. Parsing and validation only, no I/O beyond reading it.
+"""The cluster file: one TOML file, the same on every node. Parsing and validation only, no I/O beyond reading it
+(and, in check_listen, resolving http.listen's host name).
 
-Every problem is reported as a ConfigError whose one-line message names the field and the fix. Unsafe timing
-is refused (never silently adjusted): see timing.py for the rules.
+Every problem is reported as a ConfigError whose one-line message names the field and the fix, and never shows
+a secret. Unsafe timing is refused (never silently adjusted): see timing.py for the rules. Each default and each
+bound is declared once, on the dataclass field below; the parser reads them from there (config_values.py reads
+single values).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
-import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from lease.names import MAX_NAME
+from lease.dialects import ALIASES, DIALECTS
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+from .config_values import (
+    ACCOUNT,
+    DAY,
+    DEFERRED_SECRET,
+    SQL_IDENTIFIER,
+    TTL_MAX_S,
+    ConfigError,
+    TableReader,
+    _quote_odbc_value,
+    command_value,
+    default_of,
+    expand_dsn,
+    expand_env,
+    is_secret_key,
+    name_value,
+    parse_common_ip,
+    parse_listen,
+    redact_url,
+    scrub_url,
+    shown,
+)
+
+__all__ = [
+    "DEFERRED_SECRET",
+    "AnnounceConfig",
+    "AppConfig",
+    "Config",
+    "ConfigError",
+    "DatabaseConfig",
+    "HealthConfig",
+    "LeaseConfig",
+    "NodeConfig",
+    "_quote_odbc_value",
+    "check_listen",
+    "default_of",
+    "expand_dsn",
+    "expand_env",
+    "is_secret_key",
+    "load",
+    "parse",
+    "parse_common_ip",
+    "parse_listen",
+    "redact_url",
+    "scrub_url",
+]
 
 
-class ConfigError(Exception):
-    """Bad configuration; the message is one line and names the field."""
+def _bounded(default: Any, low: float = 0.0, high: float = DAY, low_ok: bool = False, fix: str = "") -> Any:
+    """A numeric field: its default and its accepted range (low exclusive unless low_ok, high inclusive); fix
+    replaces the generic out-of-range message."""
+    return field(default=default, metadata={"low": low, "high": high, "low_ok": low_ok, "fix": fix})
 
 
 @dataclass(frozen=True)
 class NodeConfig:
     name: str
-    interface: str
+    interface: str = ""
     url: str | None = None
-    priority: int = 0
+    priority: int = _bounded(0, low=-1_000_000, high=1_000_000, low_ok=True)  # for fail-back (not yet used)
 
 
 @dataclass(frozen=True)
 class HealthConfig:
     http: str | None = None
-    tcp: int | None = None
+    tcp: int | None = _bounded(None, low=1, high=65535, low_ok=True, fix="is not a port: use 1-65535")
     command: str | None = None
-    interval: float = 2.0
-    timeout: float = 1.0
-    failures: int = 3
-    start_grace: float = 30.0
+    interval: float = _bounded(2.0, high=3600)
+    timeout: float = _bounded(1.0, high=3600)
+    failures: int = _bounded(3, low=1, high=1000, low_ok=True)
+    start_grace: float = _bounded(30.0)
 
     @property
     def enabled(self) -> bool:
@@ -51,31 +98,34 @@ class AppConfig:
     command: str | list[str] | None = None
     start: str | list[str] | None = None
     stop: str | list[str] | None = None
-    stop_timeout: float = 10.0
+    stop_timeout: float = _bounded(10.0)
     health: HealthConfig = field(default_factory=HealthConfig)
-    hold_off: float = 30.0  # after stepping down for an app failure, do not re-acquire for this long
+    hold_off: float = _bounded(30.0, low_ok=True)  # after stepping down for an app failure, do not re-acquire
+    user: str | None = None  # run the application as this user (agent/app.py), None: as the agent
+    group: str | None = None  # and this group, None: the user's primary group
 
 
 @dataclass(frozen=True)
 class DatabaseConfig:
     dsn: str
     dialect: str | None = None
-    call_timeout: float | None = None  # default: heartbeat / 2
+    call_timeout: float | None = _bounded(None, high=3600)  # default: heartbeat / 2
+    schema: str | None = None  # None: the dialect's default (dbo on mssql, public on postgresql)
 
 
 @dataclass(frozen=True)
 class LeaseConfig:
-    ttl: float = 180.0
-    heartbeat: float = 10.0
-    fence_margin: float = 0.2
-    min_hold: float = 5.0  # minimum time between two transitions of one node (no flapping)
+    ttl: float = _bounded(180.0, high=TTL_MAX_S)
+    heartbeat: float = _bounded(10.0)
+    fence_margin: float = _bounded(0.2, high=3600)
+    min_hold: float = _bounded(5.0, low_ok=True)  # minimum time between two transitions of one node (no flapping)
 
 
 @dataclass(frozen=True)
 class AnnounceConfig:
-    count: int = 3
-    interval: float = 0.2
-    refresh: float = 0.0  # seconds between gratuitous ARP refreshes while active; 0 = off
+    count: int = _bounded(3, low=1, high=100, low_ok=True)
+    interval: float = _bounded(0.2, high=60)
+    refresh: float = _bounded(0.0, low_ok=True)  # seconds between gratuitous ARP refreshes while active; 0 = off
 
 
 @dataclass(frozen=True)
@@ -83,20 +133,26 @@ class Config:
     path: str
     cluster: str
     common_ip: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None
-    address_driver: str
-    alias_url: str | None
     nodes: tuple[NodeConfig, ...]
     database: DatabaseConfig
-    lease: LeaseConfig
-    app: AppConfig
-    announce: AnnounceConfig
-    http_listen: str | None
+    address_driver: str = "netlink"
+    alias_url: str | None = None
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
+    app: AppConfig = field(default_factory=AppConfig)
+    announce: AnnounceConfig = field(default_factory=AnnounceConfig)
+    http_listen: str | None = "0.0.0.0:8470"  # None: no HTTP endpoint
     probe_conflict: bool = True
-    probe_timeout: float = 0.2
+    probe_timeout: float = _bounded(0.2, high=60)
+    unset_env: tuple[str, ...] = ()  # ${VAR}s replaced by DEFERRED_SECRET (only when parsed with defer_env)
 
     @property
     def call_timeout(self) -> float:
         return self.database.call_timeout if self.database.call_timeout is not None else self.lease.heartbeat / 2
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """(host, port) of http.listen, host without brackets ('' = every address); None when it is off."""
+        return None if self.http_listen is None else parse_listen(self.http_listen)
 
     def node(self, name: str) -> NodeConfig:
         for n in self.nodes:
@@ -108,191 +164,116 @@ class Config:
         return ", ".join(n.name for n in self.nodes)
 
 
-class _Reader:
-    """Typed access to a TOML table that remembers the dotted path, for messages."""
-
-    def __init__(self, data: dict[str, Any], where: str) -> None:
-        self.data = data
-        self.where = where
-        self.used: set[str] = set()
-
-    def _key(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            if required:
-                raise ConfigError(f"{self._key(key)} is missing: add it to the config file")
-            return default
-        value = self.data[key]
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            raise ConfigError(f"{self._key(key)} = {value!r} has the wrong type: expected {_kind_name(kind)}")
-        if not isinstance(value, kind):
-            raise ConfigError(f"{self._key(key)} = {value!r} has the wrong type: expected {_kind_name(kind)}")
-        return value
-
-    def number(self, key: str, default: float | None, minimum: float = 0.0, required: bool = False) -> float:
-        value = self.get(key, (int, float), default, required)
-        if value is None:
-            return None  # type: ignore[return-value]
-        if value <= minimum:
-            raise ConfigError(f"{self._key(key)} = {value} must be greater than {minimum:g}")
-        return float(value)
-
-    def table(self, key: str) -> _Reader:
-        return _Reader(self.get(key, dict, {}), self._key(key))
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise ConfigError(
-                f"{self._key(unknown[0])} is not a known setting: check its spelling against examples/fos.toml"
-            )
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {int: "a number", float: "a number", str: "a string", list: "a list", dict: "a table", bool: "true/false"}
-    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
-
-
-def _name(value: str, field_name: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise ConfigError(
-            f"{field_name} = {value!r} is not a valid name: use 1-{MAX_NAME} letters, digits, '.', '_' or '-'"
-        )
-    return value
-
-
-def expand_env(value: str, field_name: str, env: dict[str, str] | None = None) -> str:
-    """Replace ${VAR} with the environment's value, so secrets need not be written in the file."""
-    environ = os.environ if env is None else env
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(1) not in environ:
-            raise ConfigError(f"{field_name} uses ${{{m.group(1)}}}, which is not set in the environment: export it")
-        return environ[m.group(1)]
-
-    return _ENV.sub(sub, value)
-
-
-def parse_common_ip(
-    text: str, netmask: str | None, field_name: str
-) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
-    """`a.b.c.d/prefix`, or an address with a dotted netmask; a bare IPv4 address gets 255.255.255.0."""
+def check_listen(cfg: Config) -> None:
+    """http.listen's host is a literal IP or a name this machine resolves (at check and start time, before
+    anything is started); a ConfigError otherwise."""
+    address = cfg.http_address
+    if address is None or not address[0]:
+        return
+    host, port = address
     try:
-        if "/" in text:
-            if netmask:
-                raise ConfigError(f"{field_name} has a prefix and cluster.netmask is set too: keep only one")
-            iface = ipaddress.ip_interface(text)
-        else:
-            addr = ipaddress.ip_address(text)
-            mask = netmask or ("255.255.255.0" if addr.version == 4 else "64")
-            iface = ipaddress.ip_interface(f"{text}/{mask}")
-    except ValueError as exc:
-        raise ConfigError(f"{field_name} = {text!r} is not an address: {exc}") from None
-    if iface.ip == iface.network.network_address and iface.network.prefixlen < iface.max_prefixlen:
-        raise ConfigError(f"{field_name} = {text!r} is the network address of its subnet: choose a host address")
-    if iface.ip.is_loopback or iface.ip.is_multicast or iface.ip.is_unspecified:
-        raise ConfigError(f"{field_name} = {text!r} cannot be a common IP: choose a unicast address on the LAN")
-    return iface
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise ConfigError(
+            f"http.listen = {cfg.http_listen!r}: the host {host!r} does not resolve on this machine: use an IP "
+            "address, or a name in /etc/hosts"
+        ) from None
 
 
-def _command(reader: _Reader, key: str) -> str | list[str] | None:
-    value = reader.get(key, (str, list))
-    if isinstance(value, list) and (not value or not all(isinstance(v, str) for v in value)):
-        raise ConfigError(f"{reader._key(key)} must be a string or a non-empty list of strings")
-    if isinstance(value, str) and not value.strip():
-        raise ConfigError(f"{reader._key(key)} is empty: give the command, or remove the key")
-    return value  # type: ignore[no-any-return]
-
-
-def load(path: str, env: dict[str, str] | None = None) -> Config:
+def load(path: str, env: dict[str, str] | None = None, defer_env: bool = False) -> Config:
+    """Read and parse the cluster file; every failure is a one-line ConfigError."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read()
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist: pass --config with the cluster file's path") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}): save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    return parse(data, path, env)
+    return parse(data, path, env, defer_env=defer_env)
 
 
-def parse(data: dict[str, Any], path: str = "<config>", env: dict[str, str] | None = None) -> Config:
-    top = _Reader(data, "")
+def parse(
+    data: dict[str, Any], path: str = "<config>", env: dict[str, str] | None = None, defer_env: bool = False
+) -> Config:
+    """Validate the TOML document into a Config. defer_env: unset ${VAR}s in the DSN become a placeholder
+    (listed in Config.unset_env) instead of an error, for checks that never connect."""
+    top = TableReader(data, "")
     cl = top.table("cluster")
-    cluster = _name(cl.get("name", str, required=True), "cluster.name")
-    driver = cl.get("address_driver", str, "netlink")
+    cluster = name_value(cl.get("name", str, required=True), "cluster.name")
+    driver = cl.get("address_driver", str, default_of(Config, "address_driver"))
     if driver not in ("netlink", "none"):
-        raise ConfigError(f"cluster.address_driver = {driver!r} is unknown: use 'netlink' or 'none'")
+        raise ConfigError(f"cluster.address_driver = {shown('', driver)} is unknown: use 'netlink' or 'none'")
     ip_text = cl.get("common_ip", str)
     common_ip = parse_common_ip(ip_text, cl.get("netmask", str), "cluster.common_ip") if ip_text else None
     if common_ip is None and driver == "netlink":
         raise ConfigError("cluster.common_ip is missing: set it, or set cluster.address_driver = 'none'")
-    alias_url = cl.get("alias_url", str)
-    probe = cl.get("probe_conflict", bool, True)
-    probe_timeout = cl.number("probe_timeout", 0.2)
+    alias_url = cl.url("alias_url")
+    probe = cl.get("probe_conflict", bool, default_of(Config, "probe_conflict"))
+    probe_timeout = cl.number(Config, "probe_timeout")
     cl.done()
 
-    raw_nodes = top.get("nodes", list, required=True)
-    nodes: list[NodeConfig] = []
-    for i, raw in enumerate(raw_nodes):
-        if not isinstance(raw, dict):
-            raise ConfigError(f"nodes[{i}] must be a table: write it as [[nodes]]")
-        r = _Reader(raw, f"nodes[{i}]")
-        node = NodeConfig(
-            name=_name(r.get("name", str, required=True), f"nodes[{i}].name"),
-            interface=r.get("interface", str, required=driver == "netlink") or "",
-            url=r.get("url", str),
-            priority=int(r.get("priority", int, 0)),
-        )
-        r.done()
-        if any(n.name == node.name for n in nodes):
-            raise ConfigError(f"nodes[{i}].name = {node.name!r} is used twice: give every node its own name")
-        nodes.append(node)
-    if len(nodes) < 1:
-        raise ConfigError("nodes is empty: list each machine of the cluster as a [[nodes]] table")
+    nodes = _nodes(top, driver)
 
     db = top.table("database")
-    dsn = expand_env(db.get("dsn", str, required=True), "database.dsn", env)
-    database = DatabaseConfig(dsn=dsn, dialect=db.get("dialect", str), call_timeout=db.number("call_timeout", None))
+    dsn, unset = expand_dsn(db.get("dsn", str, required=True), env, defer_env)
+    dialect = db.get("dialect", str)
+    if dialect is not None and ALIASES.get(dialect.lower(), dialect.lower()) not in DIALECTS:
+        raise ConfigError(
+            f"database.dialect = {shown('', dialect)} is unknown: use one of {', '.join(sorted(DIALECTS))}, "
+            "or omit it to detect the database from the connection"
+        )
+    database = DatabaseConfig(
+        dsn=dsn,
+        dialect=dialect,
+        call_timeout=db.number(DatabaseConfig, "call_timeout"),
+        schema=db.text(
+            "schema", SQL_IDENTIFIER, "an SQL identifier", "use letters, digits and '_' (1-63, not first a digit)"
+        ),
+    )
     db.done()
 
     ls = top.table("lease")
-    lease = LeaseConfig(
-        ttl=ls.number("ttl", 180.0),
-        heartbeat=ls.number("heartbeat", 10.0),
-        fence_margin=ls.number("fence_margin", 0.2),
-        min_hold=ls.number("min_hold", 5.0, minimum=-1e-9),
-    )
+    lease = LeaseConfig(**{k: ls.number(LeaseConfig, k) for k in ("ttl", "heartbeat", "fence_margin", "min_hold")})
     ls.done()
 
     ap = top.table("application")
     hr = ap.table("health")
     health = HealthConfig(
-        http=hr.get("http", str),
-        tcp=hr.get("tcp", int),
+        http=hr.url("http", credentials_ok=True),
+        tcp=hr.integer(HealthConfig, "tcp"),
         command=hr.get("command", str),
-        interval=hr.number("interval", 2.0),
-        timeout=hr.number("timeout", 1.0),
-        failures=int(hr.number("failures", 3)),
-        start_grace=hr.number("start_grace", 30.0),
+        interval=hr.number(HealthConfig, "interval"),
+        timeout=hr.number(HealthConfig, "timeout"),
+        failures=hr.integer(HealthConfig, "failures"),
+        start_grace=hr.number(HealthConfig, "start_grace"),
     )
     hr.done()
     if sum(x is not None for x in (health.http, health.tcp, health.command)) > 1:
         raise ConfigError("application.health has more than one of http, tcp, command: keep exactly one")
-    if health.tcp is not None and not 0 < health.tcp < 65536:
-        raise ConfigError(f"application.health.tcp = {health.tcp} is not a port: use 1-65535")
+    account_fix = "give a user or group name (or a numeric id) of this machine, or remove the key"
     app = AppConfig(
-        command=_command(ap, "command"),
-        start=_command(ap, "start"),
-        stop=_command(ap, "stop"),
-        stop_timeout=ap.number("stop_timeout", 10.0),
+        command=command_value(ap, "command"),
+        start=command_value(ap, "start"),
+        stop=command_value(ap, "stop"),
+        stop_timeout=ap.number(AppConfig, "stop_timeout"),
         health=health,
-        hold_off=ap.number("hold_off", 30.0, minimum=-1e-9),
+        hold_off=ap.number(AppConfig, "hold_off"),
+        user=ap.text("user", ACCOUNT, "a user name", account_fix),
+        group=ap.text("group", ACCOUNT, "a group name", account_fix),
     )
     ap.done()
     if app.command is not None and (app.start is not None or app.stop is not None):
@@ -302,14 +283,16 @@ def parse(data: dict[str, Any], path: str = "<config>", env: dict[str, str] | No
 
     an = top.table("announce")
     announce = AnnounceConfig(
-        count=int(an.number("count", 3)),
-        interval=an.number("interval", 0.2),
-        refresh=an.number("refresh", 0.0, minimum=-1e-9),
+        count=an.integer(AnnounceConfig, "count"),
+        interval=an.number(AnnounceConfig, "interval"),
+        refresh=an.number(AnnounceConfig, "refresh"),
     )
     an.done()
 
     hp = top.table("http")
-    listen = hp.get("listen", str, "0.0.0.0:8470")
+    listen = hp.get("listen", str, default_of(Config, "http_listen")) or None  # "" turns the endpoint off
+    if listen is not None:
+        parse_listen(listen)
     hp.done()
     top.done()
 
@@ -324,12 +307,37 @@ def parse(data: dict[str, Any], path: str = "<config>", env: dict[str, str] | No
         common_ip=common_ip,
         address_driver=driver,
         alias_url=alias_url,
-        nodes=tuple(nodes),
+        nodes=nodes,
         database=database,
         lease=lease,
         app=app,
         announce=announce,
-        http_listen=listen or None,
+        http_listen=listen,
         probe_conflict=probe,
         probe_timeout=probe_timeout,
+        unset_env=unset,
     )
+
+
+def _nodes(top: TableReader, driver: str) -> tuple[NodeConfig, ...]:
+    raw_nodes = top.get("nodes", list, required=True)
+    nodes: list[NodeConfig] = []
+    for i, raw in enumerate(raw_nodes):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"nodes[{i}] must be a table: write it as [[nodes]]")
+        r = TableReader(raw, f"nodes[{i}]")
+        node = NodeConfig(
+            name=name_value(r.get("name", str, required=True), f"nodes[{i}].name"),
+            interface=r.get("interface", str, default_of(NodeConfig, "interface"), required=driver == "netlink"),
+            url=r.url("url"),
+            priority=r.integer(NodeConfig, "priority"),
+        )
+        r.done()
+        if driver == "netlink" and not node.interface:
+            raise ConfigError(f"nodes[{i}].interface is empty: give the NIC on the common IP's network")
+        if any(n.name == node.name for n in nodes):
+            raise ConfigError(f"nodes[{i}].name = {node.name!r} is used twice: give every node its own name")
+        nodes.append(node)
+    if len(nodes) < 1:
+        raise ConfigError("nodes is empty: list each machine of the cluster as a [[nodes]] table")
+    return tuple(nodes)

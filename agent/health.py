@@ -10,7 +10,7 @@ import aiohttp
 
 from .app import Application, _spawn, _terminate_group
 from .clock import Clock, within
-from .config import HealthConfig
+from .config import HealthConfig, redact_url, scrub_url
 
 
 class HealthCheck:
@@ -38,7 +38,7 @@ class HealthCheck:
                 if self._session is None:
                     self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=cfg.timeout))
                 async with self._session.get(cfg.http) as resp:
-                    return 200 <= resp.status < 300, f"GET {cfg.http} -> {resp.status}"
+                    return 200 <= resp.status < 300, f"GET {redact_url(cfg.http)} -> {resp.status}"
             if cfg.tcp is not None:
                 _, writer = await within(asyncio.open_connection("127.0.0.1", cfg.tcp), cfg.timeout)
                 writer.close()
@@ -54,7 +54,8 @@ class HealthCheck:
                     return False, f"health command timed out after {cfg.timeout:g}s"
                 return code == 0, f"health command exited {code}"
         except (TimeoutError, OSError, aiohttp.ClientError) as exc:
-            return False, f"{type(exc).__name__}: {exc}"[:200]
+            # The detail reaches logs, events and /status: never with the URL's credentials.
+            return False, scrub_url(f"{type(exc).__name__}: {exc}", cfg.http)[:200]
         running = self.app.running()
         return running is not False, "process running" if running else "no health check configured"
 

@@ -24,6 +24,7 @@ def status(agent: Agent) -> dict[str, Any]:
     now = agent.clock.now()
     return {
         "cluster": agent.cfg.cluster,
+        "alias_url": agent.cfg.alias_url,
         "node": agent.node.name,
         "version": __version__,
         "role": agent.role.value,

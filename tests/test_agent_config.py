@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import math
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.config import ConfigError, expand_env, load, parse, parse_common_ip
+from agent.config import (
+    AnnounceConfig,
+    AppConfig,
+    Config,
+    ConfigError,
+    DatabaseConfig,
+    HealthConfig,
+    LeaseConfig,
+    NodeConfig,
+    _quote_odbc_value,
+    check_listen,
+    expand_env,
+    load,
+    parse,
+    parse_common_ip,
+    redact_url,
+)
 
 
 def base(**overrides: Any) -> dict[str, Any]:
@@ -95,3 +115,375 @@ def test_missing_file_and_bad_toml_are_one_line_errors(tmp_path: Any) -> None:
 def test_address_driver_none_needs_no_common_ip_or_interface() -> None:
     cfg = parse(base(cluster={"name": "c", "address_driver": "none"}, nodes=[{"name": "m1"}]))
     assert cfg.common_ip is None and cfg.address_driver == "none"
+
+
+# ---- bad input: non-finite numbers, fractions for counts, bytes, huge values, secrets (issue 9 item 14) ----------
+
+FLOAT_KEYS = [
+    "cluster__probe_timeout",
+    "database__call_timeout",
+    "lease__ttl",
+    "lease__heartbeat",
+    "lease__fence_margin",
+    "lease__min_hold",
+    "application__stop_timeout",
+    "application__hold_off",
+    "announce__interval",
+    "announce__refresh",
+]
+HEALTH_FLOAT_KEYS = ["interval", "timeout", "start_grace"]
+
+
+def dotted(key: str) -> str:
+    return key.replace("__", ".")
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_non_finite_seconds_are_refused_naming_the_key(key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=rf"^{re.escape(dotted(key))} = -?(nan|inf) is not a finite number") as err:
+        parse(base(**{key: value}))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("key", HEALTH_FLOAT_KEYS)
+def test_non_finite_health_timing_is_refused_naming_the_key(key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=rf"^application\.health\.{key} = -?(nan|inf) is not a finite number"):
+        parse(base(application={"health": {key: value}}))
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 2.5, 3.0])
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        (lambda v: {"application": {"health": {"failures": v}}}, r"^application\.health\.failures = "),
+        (lambda v: {"application": {"health": {"tcp": v}}}, r"^application\.health\.tcp = "),
+        (lambda v: {"announce": {"count": v}}, r"^announce\.count = "),
+        (lambda v: {"nodes": [{"name": "m1", "interface": "eth0", "priority": v}]}, r"^nodes\[0\]\.priority = "),
+    ],
+)
+def test_integer_keys_refuse_fractions_and_non_finite_values(where: Any, message: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=message + r".* must be a whole number"):
+        parse(base(**where(value)))
+
+
+def test_a_ttl_beyond_the_databases_32_bit_milliseconds_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^lease\.ttl = 3000000 is more than 86400"):
+        parse(base(lease__ttl=3_000_000))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lease__heartbeat": 1e300}, r"^lease\.heartbeat = 1e\+300 is more than"),
+        ({"application__stop_timeout": 10**30}, r"^application\.stop_timeout = a 31-digit number is more than"),
+        ({"announce__count": 10**6}, r"^announce\.count = 1000000 is more than"),
+        ({"cluster__probe_timeout": 3600}, r"^cluster\.probe_timeout = 3600 is more than"),
+        ({"application": {"health": {"failures": 2**63}}}, r"^application\.health\.failures = .* is more than"),
+    ],
+)
+def test_huge_values_are_refused_with_the_upper_bound(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(base(**overrides))
+
+
+def test_a_non_utf8_file_is_a_one_line_error(tmp_path: Any) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[cluster]\nname = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text .*: save it as UTF-8") as err:
+        load(str(path))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "secret"),
+    [
+        ({"database__dsn": ["Driver=x;Pwd=Hush-1"]}, "Hush-1"),
+        ({"database__dsn": {"pwd": "Hush-2"}}, "Hush-2"),
+        ({"database__dsn": 12345678}, "12345678"),
+    ],
+)
+def test_a_dsn_of_the_wrong_type_is_never_echoed(overrides: dict[str, Any], secret: str) -> None:
+    with pytest.raises(ConfigError, match=r"^database\.dsn has the wrong type \((list|table|number)\)") as err:
+        parse(base(**overrides))
+    assert secret not in str(err.value)
+
+
+def test_an_unknown_key_with_a_newline_in_its_name_is_shown_on_one_line() -> None:
+    with pytest.raises(ConfigError, match="is not a known setting") as err:
+        parse(base(cluster={"name": "c", "common_ip": "10.1.2.50/24", "bad\nkey": 1}))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "port"),
+    [
+        ("0.0.0.0:8470", "0.0.0.0", 8470),
+        ("[::1]:9000", "::1", 9000),
+        ("localhost:1", "localhost", 1),
+        (":8470", "", 8470),
+    ],
+)
+def test_http_listen_accepts_host_port_forms(listen: str, host: str, port: int) -> None:
+    cfg = parse(base(http={"listen": listen}))
+    assert cfg.http_listen == listen and cfg.http_address == (host, port)
+
+
+@pytest.mark.parametrize(
+    "listen", ["localhost", "8470", "host:0", "host:65536", "host:http", "::1:80", "[zz]:80", "a b:80", "[::1]80"]
+)
+def test_http_listen_is_validated_when_parsed(listen: str) -> None:
+    with pytest.raises(ConfigError, match=r"^http\.listen = .* use host:port"):
+        parse(base(http={"listen": listen}))
+
+
+def test_an_empty_http_listen_turns_the_endpoint_off() -> None:
+    cfg = parse(base(http={"listen": ""}))
+    assert cfg.http_listen is None and cfg.http_address is None
+
+
+def test_http_listen_names_are_resolved_by_check_listen() -> None:
+    check_listen(parse(base(http={"listen": "localhost:8470"})))
+    check_listen(parse(base(http={"listen": "127.0.0.1:8470"})))
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:pw@127.0.0.1:8080/health", "http://***@127.0.0.1:8080/health"),
+        ("https://token@host/x?a=1", "https://***@host/x?a=1"),
+        ("http://host/x?token=abc&a=1", "http://host/x?token=***&a=1"),
+        ("http://127.0.0.1:8080/health", "http://127.0.0.1:8080/health"),
+        ("http://u:p@[::1", "http://***@[::1"),
+    ],
+)
+def test_redact_url_hides_credentials(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_a_health_url_with_credentials_is_accepted_but_never_shown_in_errors() -> None:
+    cfg = parse(base(application={"health": {"http": "http://u:Hush-3@127.0.0.1:8080/h"}}))
+    assert cfg.app.health.http == "http://u:Hush-3@127.0.0.1:8080/h"
+    with pytest.raises(ConfigError) as err:
+        parse(base(application={"health": {"http": "ftp://u:Hush-3@127.0.0.1/h"}}))
+    assert "Hush-3" not in str(err.value) and "application.health.http" in str(err.value)
+
+
+@pytest.mark.parametrize("key", ["cluster__alias_url"])
+def test_urls_shown_in_status_must_not_carry_credentials(key: str) -> None:
+    with pytest.raises(ConfigError, match=r"user name or password") as err:
+        parse(base(**{key: "http://admin:Hush-4@helpdesk.example.com/"}))
+    assert "Hush-4" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"user name or password") as err:
+        parse(base(nodes=[{"name": "m1", "interface": "eth0", "url": "http://a:Hush-5@m1/"}]))
+    assert "Hush-5" not in str(err.value)
+
+
+# ---- ${ENV} in the DSN: ODBC quoting and `fos config check` without the secrets -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "quoted"),
+    [
+        ("plain", "plain"),
+        ("a;b", "{a;b}"),
+        ("br}ace", "{br}}ace}"),
+        ("{x", "{{x}"),
+        (" lead", "{ lead}"),
+        ("trail ", "{trail }"),
+        ("", ""),
+    ],
+)
+def test_quote_odbc_value_brace_quotes_only_when_needed(value: str, quoted: str) -> None:
+    assert _quote_odbc_value(value) == quoted
+
+
+@pytest.mark.parametrize(
+    ("template", "password", "dsn"),
+    [
+        ("Uid=fos;Pwd=${PW};Server=db", "a;b}c", "Uid=fos;Pwd={a;b}}c};Server=db"),
+        ("Uid=fos;Pwd=${PW}", " x ", "Uid=fos;Pwd={ x }"),
+        ("Uid=fos;Pwd={${PW}};Server=db", "a;b}c", "Uid=fos;Pwd={a;b}}c};Server=db"),
+        ("Uid=fos;Pwd=${PW};", "simple", "Uid=fos;Pwd=simple;"),
+        ("Server=${PW}.example.com;Uid=x", "db;1", "Server={db;1.example.com};Uid=x"),
+    ],
+)
+def test_env_values_substituted_into_the_dsn_are_odbc_quoted(template: str, password: str, dsn: str) -> None:
+    cfg = parse(base(database={"dsn": template}), env={"PW": password})
+    assert cfg.database.dsn == dsn
+
+
+def test_env_can_be_deferred_for_config_check() -> None:
+    cfg = parse(base(database={"dsn": "Uid=fos;Pwd=${NOT_SET_HERE}"}), env={}, defer_env=True)
+    assert cfg.unset_env == ("NOT_SET_HERE",)
+    assert "NOT_SET_HERE" not in cfg.database.dsn or cfg.database.dsn.startswith("Uid=fos;Pwd=")
+    with pytest.raises(ConfigError, match=r"NOT_SET_HERE.*not set"):
+        parse(base(database={"dsn": "Uid=fos;Pwd=${NOT_SET_HERE}"}), env={})
+
+
+# ---- new keys and defaults declared once ----------------------------------------------------------------------
+
+
+def test_defaults_come_from_the_dataclasses() -> None:
+    cfg = parse(base(lease={}))
+    assert cfg.lease == LeaseConfig()
+    assert cfg.app == AppConfig()
+    assert cfg.app.health == HealthConfig()
+    assert cfg.announce == AnnounceConfig()
+    assert cfg.database == DatabaseConfig(dsn=cfg.database.dsn)
+    assert cfg.nodes[0] == NodeConfig(name="m1", interface="eth0")
+    assert cfg.probe_timeout == fields_default(Config, "probe_timeout")
+    assert cfg.probe_conflict == fields_default(Config, "probe_conflict")
+    assert cfg.http_listen == fields_default(Config, "http_listen")
+
+
+def fields_default(cls: type, name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+@pytest.mark.parametrize("schema", ["dbo", "fos_1", "_x", "Ops"])
+def test_database_schema_accepts_sql_identifiers(schema: str) -> None:
+    assert parse(base(database__schema=schema)).database.schema == schema
+
+
+@pytest.mark.parametrize("schema", ["", "1abc", "a-b", "a.b", 'x"; drop', "a" * 64])
+def test_database_schema_refuses_anything_but_an_identifier(schema: str) -> None:
+    with pytest.raises(ConfigError, match=r"^database\.schema = .* is not an SQL identifier"):
+        parse(base(database__schema=schema))
+
+
+def test_database_schema_defaults_to_the_dialects_own() -> None:
+    assert parse(base()).database.schema is None
+
+
+def test_application_user_and_group_are_parsed() -> None:
+    cfg = parse(base(application={"command": "x", "user": "helpdesk", "group": "helpdesk"}))
+    assert (cfg.app.user, cfg.app.group) == ("helpdesk", "helpdesk")
+    assert parse(base()).app.user is None and parse(base()).app.group is None
+
+
+@pytest.mark.parametrize("key", ["user", "group"])
+@pytest.mark.parametrize("value", ["", "a b", "x:y", 5])
+def test_application_user_and_group_refuse_non_names(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=rf"^application\.{key} "):
+        parse(base(application={"command": "x", key: value}))
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "mysql", "mariadb", "sqlite", "mssql"])
+def test_database_dialect_accepts_known_names(dialect: str) -> None:
+    assert parse(base(database__dialect=dialect)).database.dialect == dialect
+
+
+def test_database_dialect_refuses_unknown_names_at_parse_time() -> None:
+    with pytest.raises(ConfigError, match=r"^database\.dialect = 'oracle' is unknown"):
+        parse(base(database__dialect="oracle"))
+
+
+# ---- every documented key reaches the Config (issue 9 item 5; the runtime effects are tested where they act) ---
+
+ROOT = Path(__file__).resolve().parent.parent
+NODES = [{"name": "m1", "interface": "eth0"}, {"name": "m2", "interface": "eth0"}]
+# key -> (overrides of base(), what to read from the Config, the value it must then have)
+EFFECTS: dict[str, tuple[dict[str, Any], Any, Any]] = {
+    "cluster.name": ({"cluster__name": "other"}, lambda c: c.cluster, "other"),
+    "cluster.common_ip": ({"cluster__common_ip": "10.1.2.60/25"}, lambda c: str(c.common_ip), "10.1.2.60/25"),
+    "cluster.netmask": (
+        {"cluster": {"name": "c", "common_ip": "10.1.2.60", "netmask": "255.255.0.0"}},
+        lambda c: str(c.common_ip),
+        "10.1.2.60/16",
+    ),
+    "cluster.alias_url": ({"cluster__alias_url": "http://hd.example/"}, lambda c: c.alias_url, "http://hd.example/"),
+    "cluster.address_driver": ({"cluster__address_driver": "none"}, lambda c: c.address_driver, "none"),
+    "cluster.probe_conflict": ({"cluster__probe_conflict": False}, lambda c: c.probe_conflict, False),
+    "cluster.probe_timeout": ({"cluster__probe_timeout": 0.7}, lambda c: c.probe_timeout, 0.7),
+    "nodes.name": ({"nodes": [{"name": "x9", "interface": "eth0"}]}, lambda c: c.nodes[0].name, "x9"),
+    "nodes.interface": ({"nodes": [{"name": "m1", "interface": "br1"}]}, lambda c: c.nodes[0].interface, "br1"),
+    "nodes.url": (
+        {"nodes": [{"name": "m1", "interface": "eth0", "url": "http://m1:8080/"}]},
+        lambda c: c.nodes[0].url,
+        "http://m1:8080/",
+    ),
+    "nodes.priority": (
+        {"nodes": [{"name": "m1", "interface": "eth0", "priority": 100}]},
+        lambda c: c.nodes[0].priority,
+        100,
+    ),
+    "database.dsn": (
+        {"database__dsn": "Driver=SQLite3;Database=/y.db"},
+        lambda c: c.database.dsn,
+        "Driver=SQLite3;Database=/y.db",
+    ),
+    "database.dialect": ({"database__dialect": "mssql"}, lambda c: c.database.dialect, "mssql"),
+    "database.schema": ({"database__schema": "fos"}, lambda c: c.database.schema, "fos"),
+    "database.call_timeout": ({"database__call_timeout": 0.25}, lambda c: c.call_timeout, 0.25),
+    "lease.ttl": ({"lease__ttl": 4}, lambda c: c.lease.ttl, 4.0),
+    "lease.heartbeat": ({"lease__heartbeat": 0.75}, lambda c: c.lease.heartbeat, 0.75),
+    "lease.fence_margin": ({"lease__fence_margin": 0.3}, lambda c: c.lease.fence_margin, 0.3),
+    "lease.min_hold": ({"lease__min_hold": 0}, lambda c: c.lease.min_hold, 0.0),
+    "application.command": ({"application": {"command": ["srv", "-p"]}}, lambda c: c.app.command, ["srv", "-p"]),
+    "application.start": ({"application": {"start": "a", "stop": "b"}}, lambda c: c.app.start, "a"),
+    "application.stop": ({"application": {"start": "a", "stop": "b"}}, lambda c: c.app.stop, "b"),
+    "application.stop_timeout": ({"application": {"stop_timeout": 61}}, lambda c: c.app.stop_timeout, 61.0),
+    "application.hold_off": ({"application": {"hold_off": 0}}, lambda c: c.app.hold_off, 0.0),
+    "application.user": ({"application": {"user": "nobody"}}, lambda c: c.app.user, "nobody"),
+    "application.group": ({"application": {"group": "nogroup"}}, lambda c: c.app.group, "nogroup"),
+    "application.health.http": (
+        {"application": {"health": {"http": "http://127.0.0.1:8080/h"}}},
+        lambda c: c.app.health.http,
+        "http://127.0.0.1:8080/h",
+    ),
+    "application.health.tcp": ({"application": {"health": {"tcp": 8080}}}, lambda c: c.app.health.tcp, 8080),
+    "application.health.command": (
+        {"application": {"health": {"command": "check"}}},
+        lambda c: c.app.health.command,
+        "check",
+    ),
+    "application.health.interval": (
+        {"application": {"health": {"interval": 7}}},
+        lambda c: c.app.health.interval,
+        7.0,
+    ),
+    "application.health.timeout": ({"application": {"health": {"timeout": 0.5}}}, lambda c: c.app.health.timeout, 0.5),
+    "application.health.failures": ({"application": {"health": {"failures": 5}}}, lambda c: c.app.health.failures, 5),
+    "application.health.start_grace": (
+        {"application": {"health": {"start_grace": 90}}},
+        lambda c: c.app.health.start_grace,
+        90.0,
+    ),
+    "announce.count": ({"announce__count": 5}, lambda c: c.announce.count, 5),
+    "announce.interval": ({"announce__interval": 0.5}, lambda c: c.announce.interval, 0.5),
+    "announce.refresh": ({"announce__refresh": 30}, lambda c: c.announce.refresh, 30.0),
+    "http.listen": ({"http__listen": "127.0.0.1:9999"}, lambda c: c.http_address, ("127.0.0.1", 9999)),
+}
+
+
+@pytest.mark.parametrize("key", sorted(EFFECTS))
+def test_each_documented_key_reaches_the_config(key: str) -> None:
+    overrides, read, expected = EFFECTS[key]
+    assert read(parse(base(**overrides))) == expected
+    assert read(parse(base())) != expected  # the value differs from the default: the key, not the default, set it
+
+
+def readme_keys() -> set[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Configuration") : text.index("### Timing that fos refuses")]
+    return set(re.findall(r"^\| `([a-z_.]+)` \|", section, flags=re.M))
+
+
+def example_keys() -> set[str]:
+    keys, table = set(), ""
+    for line in (ROOT / "examples" / "fos.toml").read_text().splitlines():
+        header = re.match(r"^\[\[?([a-z_.]+)\]\]?", line)
+        if header:
+            table = header.group(1)
+        key = re.match(r"^#?\s*([a-z_]+)\s*=", line)
+        if key:
+            keys.add(f"{table}.{key.group(1)}")
+    return keys
+
+
+def test_every_key_in_readme_and_the_example_has_an_effect_test() -> None:
+    assert readme_keys() == set(EFFECTS)
+    assert example_keys() <= set(EFFECTS), example_keys() - set(EFFECTS)
+    assert len(example_keys()) >= 30

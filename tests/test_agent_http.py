@@ -3,10 +3,12 @@ balancers see."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from agent.http import make_app
@@ -73,3 +75,49 @@ async def test_a_holder_that_cannot_renew_is_unhealthy(active: tuple[Node, TestC
     store.available = True
     await until(lambda: not node.agent.renew_failing, 3, "renewals to recover")
     assert (await client.get("/health")).status == 200
+
+
+async def test_status_shows_the_alias_url() -> None:
+    store = MemoryLeaseStore(clock=boottime)
+    cfg = dataclasses.replace(config(ttl=3, heartbeat=0.5), alias_url="http://helpdesk.example.com/")
+    node = Node(cfg, "m1", store)
+    client = TestClient(TestServer(make_app(node.agent)))
+    await client.start_server()
+    try:
+        doc = await (await client.get("/status")).json()
+        assert doc["alias_url"] == "http://helpdesk.example.com/"
+    finally:
+        await client.close()
+
+
+async def test_health_url_credentials_never_reach_status() -> None:
+    seen: list[str | None] = []
+
+    async def health(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = f"http://fosmon:Hush-Health-7@127.0.0.1:{server.port}/health"
+    store = MemoryLeaseStore(clock=boottime)
+    node = Node(config(ttl=3, heartbeat=0.5, health={"http": url, "interval": 0.05, "timeout": 0.05}), "m1", store)
+    node.start()
+    client = TestClient(TestServer(make_app(node.agent)))
+    await client.start_server()
+    try:
+        await until(lambda: node.agent.role is Role.ACTIVE and bool(seen), 5, "an active node that checked health")
+        text = await (await client.get("/status")).text()
+        assert "127.0.0.1" in text and "/health" in text  # the detail is there, only the credentials are not
+        assert "Hush-Health-7" not in text and "fosmon" not in text
+        assert seen[0] is not None and seen[0].startswith("Basic ")  # the credentials are still used
+        # a failing check's detail (the exception text) is scrubbed too
+        await server.close()
+        await until(lambda: node.agent.health.last_detail.startswith("Client"), 5, "a failed health check")
+        assert "Hush-Health-7" not in node.agent.health.last_detail
+    finally:
+        await client.close()
+        await node.kill()
+        await server.close()
