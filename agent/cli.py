@@ -40,7 +40,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _store(cfg: Config) -> SqlLeaseStore:
-    return SqlLeaseStore(cfg.database.dsn, dialect=cfg.database.dialect, call_timeout=max(cfg.call_timeout, 5.0))
+    return SqlLeaseStore(
+        cfg.database.dsn,
+        dialect=cfg.database.dialect,
+        schema=cfg.database.schema,
+        call_timeout=max(cfg.call_timeout, 5.0),
+    )
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from dataclasses import MISSING, fields
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from lease.dsn import quote_odbc_value
 from lease.names import MAX_NAME
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -224,14 +225,6 @@ def name_value(value: str, field_name: str) -> str:
     return value
 
 
-def _quote_odbc_value(value: str) -> str:
-    """An ODBC attribute value as a connection string needs it: brace-quoted (a `}` doubled) when it contains
-    `;`, `{` or `}` or has leading/trailing spaces, else unchanged."""
-    if value and (any(c in value for c in ";{}") or value != value.strip()):
-        return "{" + value.replace("}", "}}") + "}"
-    return value
-
-
 def expand_env(value: str, field_name: str, env: dict[str, str] | None = None) -> str:
     """Replace ${VAR} with the environment's value, so secrets need not be written in the file."""
     environ = os.environ if env is None else env
@@ -304,7 +297,7 @@ def expand_dsn(template: str, env: dict[str, str] | None = None, defer: bool = F
             end = len(marked) if end < 0 else end
             raw = marked[eq + 1 : end]
             value = substitute(raw, False)
-            out.append(key + (_quote_odbc_value(value) if "\0" in raw else value))
+            out.append(key + (quote_odbc_value(value) if "\0" in raw else value))
         i = end + 1
     dsn = ";".join(out) + (";" if marked.endswith(";") else "")
     return dsn, tuple(dict.fromkeys(unset))

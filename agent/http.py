@@ -37,7 +37,18 @@ def status(agent: Agent) -> dict[str, Any]:
         "app_healthy": agent.health.healthy,
         "app_detail": agent.health.last_detail,
         "loop_age_s": round(now - agent.last_tick, 3),
+        **lease_seen(agent),
     }
+
+
+def lease_seen(agent: Agent) -> dict[str, Any]:
+    """Who holds the lease, as this agent last saw it: itself while holding, else its last read."""
+    if agent.holding is not None:
+        return {"lease_holder": agent.node.name, "lease_epoch": agent.holding.epoch}
+    view = agent.lease_view
+    if view is None:
+        return {"lease_holder": None, "lease_epoch": None}
+    return {"lease_holder": view.holder if view.held else None, "lease_epoch": view.epoch}
 
 
 def loop_stalled(agent: Agent) -> bool:

@@ -26,6 +26,9 @@ class Metrics:
         self.transitions = Counter("fos_transitions", "role transitions", ["to"], registry=r)
         self.app_healthy = Gauge("fos_app_healthy", "1 if the application is healthy, 0 if not", registry=r)
         self.ip_bound = Gauge("fos_ip_bound", "1 if the common IP is bound on this node", registry=r)
+        self.lease_holder = Gauge(
+            "fos_lease_holder", "1 for the node this agent last saw holding the lease", ["holder"], registry=r
+        )
         for role in Role:
             self.role.labels(role=role.value).set(0)
 
@@ -33,6 +36,11 @@ class Metrics:
         for r in Role:
             self.role.labels(role=r.value).set(1 if r is role else 0)
         self.transitions.labels(to=role.value).inc()
+
+    def set_holder(self, holder: str | None) -> None:
+        self.lease_holder.clear()
+        if holder is not None:
+            self.lease_holder.labels(holder=holder).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

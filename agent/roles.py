@@ -16,7 +16,7 @@ import enum
 from dataclasses import dataclass
 from typing import assert_never
 
-from lease.model import LeaseState
+from lease.model import LeaseState, NodeRecord
 
 from .timing import MIN_RETRY_S, RHO, fence_deadline
 
@@ -162,3 +162,17 @@ def after_holding(event: HoldEvent, detail: str, hold_off: float, min_hold: floa
             return Decision(Role.DEMOTING, f"promotion failed ({detail}): stepping down", max(hold_off, min_hold))
         case _:
             assert_never(event)
+
+
+def live_namesake(
+    nodes: list[NodeRecord], me: str, instance: str | None, heartbeat: float, call_timeout: float
+) -> NodeRecord | None:
+    """Another live agent process using our node name (a cloned VM, a second `fos run --node`), if its row says
+    so: another instance id, not stopped, and seen within three heartbeats (it writes its row every one)."""
+    recent = 3 * heartbeat + call_timeout
+    for n in nodes:
+        if n.node != me or n.instance == instance or n.role == Role.STOPPED.value:
+            continue
+        if n.last_seen_age_s is not None and n.last_seen_age_s <= recent:
+            return n
+    return None

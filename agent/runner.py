@@ -20,7 +20,16 @@ from typing import Any, Protocol, assert_never
 
 import structlog
 
-from lease import EventKind, HistoryStore, LeaseState, LeaseStore, StoreError
+from lease import (
+    EventKind,
+    HistoryStore,
+    LeaseState,
+    LeaseStore,
+    ProtocolViolation,
+    SchemaMissing,
+    StoreConfigError,
+    StoreError,
+)
 from netops import AddressBinder, AddressConflict, NetopsError
 
 from . import __version__
@@ -44,6 +53,9 @@ from .roles import (
 from .timing import KERNEL_LATENESS_S, address_lifetime, lifetime_overruns
 
 CLEANUP_TIMEOUT_S = 5.0  # each step of the emergency clean-up after an internal error
+# Store errors that no retry can cure (a database that misreports row counts, a broken schema): stop the agent
+# (exit 2 with the reason) instead of retrying forever.
+FATAL_STORE_ERRORS = (ProtocolViolation, StoreConfigError, SchemaMissing)
 
 
 class AgentStore(LeaseStore, HistoryStore, Protocol):
@@ -184,13 +196,15 @@ class Agent:
             self.clock.suspended_for()  # a standby has nothing to fence; just restart the comparison
             try:
                 state = await self.store.read(self.cfg.cluster, timeout=self.call_timeout)
+            except FATAL_STORE_ERRORS:
+                raise
             except StoreError as exc:
                 self._db_down(exc)
                 await self._drop_ip()  # we cannot know we hold the lease: the safe side is not to serve
                 await self._sleep_until(self.clock.now() + poll)
                 continue
             self._db_up()
-            self.lease_view = state
+            self._saw(state)
             plan = plan_standby(state, self.node.name, self.instance, self.clock.now(), poll, self._not_before)
             if plan.action is StandbyAction.WAIT:
                 await self._drop_ip()  # level-triggered: a standby never has the common IP (crash leftovers)
@@ -206,6 +220,8 @@ class Agent:
                     instance=self.instance,
                     timeout=self.call_timeout,
                 )
+            except FATAL_STORE_ERRORS:
+                raise
             except StoreError as exc:
                 self._db_down(exc)
                 await self._sleep_until(self.clock.now() + min(poll, 0.1))
@@ -217,13 +233,19 @@ class Agent:
                 self.holding = Holding.acquired(
                     got.epoch, sent, self.cfg.lease.ttl, self.cfg.lease.fence_margin, took_over
                 )
-                self.lease_view = None
+                self._saw(None)
+                self.metrics.set_holder(self.node.name)
                 return Decision(Role.PROMOTING, f"{plan.reason}; acquired epoch {got.epoch}")
             # A lost race, or the row was not as read: plan from what the store saw, never retry at once.
-            self.lease_view = got.seen
+            self._saw(got.seen)
             now = self.clock.now()
             await self._sleep_until(plan_retry(got.seen, self.node.name, self.instance, now, poll, self._not_before))
         return Decision(Role.STOPPED, f"stop requested ({self.stop_reason})")
+
+    def _saw(self, state: LeaseState | None) -> None:
+        self.lease_view = state
+        if state is not None:
+            self.metrics.set_holder(state.holder if state.held else None)
 
     def _db_down(self, exc: Exception) -> None:
         if not self._db_down_logged:
@@ -245,6 +267,8 @@ class Agent:
                     self.cfg.cluster, self.node.name, epoch, self.ttl_ms, timeout=self.call_timeout
                 )
             return _Renewal(sent, RenewOutcome.RENEWED if ok else RenewOutcome.LOST)
+        except FATAL_STORE_ERRORS:
+            raise
         except StoreError as exc:
             return _Renewal(sent, RenewOutcome.FAILED, str(exc))
 

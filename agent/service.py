@@ -1,34 +1,69 @@
-"""`fos run`: build the agent from the cluster file, serve HTTP, handle signals, run until stopped."""
+"""`fos run`: build the agent from the cluster file, serve HTTP, handle signals, run until stopped.
+
+Start-up order matters: everything that can refuse (config, state dir lock, interface, database schema, another
+live agent with our name, the HTTP port) is checked before anything is changed on this machine, so a refusal
+(exit 2) leaves the node exactly as it was.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 
 import structlog
 from aiohttp import web
 
-from lease import SchemaMissing, SqlLeaseStore, StoreAuthError, StoreConfigError, StoreUnavailable
+from lease import (
+    ProtocolViolation,
+    SchemaMissing,
+    SqlLeaseStore,
+    StoreAuthError,
+    StoreConfigError,
+    StoreError,
+    StoreUnavailable,
+)
 from netops import Announce, NetlinkBinder, NoneBinder, validate
 
 from .app import Application, NoApplication, StartStopCommands, SupervisedCommand
 from .clock import SystemClock
-from .config import Config, ConfigError, NodeConfig
+from .config import Config, ConfigError, NodeConfig, check_listen
 from .http import start_server
-from .runner import Agent
+from .roles import live_namesake
+from .runner import FATAL_STORE_ERRORS, Agent, AgentFailed
+from .statedir import StateDir
 from .timing import check
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-def build_app(cfg: Config, node: NodeConfig, state_dir: str) -> Application:
+
+def build_app(cfg: Config, node: NodeConfig, state: StateDir) -> Application:
     a = cfg.app
     if a.command is not None:
-        os.makedirs(state_dir, exist_ok=True)
-        return SupervisedCommand(a.command, a.stop_timeout, os.path.join(state_dir, f"{cfg.cluster}-{node.name}.pid"))
+        return SupervisedCommand(
+            a.command, a.stop_timeout, state.file(f"{cfg.cluster}-{node.name}.pid"), user=a.user, group=a.group
+        )
     if a.start is not None and a.stop is not None:
-        return StartStopCommands(a.start, a.stop, a.stop_timeout, a.health.start_grace)
+        return StartStopCommands(a.start, a.stop, a.stop_timeout, a.health.start_grace, user=a.user, group=a.group)
     return NoApplication()
+
+
+def build_binder(cfg: Config, node: NodeConfig) -> NetlinkBinder | NoneBinder:
+    if cfg.address_driver != "netlink":
+        return NoneBinder()
+    assert cfg.common_ip is not None
+    return NetlinkBinder(
+        node.interface,
+        cfg.common_ip,
+        Announce(cfg.announce.count, cfg.announce.interval),
+        probe_timeout=cfg.probe_timeout,
+    )
+
+
+def build_store(cfg: Config) -> SqlLeaseStore:
+    return SqlLeaseStore(
+        cfg.database.dsn, dialect=cfg.database.dialect, schema=cfg.database.schema, call_timeout=cfg.call_timeout
+    )
 
 
 def _dump_tasks() -> None:
@@ -36,53 +71,83 @@ def _dump_tasks() -> None:
         task.print_stack(file=sys.stderr)
 
 
+async def _check_database(store: SqlLeaseStore, cfg: Config, node: NodeConfig, instance: str) -> None:
+    """Schema, triggers, the cluster's row (created if missing: an INSERT, never DDL), and no other live agent
+    with our name. Unreachable is not a refusal: the agent starts and waits for the database."""
+    timeout = max(cfg.call_timeout, 2.0)
+    try:
+        await store.preflight(cfg.cluster, timeout=timeout)
+        namesake = live_namesake(
+            await store.list_nodes(cfg.cluster, timeout=timeout),
+            node.name,
+            instance,
+            cfg.lease.heartbeat,
+            cfg.call_timeout,
+        )
+    except (SchemaMissing, StoreAuthError, StoreConfigError, ProtocolViolation) as exc:
+        raise ConfigError(f"database: {exc}") from None
+    except StoreUnavailable as exc:
+        structlog.get_logger("fos.run").warning("database_unavailable_at_start", error=str(exc))
+        return
+    if namesake is not None:
+        raise ConfigError(
+            f"another fos agent named {node.name} is running (instance {namesake.instance or 'unknown'}, role "
+            f"{namesake.role}, seen {namesake.last_seen_age_s or 0:.1f}s ago): stop it, or give this machine its "
+            "own [[nodes]] entry and --node"
+        )
+
+
 async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
     """Run the agent until SIGTERM/SIGINT. Bad input raises ConfigError before anything is started."""
     log = structlog.get_logger("fos.run").bind(node=node.name, cluster=cfg.cluster)
     check(cfg)
-    if cfg.address_driver == "netlink":
-        assert cfg.common_ip is not None
-        # NetopsError: interface missing, down, wrong subnet. In a thread: pyroute2 runs its own event loop.
-        await asyncio.to_thread(validate, node.interface, cfg.common_ip)
-        binder: NetlinkBinder | NoneBinder = NetlinkBinder(
-            node.interface, cfg.common_ip, Announce(cfg.announce.count, cfg.announce.interval)
-        )
-    else:
-        binder = NoneBinder()
-    store = SqlLeaseStore(cfg.database.dsn, dialect=cfg.database.dialect, call_timeout=cfg.call_timeout)
-    try:
-        await store.read(cfg.cluster, timeout=max(cfg.call_timeout, 2.0))
-    except (SchemaMissing, StoreAuthError, StoreConfigError) as exc:
-        await store.close()
-        raise ConfigError(f"database: {exc}") from None
-    except StoreUnavailable as exc:
-        log.warning("database_unavailable_at_start", error=str(exc))
-    app = build_app(cfg, node, state_dir)
-    if isinstance(app, SupervisedCommand):
-        await app.reap_orphan()
-    agent = Agent(cfg, node, store, binder, app, SystemClock())
-    runner: web.AppRunner | None = None
-    if cfg.http_listen:
+    check_listen(cfg)
+    with StateDir(state_dir, cfg.cluster, node.name) as state:  # refuses a second agent for this node here
+        instance = state.instance_id()
+        if cfg.address_driver == "netlink":
+            assert cfg.common_ip is not None
+            # NetopsError: interface missing, down, wrong subnet. In a thread: pyroute2 runs its own event loop.
+            await asyncio.to_thread(validate, node.interface, cfg.common_ip)
+        binder = build_binder(cfg, node)
+        store = build_store(cfg)
         try:
-            runner = await start_server(agent, cfg.http_listen)
-        except OSError as exc:
+            await _check_database(store, cfg, node, instance)
+            app = build_app(cfg, node, state)
+            if isinstance(app, SupervisedCommand):
+                await app.reap_orphan()
+            agent = Agent(cfg, node, store, binder, app, SystemClock(), instance=instance)
+            runner: web.AppRunner | None = None
+            if cfg.http_listen:
+                try:
+                    runner = await start_server(agent, cfg.http_listen)
+                except OSError as exc:
+                    raise ConfigError(f"http.listen = {cfg.http_listen!r} cannot be used: {exc.strerror}") from None
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, agent.request_stop, signal.Signals(sig).name)
+            loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)  # `kill -USR2`: what every asyncio task awaits
+            log.info(
+                "agent_starting",
+                instance=instance,
+                listen=cfg.http_listen,
+                common_ip=str(cfg.common_ip),
+                ttl=cfg.lease.ttl,
+                heartbeat=cfg.lease.heartbeat,
+            )
+            try:
+                await agent.run()
+            except AgentFailed as exc:
+                cause = exc.__cause__
+                if isinstance(cause, FATAL_STORE_ERRORS):
+                    raise ConfigError(f"database: {cause}") from None
+                if isinstance(cause, StoreError):
+                    print(f"fos: database: {cause}", file=sys.stderr)
+                else:
+                    print(f"fos: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+            finally:
+                if runner is not None:
+                    await runner.cleanup()
+        finally:
             await store.close()
-            raise ConfigError(f"http.listen = {cfg.http_listen!r} cannot be used: {exc.strerror}") from None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, agent.request_stop, signal.Signals(sig).name)
-    loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)  # `kill -USR2`: what every asyncio task awaits
-    log.info(
-        "agent_starting",
-        listen=cfg.http_listen,
-        common_ip=str(cfg.common_ip),
-        ttl=cfg.lease.ttl,
-        heartbeat=cfg.lease.heartbeat,
-    )
-    try:
-        await agent.run()
-    finally:
-        if runner is not None:
-            await runner.cleanup()
-        await store.close()
-    return 0
+    return EXIT_OK

@@ -109,7 +109,7 @@ def test_init_db_then_plain_sql_on_the_status_view_shows_the_cluster_row(
     first = fos("init-db", "--config", str(cfg), dsn=dsn)
     assert first.returncode == 0, first.stderr
     again = fos("init-db", "--config", str(cfg), dsn=dsn)
-    assert again.returncode == 0 and "(was 1)" in again.stdout
+    assert again.returncode == 0 and "(was 2)" in again.stdout
     out = native_query(
         kind,
         server,

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from lease import quote_odbc_value
+
 from agent.config import (
     AnnounceConfig,
     AppConfig,
@@ -20,7 +22,6 @@ from agent.config import (
     HealthConfig,
     LeaseConfig,
     NodeConfig,
-    _quote_odbc_value,
     check_listen,
     expand_env,
     load,
@@ -295,8 +296,8 @@ def test_urls_shown_in_status_must_not_carry_credentials(key: str) -> None:
         ("", ""),
     ],
 )
-def test_quote_odbc_value_brace_quotes_only_when_needed(value: str, quoted: str) -> None:
-    assert _quote_odbc_value(value) == quoted
+def test_env_values_are_quoted_by_odbc_rules(value: str, quoted: str) -> None:
+    assert quote_odbc_value(value) == quoted
 
 
 @pytest.mark.parametrize(

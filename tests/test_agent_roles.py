@@ -13,11 +13,12 @@ from agent.roles import (
     StandbyAction,
     after_holding,
     after_renewal,
+    live_namesake,
     plan_retry,
     plan_standby,
 )
 from agent.timing import MIN_RETRY_S, RHO, fence_deadline
-from lease import LeaseState
+from lease import LeaseState, NodeRecord
 
 NOW = 1000.0
 
@@ -100,3 +101,22 @@ def test_renewal_outcomes(
 def test_suspend_fences() -> None:
     got = after_holding(HoldEvent.SUSPENDED, "12.0s", hold_off=30, min_hold=5)
     assert got.role is Role.FENCED and "suspended" in got.reason
+
+
+def _row(node: str, instance: str | None, role: str = "active", age: float | None = 0.5) -> NodeRecord:
+    return NodeRecord("c", node, role, True, None, "0.1", age, instance=instance)
+
+
+@pytest.mark.parametrize(
+    ("rows", "found"),
+    [
+        ([_row("m1", "i2")], True),  # a live agent with our name and another instance: refuse to start
+        ([_row("m1", "i1")], False),  # our own row (a restart with the same instance)
+        ([_row("m1", "i2", role="stopped")], False),  # it stopped cleanly
+        ([_row("m1", "i2", age=30.0)], False),  # not seen for many heartbeats: dead
+        ([_row("m1", None)], True),  # a row of an agent that predates instance ids, still alive
+        ([_row("m2", "i2")], False),  # another node
+    ],
+)
+def test_a_live_agent_with_our_name_is_found_by_its_row(rows: list[NodeRecord], found: bool) -> None:
+    assert (live_namesake(rows, "m1", "i1", heartbeat=1.0, call_timeout=0.5) is not None) is found
