@@ -10,7 +10,6 @@ import os
 import pwd
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -131,6 +130,11 @@ async def gone_within(pids: list[int], timeout: float) -> float:
     return time.monotonic() - started
 
 
+def start_time_of(pid: int) -> int:
+    """Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
 def processes_with(marker: str) -> list[int]:
     """Pids of running (not zombie) processes whose command line contains `marker`."""
     found = []
@@ -216,7 +220,7 @@ async def test_a_cancelled_stop_still_stops_the_app_before_the_cancel_returns(
         await task
     assert not alive(pid)
     assert not app.running()
-    assert not pidfile.exists()  # noqa: ASYNC240 - a test's one-off check
+    assert not pidfile.exists()
 
 
 async def test_a_cancelled_stop_command_still_runs_to_its_end(tmp_path: Path) -> None:
@@ -227,7 +231,7 @@ async def test_a_cancelled_stop_command_still_runs_to_its_end(tmp_path: Path) ->
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert done.exists()  # noqa: ASYNC240 - a test's one-off check
+    assert done.exists()
 
 
 async def test_a_start_cancelled_at_any_point_of_spawning_leaves_no_process(tmp_path: Path) -> None:
@@ -242,7 +246,7 @@ async def test_a_start_cancelled_at_any_point_of_spawning_leaves_no_process(tmp_
             await task
         await app.stop()  # what the runner does after a cancelled promotion
     deadline = time.monotonic() + 2
-    while processes_with(marker) and time.monotonic() < deadline:
+    while processes_with(marker) and time.monotonic() < deadline:  # noqa: ASYNC110 - strangers' pids: poll
         await asyncio.sleep(0.01)
     assert processes_with(marker) == []
 
@@ -252,22 +256,23 @@ async def test_a_start_cancelled_at_any_point_of_spawning_leaves_no_process(tmp_
 
 async def test_a_session_leader_reusing_the_pid_of_an_old_pidfile_is_not_killed(tmp_path: Path) -> None:
     pidfile = tmp_path / "app.pid"
-    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    stranger = await asyncio.create_subprocess_exec("sleep", "60", start_new_session=True)
     try:
         pidfile.write_text(str(stranger.pid))  # the format before start times were recorded: cannot be verified
         assert await SupervisedCommand("true", 1, str(pidfile)).reap_orphan() is None
         assert alive(stranger.pid)
         assert not pidfile.exists()
     finally:
-        stranger.kill()
-        stranger.wait()
+        with contextlib.suppress(ProcessLookupError):
+            stranger.kill()
+        await stranger.wait()
 
 
 async def test_a_session_leader_whose_start_time_or_command_differs_is_not_killed(tmp_path: Path) -> None:
     pidfile = tmp_path / "app.pid"
-    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    stranger = await asyncio.create_subprocess_exec("sleep", "60", start_new_session=True)
     try:
-        start_time = int(Path(f"/proc/{stranger.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        start_time = start_time_of(stranger.pid)
         for recorded in (
             {"pid": stranger.pid, "start_time": start_time - 1, "cmdline": ["sleep", "60"]},
             {"pid": stranger.pid, "start_time": start_time, "cmdline": ["sleep", "61"]},
@@ -279,8 +284,9 @@ async def test_a_session_leader_whose_start_time_or_command_differs_is_not_kille
         assert await SupervisedCommand("true", 1, str(pidfile)).reap_orphan() == stranger.pid  # all match: ours
         await gone_within([stranger.pid], 1)
     finally:
-        stranger.kill()
-        stranger.wait()
+        with contextlib.suppress(ProcessLookupError):
+            stranger.kill()
+        await stranger.wait()
 
 
 # --- item 15: a killed agent takes its application with it ---------------------------------------------------------
@@ -302,16 +308,17 @@ asyncio.run(main())
 async def test_an_app_and_its_children_die_within_a_second_of_a_sigkill_of_the_agent(tmp_path: Path, trap: str) -> None:
     leader, kid = tmp_path / "leader", tmp_path / "kid"
     command = f"{trap} sleep 60 & echo $! > {kid}; echo $$ > {leader}; while true; do sleep 0.05; done"
-    harness = subprocess.Popen([sys.executable, "-c", HARNESS, command], cwd=REPO)
+    harness = await asyncio.create_subprocess_exec(sys.executable, "-c", HARNESS, command, cwd=REPO)
     pids: list[int] = []
     try:
         pids = [await wait_for_pid(leader, 10), await wait_for_pid(kid, 10)]
         harness.kill()
-        harness.wait()
+        await harness.wait()
         await gone_within(pids, 1.0)
     finally:
-        harness.kill()
-        harness.wait()
+        with contextlib.suppress(ProcessLookupError):
+            harness.kill()
+        await harness.wait()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -333,15 +340,12 @@ REPORT = "id -u; id -g; id -G; grep -E '^Cap(Eff|Prm|Amb):' /proc/self/status"
 
 
 def expected_report(user: str, gid: int | None = None) -> list[str]:
+    """What REPORT prints for an app run as `user` (primary group `gid`): groups as initgroups(user, gid) sets."""
     pw = pwd.getpwnam(user)
     gid = pw.pw_gid if gid is None else gid
-    groups = sorted({gid, *os.getgrouplist(user, pw.pw_gid)})
-    return [
-        str(pw.pw_uid),
-        str(gid),
-        " ".join(map(str, groups)),
-        *[f"Cap{s}:\t{0:016x}" for s in ("Prm", "Eff", "Amb")],
-    ]
+    groups = dict.fromkeys([gid, *os.getgrouplist(user, gid)])
+    caps = [f"Cap{s}:\t{0:016x}" for s in ("Prm", "Eff", "Amb")]
+    return [str(pw.pw_uid), str(gid), " ".join(map(str, groups)), *caps]
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
@@ -353,7 +357,7 @@ async def test_a_supervised_app_runs_as_application_user_without_capabilities(sh
     app = SupervisedCommand(f"({REPORT}) > {out}", stop_timeout=1, user="nobody")
     await app.start({})
     await asyncio.wait_for(app.exited.wait(), 5)
-    got = out.read_text().splitlines()  # noqa: ASYNC240 - a test's one-off read
+    got = out.read_text().splitlines()
     assert got == expected_report("nobody")
     await app.stop()
 
@@ -366,7 +370,7 @@ async def test_application_group_given_by_number_replaces_the_users_primary_grou
         f"({REPORT}) > {out}", "true", 1, 5, user=str(pwd.getpwnam("nobody").pw_uid), group=str(daemon_gid)
     )
     await app.start({})
-    got = out.read_text().splitlines()  # noqa: ASYNC240 - a test's one-off read
+    got = out.read_text().splitlines()
     assert got == expected_report("nobody", daemon_gid)
 
 
