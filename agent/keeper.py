@@ -86,19 +86,29 @@ def _run_application(spec: Spec, keeper: int) -> None:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # a stop sent meanwhile now ends the child
         if spec.uid is not None:
-            _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)  # a non-root agent's ambient caps must not pass on
-            os.setgroups(spec.groups)
-            os.setgid(spec.gid if spec.gid is not None else os.getgid())
-            os.setuid(spec.uid)  # from root: the kernel clears the permitted, effective and ambient sets
+            _become(spec.uid, spec.gid if spec.gid is not None else os.getgid(), spec.groups)
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid: a credential change clears it
         if os.getppid() != keeper:
             os._exit(ORPHANED)
         os.execvp(spec.command[0], spec.command)
     except OSError as exc:
-        print(f"fos keeper: cannot run {spec.command[0]!r}: {exc.strerror}", file=sys.stderr, flush=True)
+        as_user = "" if spec.uid is None else f" as uid {spec.uid} (application.user)"
+        print(f"fos keeper: cannot run {spec.command[0]!r}{as_user}: {exc.strerror}", file=sys.stderr, flush=True)
     except BaseException:  # never let the child run on as a second keeper
         pass
     os._exit(CANNOT_RUN)
+
+
+def _become(uid: int, gid: int, groups: list[int]) -> None:
+    """Run as uid/gid/groups with no capabilities. Only what differs is changed: an agent that already runs as
+    that user (a systemd User= with ambient capabilities) may not call setgroups, and needs only the clearing."""
+    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)  # else a non-root agent's ambient caps pass on at exec
+    if set(os.getgroups()) - {os.getegid()} != set(groups) - {gid}:
+        os.setgroups(groups)
+    if os.getresgid() != (gid, gid, gid):
+        os.setresgid(gid, gid, gid)
+    if os.getresuid() != (uid, uid, uid):
+        os.setresuid(uid, uid, uid)  # from root: the kernel clears the permitted, effective and ambient sets
 
 
 def _end_group(grace: float, app: int) -> None:
