@@ -43,6 +43,7 @@ class Application(Protocol):
 
 KEEPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "keeper.py")
 ORPHAN_GRACE = 0.5  # after the agent died: how long the keeper lets the application end on SIGTERM before SIGKILL
+KILL_WAIT = 5.0  # a stop (which runs to its end even when cancelled) gives up on a process SIGKILL cannot end
 _POLL = 0.02  # polling a process group that is not our child (nothing to wait() on)
 
 
@@ -128,13 +129,14 @@ async def _to_the_end(aw: Awaitable[T]) -> T:
     return task.result()
 
 
-async def _terminate_group(proc: asyncio.subprocess.Process, timeout: float) -> None:
+async def _terminate_group(proc: asyncio.subprocess.Process, timeout: float) -> bool:
     """SIGTERM the process group `proc` leads, wait up to `timeout` for the whole group to end, then SIGKILL
-    whatever is left. Done even when the leader has already exited: its children are still ours."""
+    whatever is left. Done even when the leader has already exited: its children are still ours. Returns False
+    only if the leader outlived SIGKILL by KILL_WAIT (stuck in the kernel, e.g. on a dead NFS mount)."""
     pgid, loop = proc.pid, asyncio.get_running_loop()
     deadline = loop.time() + timeout
     if proc.returncode is not None and not keeper.group_alive(pgid):
-        return  # nothing left; the pgid may even be reused by now, so send nothing
+        return True  # nothing left; the pgid may even be reused by now, so send nothing
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
     with contextlib.suppress(TimeoutError):
@@ -146,7 +148,12 @@ async def _terminate_group(proc: asyncio.subprocess.Process, timeout: float) -> 
         log.warning("app_stop_timeout", pid=pgid, timeout=timeout)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-    await proc.wait()
+    try:
+        await within(proc.wait(), KILL_WAIT)
+    except TimeoutError:
+        log.error("app_unkillable", pid=pgid, waited=KILL_WAIT)
+        return False
+    return True
 
 
 def _identity(pid: int) -> tuple[int, list[str]] | None:
@@ -250,7 +257,8 @@ class SupervisedCommand:
 
     async def _stop(self) -> None:
         if self._proc is not None:
-            await _terminate_group(self._proc, self.stop_timeout)
+            if not await _terminate_group(self._proc, self.stop_timeout):
+                return  # still there: running() stays true, and the pidfile stays for the next agent
             self._proc = None
         if self.pidfile:
             with contextlib.suppress(FileNotFoundError):
