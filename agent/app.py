@@ -206,6 +206,20 @@ def _still_ours(record: dict[str, Any]) -> bool:
     return identity is not None and [record.get("start_time"), record.get("cmdline")] == list(identity)
 
 
+def _live_supervisor(record: dict[str, Any]) -> int | None:
+    """The pid of the agent that started the recorded keeper, if the keeper is still its child (so the agent
+    lives: a keeper whose agent died ends its group, or is reparented). The agent's pid follows the keeper's
+    path on the keeper's command line (see _keeper_argv)."""
+    cmdline: list[str] = record.get("cmdline") or []
+    try:
+        agent = int(cmdline[cmdline.index(KEEPER) + 1])
+        with open(f"/proc/{record['pid']}/stat", "rb") as f:
+            parent = int(f.read().rsplit(b")", 1)[1].split()[1])  # field 4
+    except (ValueError, IndexError, OSError):
+        return None
+    return agent if parent == agent else None
+
+
 class SupervisedCommand:
     """Runs the command in its own session (process group), under a keeper that ends the group if the agent dies.
     The keeper's pid, start time and command line are kept in `pidfile`, so that an agent restarted after a crash
@@ -270,7 +284,9 @@ class SupervisedCommand:
     async def reap_orphan(self) -> int | None:
         """End the process group a crashed predecessor left running; return its pid, if there was one. Only a
         session leader whose pid, start time and command line all match the pidfile is ours: a reused pid is
-        someone else's, and an old pidfile with only a pid cannot tell, so it is left alone (and logged)."""
+        someone else's, and an old pidfile with only a pid cannot tell, so it is left alone (and logged).
+        Raises ConfigError, touching nothing, if the keeper is still the child of the agent that started it: that
+        is no orphan but the live application of another agent sharing the state dir."""
         if not self.pidfile:
             return None
         record = _read_pidfile(self.pidfile)
@@ -278,6 +294,11 @@ class SupervisedCommand:
             return None
         pid: int = record["pid"]
         ours = _still_ours(record)
+        if ours and (agent := _live_supervisor(record)) is not None:
+            raise ConfigError(
+                f"the application in {self.pidfile} (pid {pid}) is supervised by a running fos agent (pid {agent}): "
+                "stop that agent first, or give this one another --state-dir"
+            )
         if ours:
             log.warning("app_orphan_found", pid=pid)
             with contextlib.suppress(ProcessLookupError):

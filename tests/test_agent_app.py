@@ -31,83 +31,22 @@ def alive(pid: int) -> bool:
         return f.read().split()[2] != "Z"
 
 
-async def test_a_string_command_runs_through_the_shell_with_the_fos_environment(tmp_path: Path) -> None:
-    out = tmp_path / "env.txt"
-    app = SupervisedCommand(f'echo "$FOS_NODE $FOS_EPOCH" > {out}; sleep 30', stop_timeout=2)
-    await app.start({"FOS_NODE": "m1", "FOS_EPOCH": "7"})
-    for _ in range(200):
-        if out.exists() and out.read_text():
-            break
-        await asyncio.sleep(0.01)
-    assert out.read_text().strip() == "m1 7"
-    assert app.running()
-    await app.stop()
-    assert not app.running()
-
-
-async def test_stop_kills_the_whole_group_after_the_timeout(tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
-    # The shell ignores SIGTERM, and leaves a grandchild behind: both must be gone after stop().
-    app = SupervisedCommand(
-        f"trap '' TERM; sleep 60 & echo $! > {pids}; while true; do sleep 0.1; done", stop_timeout=0.5
-    )
-    await app.start({})
-    for _ in range(200):
-        if pids.exists() and pids.read_text().strip():
-            break
-        await asyncio.sleep(0.01)
-    grandchild = int(pids.read_text())
-    started = time.monotonic()
-    await app.stop()
-    assert time.monotonic() - started < 3
-    await asyncio.sleep(0.1)
-    assert not alive(grandchild)
-
-
-async def test_a_process_that_exits_sets_exited() -> None:
-    app = SupervisedCommand([sys.executable, "-c", "import sys; sys.exit(3)"], stop_timeout=1)
-    await app.start({})
-    await asyncio.wait_for(app.exited.wait(), 5)
-    assert app.running() is False
-
-
-async def test_an_orphan_left_by_a_crashed_agent_is_ended_at_start(tmp_path: Path) -> None:
-    pidfile = str(tmp_path / "app.pid")
-    first = SupervisedCommand("sleep 60", stop_timeout=1, pidfile=pidfile)
-    await first.start({})
-    orphan = json.loads(Path(pidfile).read_text())["pid"]  # noqa: ASYNC240 - a test's one-off read
-    # A new agent (the old one "crashed" without stopping its app) finds and ends it.
-    second = SupervisedCommand("sleep 60", stop_timeout=1, pidfile=pidfile)
-    assert await second.reap_orphan() == orphan
-    await asyncio.sleep(0.1)
-    assert not alive(orphan)
-    assert not os.path.exists(pidfile)  # noqa: ASYNC240 - a test's one-off check
-
-
-async def test_a_pidfile_naming_someone_elses_process_is_not_acted_on(tmp_path: Path) -> None:
-    pidfile = tmp_path / "app.pid"
-    pidfile.write_text(str(os.getpid()))  # our own pid: not a session leader we started
-    assert await SupervisedCommand("true", 1, str(pidfile)).reap_orphan() is None
-    assert alive(os.getpid())
-
-
-async def test_start_commands_that_fail_or_hang_raise_app_error() -> None:
-    with pytest.raises(AppError, match="exited with 4"):
-        await StartStopCommands("exit 4", "true", 1, 1).start({})
-    with pytest.raises(AppError, match=r"did not finish within 0\.3s"):
-        await StartStopCommands("sleep 5", "true", 1, 0.3).start({})
-
-
-async def test_no_application_does_nothing() -> None:
-    app = NoApplication()
-    await app.start({})
-    await app.stop()
-    assert app.running() is None
-
-
 # --- shared helpers for the tests below -------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parent.parent
+
+# A stand-in agent: supervises argv[1] (pidfile argv[2] if given) and waits to be killed.
+HARNESS = """
+import asyncio, sys
+from agent.app import SupervisedCommand
+
+async def main() -> None:
+    app = SupervisedCommand(sys.argv[1], stop_timeout=10, pidfile=sys.argv[2] if len(sys.argv) > 2 else None)
+    await app.start({})
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
 
 
 async def wait_for_pid(path: Path, timeout: float = 5.0) -> int:
@@ -158,6 +97,107 @@ def leftovers() -> Iterator[list[int]]:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_string_command_runs_through_the_shell_with_the_fos_environment(tmp_path: Path) -> None:
+    out = tmp_path / "env.txt"
+    app = SupervisedCommand(f'echo "$FOS_NODE $FOS_EPOCH" > {out}; sleep 30', stop_timeout=2)
+    await app.start({"FOS_NODE": "m1", "FOS_EPOCH": "7"})
+    for _ in range(200):
+        if out.exists() and out.read_text():
+            break
+        await asyncio.sleep(0.01)
+    assert out.read_text().strip() == "m1 7"
+    assert app.running()
+    await app.stop()
+    assert not app.running()
+
+
+async def test_stop_kills_the_whole_group_after_the_timeout(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    # The shell ignores SIGTERM, and leaves a grandchild behind: both must be gone after stop().
+    app = SupervisedCommand(
+        f"trap '' TERM; sleep 60 & echo $! > {pids}; while true; do sleep 0.1; done", stop_timeout=0.5
+    )
+    await app.start({})
+    for _ in range(200):
+        if pids.exists() and pids.read_text().strip():
+            break
+        await asyncio.sleep(0.01)
+    grandchild = int(pids.read_text())
+    started = time.monotonic()
+    await app.stop()
+    assert time.monotonic() - started < 3
+    await asyncio.sleep(0.1)
+    assert not alive(grandchild)
+
+
+async def test_a_process_that_exits_sets_exited() -> None:
+    app = SupervisedCommand([sys.executable, "-c", "import sys; sys.exit(3)"], stop_timeout=1)
+    await app.start({})
+    await asyncio.wait_for(app.exited.wait(), 5)
+    assert app.running() is False
+
+
+async def test_a_second_agent_sharing_the_pidfile_never_touches_a_live_agents_app(tmp_path: Path) -> None:
+    # Item 9: a second `fos run` with the same state dir SIGTERMed the live application through the pidfile.
+    pidfile = tmp_path / "app.pid"
+    first = SupervisedCommand("sleep 60", stop_timeout=1, pidfile=str(pidfile))
+    await first.start({})
+    before = pidfile.read_text()
+    try:
+        with pytest.raises(ConfigError, match=r"is supervised by a running fos agent \(pid \d+\): stop that agent"):
+            await SupervisedCommand("sleep 60", stop_timeout=1, pidfile=str(pidfile)).reap_orphan()
+        assert first.running()
+        assert pidfile.read_text() == before
+    finally:
+        await first.stop()
+
+
+async def test_an_orphan_whose_keeper_could_not_act_is_ended_by_the_next_agent(
+    tmp_path: Path, leftovers: list[int]
+) -> None:
+    pidfile, leader = tmp_path / "app.pid", tmp_path / "leader"
+    command = f"echo $$ > {leader}; while true; do sleep 0.05; done"
+    harness = await asyncio.create_subprocess_exec(sys.executable, "-c", HARNESS, command, str(pidfile), cwd=REPO)
+    try:
+        app = await wait_for_pid(leader, 10)
+        orphan = json.loads(pidfile.read_text())["pid"]
+        leftovers += [app, orphan]
+        os.kill(orphan, signal.SIGSTOP)  # a frozen keeper cannot end the app when its agent dies
+        harness.kill()
+        await harness.wait()
+        await asyncio.sleep(0.2)
+        assert alive(app)
+        # A new agent finds and ends the whole group, frozen keeper included.
+        assert await SupervisedCommand("sleep 60", stop_timeout=0.5, pidfile=str(pidfile)).reap_orphan() == orphan
+        await gone_within([app, orphan], 1)
+        assert not pidfile.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            harness.kill()
+        await harness.wait()
+
+
+async def test_a_pidfile_naming_someone_elses_process_is_not_acted_on(tmp_path: Path) -> None:
+    pidfile = tmp_path / "app.pid"
+    pidfile.write_text(str(os.getpid()))  # our own pid: not a session leader we started
+    assert await SupervisedCommand("true", 1, str(pidfile)).reap_orphan() is None
+    assert alive(os.getpid())
+
+
+async def test_start_commands_that_fail_or_hang_raise_app_error() -> None:
+    with pytest.raises(AppError, match="exited with 4"):
+        await StartStopCommands("exit 4", "true", 1, 1).start({})
+    with pytest.raises(AppError, match=r"did not finish within 0\.3s"):
+        await StartStopCommands("sleep 5", "true", 1, 0.3).start({})
+
+
+async def test_no_application_does_nothing() -> None:
+    app = NoApplication()
+    await app.start({})
+    await app.stop()
+    assert app.running() is None
 
 
 # --- item 11: the app must not outlive a fence --------------------------------------------------------------------
@@ -290,18 +330,6 @@ async def test_a_session_leader_whose_start_time_or_command_differs_is_not_kille
 
 
 # --- item 15: a killed agent takes its application with it ---------------------------------------------------------
-
-HARNESS = """
-import asyncio, sys
-from agent.app import SupervisedCommand
-
-async def main() -> None:
-    app = SupervisedCommand(sys.argv[1], stop_timeout=10)
-    await app.start({})
-    await asyncio.sleep(3600)
-
-asyncio.run(main())
-"""
 
 
 @pytest.mark.parametrize("trap", ["", "trap '' TERM;"], ids=["app-obeys-sigterm", "app-ignores-sigterm"])
