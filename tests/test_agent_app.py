@@ -89,14 +89,30 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
+class Leftovers:
+    """Pids a test saw; whatever of them still runs when the test ends (failed) is killed. Each is kept with its
+    start time: a pid the kernel handed to another process meanwhile is left alone."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, int] = {}
+
+    def add(self, *pids: int) -> None:
+        for pid in pids:
+            with contextlib.suppress(FileNotFoundError):
+                self.seen[pid] = start_time_of(pid)
+
+    def kill(self) -> None:
+        for pid, started in self.seen.items():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                if start_time_of(pid) == started:
+                    os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture
-def leftovers() -> Iterator[list[int]]:
-    """Pids a test saw; whatever of them still runs when the test ends (failed) is killed."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+def leftovers() -> Iterator[Leftovers]:
+    seen = Leftovers()
+    yield seen
+    seen.kill()
 
 
 async def test_a_string_command_runs_through_the_shell_with_the_fos_environment(tmp_path: Path) -> None:
@@ -155,7 +171,7 @@ async def test_a_second_agent_sharing_the_pidfile_never_touches_a_live_agents_ap
 
 
 async def test_an_orphan_whose_keeper_could_not_act_is_ended_by_the_next_agent(
-    tmp_path: Path, leftovers: list[int]
+    tmp_path: Path, leftovers: Leftovers
 ) -> None:
     pidfile, leader = tmp_path / "app.pid", tmp_path / "leader"
     command = f"echo $$ > {leader}; while true; do sleep 0.05; done"
@@ -163,7 +179,7 @@ async def test_an_orphan_whose_keeper_could_not_act_is_ended_by_the_next_agent(
     try:
         app = await wait_for_pid(leader, 10)
         orphan = json.loads(pidfile.read_text())["pid"]
-        leftovers += [app, orphan]
+        leftovers.add(app, orphan)
         os.kill(orphan, signal.SIGSTOP)  # a frozen keeper cannot end the app when its agent dies
         harness.kill()
         await harness.wait()
@@ -204,13 +220,13 @@ async def test_no_application_does_nothing() -> None:
 
 
 async def test_a_cancelled_start_script_is_killed_with_its_group_before_the_cancel_returns(
-    tmp_path: Path, leftovers: list[int]
+    tmp_path: Path, leftovers: Leftovers
 ) -> None:
     leader, kid = tmp_path / "leader", tmp_path / "kid"
     app = StartStopCommands(f"sleep 60 & echo $! > {kid}; echo $$ > {leader}; wait", "true", 1, 30)
     task = asyncio.create_task(app.start({}))
     pids = [await wait_for_pid(leader), await wait_for_pid(kid)]
-    leftovers.extend(pids)
+    leftovers.add(*pids)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -218,26 +234,26 @@ async def test_a_cancelled_start_script_is_killed_with_its_group_before_the_canc
 
 
 async def test_stop_ends_the_group_even_when_its_leader_has_already_exited(
-    tmp_path: Path, leftovers: list[int]
+    tmp_path: Path, leftovers: Leftovers
 ) -> None:
     kid = tmp_path / "kid"
     app = SupervisedCommand(f"sleep 60 & echo $! > {kid}; exit 0", stop_timeout=1)
     await app.start({})
     pid = await wait_for_pid(kid)
-    leftovers.append(pid)
+    leftovers.add(pid)
     await asyncio.wait_for(app.exited.wait(), 5)
     await app.stop()
     await gone_within([pid], 0.5)
 
 
 async def test_stop_kills_a_left_behind_member_that_ignores_sigterm_after_the_timeout(
-    tmp_path: Path, leftovers: list[int]
+    tmp_path: Path, leftovers: Leftovers
 ) -> None:
     kid = tmp_path / "kid"
     app = SupervisedCommand(f"(trap '' TERM; sleep 60) & echo $! > {kid}; exit 0", stop_timeout=0.3)
     await app.start({})
     pid = await wait_for_pid(kid)
-    leftovers.append(pid)
+    leftovers.add(pid)
     await asyncio.wait_for(app.exited.wait(), 5)
     started = time.monotonic()
     await app.stop()
@@ -246,13 +262,13 @@ async def test_stop_kills_a_left_behind_member_that_ignores_sigterm_after_the_ti
 
 
 async def test_a_cancelled_stop_still_stops_the_app_before_the_cancel_returns(
-    tmp_path: Path, leftovers: list[int]
+    tmp_path: Path, leftovers: Leftovers
 ) -> None:
     pidfile, leader = tmp_path / "app.pid", tmp_path / "leader"
     app = SupervisedCommand(f"trap '' TERM; echo $$ > {leader}; while true; do sleep 0.05; done", 0.5, str(pidfile))
     await app.start({})
     pid = await wait_for_pid(leader)
-    leftovers.append(pid)
+    leftovers.add(pid)
     task = asyncio.create_task(app.stop())
     await asyncio.sleep(0.1)
     task.cancel()
@@ -333,13 +349,15 @@ async def test_a_session_leader_whose_start_time_or_command_differs_is_not_kille
 
 
 @pytest.mark.parametrize("trap", ["", "trap '' TERM;"], ids=["app-obeys-sigterm", "app-ignores-sigterm"])
-async def test_an_app_and_its_children_die_within_a_second_of_a_sigkill_of_the_agent(tmp_path: Path, trap: str) -> None:
+async def test_an_app_and_its_children_die_within_a_second_of_a_sigkill_of_the_agent(
+    tmp_path: Path, trap: str, leftovers: Leftovers
+) -> None:
     leader, kid = tmp_path / "leader", tmp_path / "kid"
     command = f"{trap} sleep 60 & echo $! > {kid}; echo $$ > {leader}; while true; do sleep 0.05; done"
     harness = await asyncio.create_subprocess_exec(sys.executable, "-c", HARNESS, command, cwd=REPO)
-    pids: list[int] = []
     try:
         pids = [await wait_for_pid(leader, 10), await wait_for_pid(kid, 10)]
+        leftovers.add(*pids)
         harness.kill()
         await harness.wait()
         await gone_within(pids, 1.0)
@@ -347,9 +365,6 @@ async def test_an_app_and_its_children_die_within_a_second_of_a_sigkill_of_the_a
         with contextlib.suppress(ProcessLookupError):
             harness.kill()
         await harness.wait()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 # --- application.user / application.group --------------------------------------------------------------------------
