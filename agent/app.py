@@ -120,9 +120,7 @@ async def _to_the_end(aw: Awaitable[T]) -> T:
     while not task.done():
         try:
             await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                break
+        except asyncio.CancelledError:  # ours (re-raised below), or the task's own (task.result() raises it)
             cancelled = True
     if cancelled:
         raise asyncio.CancelledError
@@ -211,11 +209,12 @@ def _live_supervisor(record: dict[str, Any]) -> int | None:
     lives: a keeper whose agent died ends its group, or is reparented). The agent's pid follows the keeper's
     path on the keeper's command line (see _keeper_argv)."""
     cmdline: list[str] = record.get("cmdline") or []
-    try:
-        agent = int(cmdline[cmdline.index(KEEPER) + 1])
+    try:  # any keeper.py: the agent that wrote the pidfile may have run from another install
+        at = next(i for i, arg in enumerate(cmdline) if os.path.basename(arg) == os.path.basename(KEEPER))
+        agent = int(cmdline[at + 1])
         with open(f"/proc/{record['pid']}/stat", "rb") as f:
             parent = int(f.read().rsplit(b")", 1)[1].split()[1])  # field 4
-    except (ValueError, IndexError, OSError):
+    except (StopIteration, ValueError, IndexError, OSError):
         return None
     return agent if parent == agent else None
 
