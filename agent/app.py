@@ -129,8 +129,9 @@ async def _to_the_end(aw: Awaitable[T]) -> T:
 
 async def _terminate_group(proc: asyncio.subprocess.Process, timeout: float) -> bool:
     """SIGTERM the process group `proc` leads, wait up to `timeout` for the whole group to end, then SIGKILL
-    whatever is left. Done even when the leader has already exited: its children are still ours. Returns False
-    only if the leader outlived SIGKILL by KILL_WAIT (stuck in the kernel, e.g. on a dead NFS mount)."""
+    whatever is left, and wait until it is gone. Done even when the leader has already exited: its children are
+    still ours. Returns False only if some of the group outlived SIGKILL by KILL_WAIT (stuck in the kernel, e.g.
+    on a dead NFS mount)."""
     pgid, loop = proc.pid, asyncio.get_running_loop()
     deadline = loop.time() + timeout
     if proc.returncode is not None and not keeper.group_alive(pgid):
@@ -146,30 +147,62 @@ async def _terminate_group(proc: asyncio.subprocess.Process, timeout: float) -> 
         log.warning("app_stop_timeout", pid=pgid, timeout=timeout)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-    try:
+    # SIGKILL takes effect when each process next runs: wait until the whole group is really gone.
+    kill_deadline = loop.time() + KILL_WAIT
+    with contextlib.suppress(TimeoutError):
         await within(proc.wait(), KILL_WAIT)
-    except TimeoutError:
+    while keeper.group_alive(pgid) and loop.time() < kill_deadline:  # noqa: ASYNC110
+        await asyncio.sleep(_POLL / 4)
+    if proc.returncode is None or keeper.group_alive(pgid):
         log.error("app_unkillable", pid=pgid, waited=KILL_WAIT)
         return False
     return True
 
 
-def _identity(pid: int) -> tuple[int, list[str]] | None:
-    """(start time in clock ticks since boot, command line) of a running process; None if there is none."""
+def _stat(pid: int) -> list[bytes] | None:
+    """Fields 3 on (state, ppid, pgrp, ...) of /proc/PID/stat, after the command name; None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            start_time = int(f.read().rsplit(b")", 1)[1].split()[19])  # field 22; fields 1-2 precede the ")"
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = [a.decode(errors="surrogateescape") for a in f.read().split(b"\0")[:-1]]
-    except (OSError, IndexError, ValueError):
+            return f.read().rsplit(b")", 1)[1].split()
+    except OSError:
         return None
-    return start_time, cmdline
 
 
-def _write_pidfile(path: str, pid: int) -> None:
-    """Record the session leader with what identifies it beyond its pid, which the kernel reuses."""
-    identity = _identity(pid)
-    record = {"pid": pid, "start_time": identity[0] if identity else None, "cmdline": identity[1] if identity else []}
+def _cmdline(pid: int) -> list[str] | None:
+    """The command line of a process (empty for a zombie or a kernel thread); None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="surrogateescape") for a in f.read().split(b"\0")[:-1]]
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (field 22 of /proc/PID/stat); None if it is gone."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[19])
+
+
+async def _identity(pid: int) -> tuple[int, list[str]] | None:
+    """(start time, command line) of a running process; None if there is none. The kernel wakes a vfork parent
+    before it sets the child's new command line, so a process seen right after its exec may show an empty one
+    for a moment: wait for it (a zombie's stays empty)."""
+    loop = asyncio.get_running_loop()
+    settle = loop.time() + 0.5
+    while True:
+        fields, cmdline = _stat(pid), _cmdline(pid)
+        if cmdline is None:
+            return None
+        if fields is None or cmdline or fields[0] == b"Z" or loop.time() > settle:
+            break
+        await asyncio.sleep(0.005)
+    return None if fields is None else (int(fields[19]), cmdline)
+
+
+def _write_pidfile(path: str, pid: int, argv: list[str]) -> None:
+    """Record the session leader with what identifies it beyond its pid, which the kernel reuses: its start time
+    and the command line it was given (not read back: it may not be set yet, see _identity)."""
+    record = {"pid": pid, "start_time": _start_time(pid), "cmdline": argv}
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(record, f)
@@ -192,7 +225,7 @@ def _read_pidfile(path: str) -> dict[str, Any] | None:
     return None
 
 
-def _still_ours(record: dict[str, Any]) -> bool:
+async def _still_ours(record: dict[str, Any]) -> bool:
     """The recorded session leader still runs: same pid, session leader, start time and command line."""
     pid = record["pid"]
     try:
@@ -200,7 +233,7 @@ def _still_ours(record: dict[str, Any]) -> bool:
             return False
     except ProcessLookupError:
         return False
-    identity = _identity(pid)
+    identity = await _identity(pid)
     return identity is not None and [record.get("start_time"), record.get("cmdline")] == list(identity)
 
 
@@ -212,11 +245,10 @@ def _live_supervisor(record: dict[str, Any]) -> int | None:
     try:  # any keeper.py: the agent that wrote the pidfile may have run from another install
         at = next(i for i, arg in enumerate(cmdline) if os.path.basename(arg) == os.path.basename(KEEPER))
         agent = int(cmdline[at + 1])
-        with open(f"/proc/{record['pid']}/stat", "rb") as f:
-            parent = int(f.read().rsplit(b")", 1)[1].split()[1])  # field 4
-    except (StopIteration, ValueError, IndexError, OSError):
+    except (StopIteration, ValueError, IndexError):
         return None
-    return agent if parent == agent else None
+    fields = _stat(record["pid"])
+    return agent if fields is not None and int(fields[1]) == agent else None
 
 
 class SupervisedCommand:
@@ -255,7 +287,7 @@ class SupervisedCommand:
         self._proc = proc
         self._watch = asyncio.create_task(self._wait(proc))
         if self.pidfile:
-            _write_pidfile(self.pidfile, proc.pid)
+            _write_pidfile(self.pidfile, proc.pid, _keeper_argv(self.command, self.creds))
         log.info("app_started", pid=proc.pid)
 
     async def _wait(self, proc: asyncio.subprocess.Process) -> None:
@@ -292,7 +324,7 @@ class SupervisedCommand:
         if record is None:
             return None
         pid: int = record["pid"]
-        ours = _still_ours(record)
+        ours = await _still_ours(record)
         if ours and (agent := _live_supervisor(record)) is not None:
             raise ConfigError(
                 f"the application in {self.pidfile} (pid {pid}) is supervised by a running fos agent (pid {agent}): "
