@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
+import json
 import os
+import pwd
+import shutil
 import signal
-from typing import Protocol
+import sys
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
+from . import keeper
 from .clock import within
+from .config import ConfigError
+
+T = TypeVar("T")
 
 log = structlog.get_logger("fos.app")
 
@@ -30,77 +41,254 @@ class Application(Protocol):
     def running(self) -> bool | None: ...  # None: fos cannot tell (start/stop commands)
 
 
-async def _spawn(command: str | list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
+KEEPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "keeper.py")
+ORPHAN_GRACE = 0.5  # after the agent died: how long the keeper lets the application end on SIGTERM before SIGKILL
+KILL_WAIT = 5.0  # a stop (which runs to its end even when cancelled) gives up on a process SIGKILL cannot end
+_POLL = 0.02  # polling a process group that is not our child (nothing to wait() on)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Who the application runs as: uid, primary gid, supplementary groups (as initgroups would set them)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def resolve_credentials(user: str | None, group: str | None) -> Credentials | None:
+    """application.user / application.group (names or numeric ids) to ids; None when user is not set (the app
+    runs as the agent does). Raises ConfigError, one line naming the key, when they cannot be used."""
+    if user is None:
+        if group is not None:
+            raise ConfigError(f"application.group = {group!r} needs application.user: set it too")
+        return None
+    try:
+        pw: pwd.struct_passwd | None = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        if not user.isdigit():
+            raise ConfigError(
+                f"application.user = {user!r} is not a user on this host: create it or name another"
+            ) from None
+        pw = None  # a bare uid without a passwd entry: allowed with an explicit group
+    if group is None:
+        if pw is None:
+            raise ConfigError(f"application.user = {user!r} has no passwd entry: set application.group too")
+        gid = pw.pw_gid
+    elif group.isdigit():
+        gid = int(group)
+    else:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError(
+                f"application.group = {group!r} is not a group on this host: create it or name another"
+            ) from None
+    uid = int(user) if pw is None else pw.pw_uid
+    groups = tuple(dict.fromkeys(os.getgrouplist(pw.pw_name, gid))) if pw is not None else (gid,)
+    return Credentials(uid, gid, groups)
+
+
+def _keeper_argv(command: str | list[str], creds: Credentials | None) -> list[str]:
+    """The keeper's command line (see keeper.py); a string command runs through /bin/sh, as typed."""
+    argv = [sys.executable, "-I", "-S", KEEPER, str(os.getpid()), f"{ORPHAN_GRACE:g}"]
+    if creds is not None:
+        argv += [f"uid={creds.uid}", f"gid={creds.gid}", "groups=" + ",".join(map(str, creds.groups))]
+    return [*argv, "--", *(["/bin/sh", "-c", command] if isinstance(command, str) else command)]
+
+
+async def _spawn(
+    command: str | list[str], env: dict[str, str], creds: Credentials | None = None
+) -> asyncio.subprocess.Process:
+    """Start `command` under a keeper in a new session; the returned process is the keeper, the session leader.
+
+    PR_SET_PDEATHSIG (set by the keeper) fires when the *thread* that forked it exits, not the process: asyncio
+    forks in subprocess.Popen, synchronously on the event-loop thread that calls this coroutine (the main thread
+    under asyncio.run), never in a worker thread that may end while the agent lives. The keeper also rechecks its
+    parent on the signal, so a thread's exit could not end the application anyway."""
     full_env = {**os.environ, **env}
-    if isinstance(command, str):  # what an operator would type: through the shell
-        return await asyncio.create_subprocess_shell(command, env=full_env, start_new_session=True)
-    return await asyncio.create_subprocess_exec(*command, env=full_env, start_new_session=True)
+    if isinstance(command, list) and shutil.which(command[0], path=full_env.get("PATH")) is None:
+        raise AppError(f"cannot start application.command: {command[0]!r} is not an executable file")
+    return await asyncio.create_subprocess_exec(*_keeper_argv(command, creds), env=full_env, start_new_session=True)
 
 
-async def _terminate_group(proc: asyncio.subprocess.Process, timeout: float) -> None:
-    """SIGTERM the process group, wait up to `timeout`, then SIGKILL it."""
-    if proc.returncode is not None:
-        return
+async def _to_the_end(aw: Awaitable[T]) -> T:
+    """Await `aw` to its end even if the caller is cancelled meanwhile, then re-raise the cancellation: a stop or a
+    kill abandoned half-way is how an application outlives a fence."""
+    task = asyncio.ensure_future(aw)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:  # ours (re-raised below), or the task's own (task.result() raises it)
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()
+
+
+async def _terminate_group(proc: asyncio.subprocess.Process, timeout: float) -> bool:
+    """SIGTERM the process group `proc` leads, wait up to `timeout` for the whole group to end, then SIGKILL
+    whatever is left, and wait until it is gone. Done even when the leader has already exited: its children are
+    still ours. Returns False only if some of the group outlived SIGKILL by KILL_WAIT (stuck in the kernel, e.g.
+    on a dead NFS mount)."""
+    pgid, loop = proc.pid, asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    if proc.returncode is not None and not keeper.group_alive(pgid):
+        return True  # nothing left; the pgid may even be reused by now, so send nothing
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
+        os.killpg(pgid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
         await within(proc.wait(), timeout)
-    except TimeoutError:
-        log.warning("app_stop_timeout", pid=proc.pid, timeout=timeout)
+    # The leader's children are not ours to wait() on: poll.
+    while keeper.group_alive(pgid) and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(_POLL)
+    if proc.returncode is None or keeper.group_alive(pgid):
+        log.warning("app_stop_timeout", pid=pgid, timeout=timeout)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-    # Whatever the leader left behind in its group goes too.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(pgid, signal.SIGKILL)
+    # SIGKILL takes effect when each process next runs: wait until the whole group is really gone.
+    kill_deadline = loop.time() + KILL_WAIT
+    with contextlib.suppress(TimeoutError):
+        await within(proc.wait(), KILL_WAIT)
+    while keeper.group_alive(pgid) and loop.time() < kill_deadline:  # noqa: ASYNC110
+        await asyncio.sleep(_POLL / 4)
+    if proc.returncode is None or keeper.group_alive(pgid):
+        log.error("app_unkillable", pid=pgid, waited=KILL_WAIT)
+        return False
+    return True
 
 
-def _write_pid(path: str, pid: int) -> None:
-    with open(path, "w") as f:
-        f.write(str(pid))
-
-
-def _read_pid(path: str) -> int | None:
+def _stat(pid: int) -> list[bytes] | None:
+    """Fields 3 on (state, ppid, pgrp, ...) of /proc/PID/stat, after the command name; None if it is gone."""
     try:
-        with open(path) as f:
-            return int(f.read().strip() or 0)
-    except (FileNotFoundError, ValueError):
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except OSError:
         return None
 
 
-def _alive(pid: int) -> bool:
-    """Running, not a zombie: an orphan that exited stays a zombie until some init reaps it, maybe never."""
+def _cmdline(pid: int) -> list[str] | None:
+    """The command line of a process (empty for a zombie or a kernel thread); None if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="surrogateescape") for a in f.read().split(b"\0")[:-1]]
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (field 22 of /proc/PID/stat); None if it is gone."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[19])
+
+
+async def _identity(pid: int) -> tuple[int, list[str]] | None:
+    """(start time, command line) of a running process; None if there is none. The kernel wakes a vfork parent
+    before it sets the child's new command line, so a process seen right after its exec may show an empty one
+    for a moment: wait for it (a zombie's stays empty)."""
+    loop = asyncio.get_running_loop()
+    settle = loop.time() + 0.5
+    while True:
+        fields, cmdline = _stat(pid), _cmdline(pid)
+        if cmdline is None:
+            return None
+        if fields is None or cmdline or fields[0] == b"Z" or loop.time() > settle:
+            break
+        await asyncio.sleep(0.005)
+    return None if fields is None else (int(fields[19]), cmdline)
+
+
+def _write_pidfile(path: str, pid: int, argv: list[str]) -> None:
+    """Record the session leader with what identifies it beyond its pid, which the kernel reuses: its start time
+    and the command line it was given (not read back: it may not be set yet, see _identity)."""
+    record = {"pid": pid, "start_time": _start_time(pid), "cmdline": argv}
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)  # never a half-written file after a crash
+
+
+def _read_pidfile(path: str) -> dict[str, Any] | None:
+    """The pidfile's record; an old file holding only a pid gives {"pid": N}, which cannot be verified."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return None
+    with contextlib.suppress(ValueError):
+        record = json.loads(text)
+        if isinstance(record, int):
+            return {"pid": record}
+        if isinstance(record, dict) and isinstance(record.get("pid"), int):
+            return record
+    return None
+
+
+async def _still_ours(record: dict[str, Any]) -> bool:
+    """The recorded session leader still runs: same pid, session leader, start time and command line."""
+    pid = record["pid"]
+    try:
+        if pid <= 1 or os.getsid(pid) != pid:
+            return False
+    except ProcessLookupError:
         return False
+    identity = await _identity(pid)
+    return identity is not None and [record.get("start_time"), record.get("cmdline")] == list(identity)
+
+
+def _live_supervisor(record: dict[str, Any]) -> int | None:
+    """The pid of the agent that started the recorded keeper, if the keeper is still its child (so the agent
+    lives: a keeper whose agent died ends its group, or is reparented). The agent's pid follows the keeper's
+    path on the keeper's command line (see _keeper_argv)."""
+    cmdline: list[str] = record.get("cmdline") or []
+    try:  # any keeper.py: the agent that wrote the pidfile may have run from another install
+        at = next(i for i, arg in enumerate(cmdline) if os.path.basename(arg) == os.path.basename(KEEPER))
+        agent = int(cmdline[at + 1])
+    except (StopIteration, ValueError, IndexError):
+        return None
+    fields = _stat(record["pid"])
+    return agent if fields is not None and int(fields[1]) == agent else None
 
 
 class SupervisedCommand:
-    """Runs the command in its own session (process group). Its pid is kept in `pidfile`, so that an agent
-    restarted after a crash can end the copy its predecessor left running instead of starting a second one."""
+    """Runs the command in its own session (process group), under a keeper that ends the group if the agent dies.
+    The keeper's pid, start time and command line are kept in `pidfile`, so that an agent restarted after a crash
+    can end a copy its predecessor left running instead of starting a second one."""
 
-    def __init__(self, command: str | list[str], stop_timeout: float, pidfile: str | None = None) -> None:
+    def __init__(
+        self,
+        command: str | list[str],
+        stop_timeout: float,
+        pidfile: str | None = None,
+        *,
+        user: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        """`user`/`group`: application.user/.group (names or numeric ids). Raises ConfigError if unknown."""
         self.command = command
         self.stop_timeout = stop_timeout
         self.pidfile = pidfile
+        self.creds = resolve_credentials(user, group)
         self.exited = asyncio.Event()
         self._proc: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self, env: dict[str, str]) -> None:
+        """Start the command unless it runs. A cancellation while spawning kills what was spawned (asyncio kills
+        the keeper, the keeper's death kills the application); once spawned, the bookkeeping below has no await."""
         if self.running():
             return
         self.exited = asyncio.Event()
         try:
-            self._proc = await _spawn(self.command, env)
+            proc = await _spawn(self.command, env, self.creds)
         except OSError as exc:
             raise AppError(f"cannot start application.command: {exc}") from None
-        self._watch = asyncio.create_task(self._wait(self._proc))
+        self._proc = proc
+        self._watch = asyncio.create_task(self._wait(proc))
         if self.pidfile:
-            _write_pid(self.pidfile, self._proc.pid)
-        log.info("app_started", pid=self._proc.pid)
+            _write_pidfile(self.pidfile, proc.pid, _keeper_argv(self.command, self.creds))
+        log.info("app_started", pid=proc.pid)
 
     async def _wait(self, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
@@ -108,8 +296,14 @@ class SupervisedCommand:
         self.exited.set()
 
     async def stop(self) -> None:
+        """End the whole process group (bounded by stop_timeout, then SIGKILL) and remove the pidfile. Runs to its
+        end even if the caller is cancelled; the cancellation is re-raised afterwards."""
+        await _to_the_end(self._stop())
+
+    async def _stop(self) -> None:
         if self._proc is not None:
-            await _terminate_group(self._proc, self.stop_timeout)
+            if not await _terminate_group(self._proc, self.stop_timeout):
+                return  # still there: running() stays true, and the pidfile stays for the next agent
             self._proc = None
         if self.pidfile:
             with contextlib.suppress(FileNotFoundError):
@@ -119,54 +313,85 @@ class SupervisedCommand:
         return self._proc is not None and self._proc.returncode is None
 
     async def reap_orphan(self) -> int | None:
-        """End the process group a crashed predecessor left running; return its pid, if there was one."""
+        """End the process group a crashed predecessor left running; return its pid, if there was one. Only a
+        session leader whose pid, start time and command line all match the pidfile is ours: a reused pid is
+        someone else's, and an old pidfile with only a pid cannot tell, so it is left alone (and logged).
+        Raises ConfigError, touching nothing, if the keeper is still the child of the agent that started it: that
+        is no orphan but the live application of another agent sharing the state dir."""
         if not self.pidfile:
             return None
-        pid = _read_pid(self.pidfile)
-        if pid is None:
+        record = _read_pidfile(self.pidfile)
+        if record is None:
             return None
-        # Only a session leader we started (sid == pid) is ours: a reused pid belongs to someone else.
-        try:
-            ours = pid > 1 and os.getsid(pid) == pid
-        except ProcessLookupError:
-            ours = False
+        pid: int = record["pid"]
+        ours = await _still_ours(record)
+        if ours and (agent := _live_supervisor(record)) is not None:
+            raise ConfigError(
+                f"the application in {self.pidfile} (pid {pid}) is supervised by a running fos agent (pid {agent}): "
+                "stop that agent first, or give this one another --state-dir"
+            )
         if ours:
             log.warning("app_orphan_found", pid=pid)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
             end = asyncio.get_running_loop().time() + self.stop_timeout
             # Not our child: nothing to wait() on or be notified by, so poll.
-            while asyncio.get_running_loop().time() < end and _alive(pid):  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+            while asyncio.get_running_loop().time() < end and keeper.group_alive(pid):  # noqa: ASYNC110
+                await asyncio.sleep(_POLL)
+            if keeper.group_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+        elif record.get("start_time") is None:
+            log.warning("app_pidfile_unverifiable", pid=pid, pidfile=self.pidfile)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.pidfile)
         return pid if ours else None
 
 
 class StartStopCommands:
+    """Start and stop commands (systemctl and the like): fos runs them, not the application. Each runs under a
+    keeper in its own session, so a start script dies with a killed agent; the application itself must be tied
+    to the agent's unit (see examples/fos.service)."""
+
     def __init__(
-        self, start: str | list[str], stop: str | list[str], stop_timeout: float, start_timeout: float
+        self,
+        start: str | list[str],
+        stop: str | list[str],
+        stop_timeout: float,
+        start_timeout: float,
+        *,
+        user: str | None = None,
+        group: str | None = None,
     ) -> None:
+        """`user`/`group`: application.user/.group, which both commands run as. Raises ConfigError if unknown."""
         self.start_command, self.stop_command = start, stop
         self.stop_timeout, self.start_timeout = stop_timeout, start_timeout
+        self.creds = resolve_credentials(user, group)
         self.exited = asyncio.Event()  # never set: fos does not own the process
 
     async def _run(self, command: str | list[str], env: dict[str, str], timeout: float, what: str) -> int:
-        proc = await _spawn(command, env)
+        """Run `command` to its end; on timeout or cancellation its whole group is killed (and waited for) first."""
+        proc = await _spawn(command, env, self.creds)
         try:
             return await within(proc.wait(), timeout)
         except TimeoutError:
-            await _terminate_group(proc, 1.0)
+            await _to_the_end(_terminate_group(proc, 1.0))
             raise AppError(f"application.{what} did not finish within {timeout:g}s") from None
+        except asyncio.CancelledError:
+            await _to_the_end(_terminate_group(proc, 1.0))
+            raise
 
     async def start(self, env: dict[str, str]) -> None:
+        """Run the start command; AppError if it fails or exceeds start_timeout. Cancelled: the script is killed."""
         code = await self._run(self.start_command, env, self.start_timeout, "start")
         if code != 0:
             raise AppError(f"application.start exited with {code}")
 
     async def stop(self) -> None:
+        """Run the stop command to its end (bounded by stop_timeout) even if the caller is cancelled meanwhile."""
+        await _to_the_end(self._stop())
+
+    async def _stop(self) -> None:
         try:
             code = await self._run(self.stop_command, {}, self.stop_timeout, "stop")
         except AppError as exc:

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import grp
+import json
 import os
+import pwd
+import shutil
+import signal
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.app import AppError, NoApplication, StartStopCommands, SupervisedCommand
+from agent.config import ConfigError
 
 
 def alive(pid: int) -> bool:
@@ -20,6 +29,90 @@ def alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split()[2] != "Z"
+
+
+# --- shared helpers for the tests below -------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A stand-in agent: supervises argv[1] (pidfile argv[2] if given) and waits to be killed.
+HARNESS = """
+import asyncio, sys
+from agent.app import SupervisedCommand
+
+async def main() -> None:
+    app = SupervisedCommand(sys.argv[1], stop_timeout=10, pidfile=sys.argv[2] if len(sys.argv) > 2 else None)
+    await app.start({})
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def wait_for_pid(path: Path, timeout: float = 5.0) -> int:
+    """The pid a test app writes into `path`, once it is there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return int(path.read_text())  # noqa: ASYNC240 - a test's one-off read
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{path} was never written")
+
+
+async def gone_within(pids: list[int], timeout: float) -> float:
+    """Seconds until none of `pids` runs any more (a zombie counts as gone); fails after `timeout`."""
+    started = time.monotonic()
+    while any(alive(p) for p in pids):
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"still running after {timeout}s: {[p for p in pids if alive(p)]}")
+        await asyncio.sleep(0.005)
+    return time.monotonic() - started
+
+
+def start_time_of(pid: int) -> int:
+    """Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def processes_with(marker: str) -> list[int]:
+    """Pids of running (not zombie) processes whose command line contains `marker`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if marker.encode() in f.read() and alive(int(entry)):
+                    found.append(int(entry))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
+class Leftovers:
+    """Pids a test saw; whatever of them still runs when the test ends (failed) is killed. Each is kept with its
+    start time: a pid the kernel handed to another process meanwhile is left alone."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, int] = {}
+
+    def add(self, *pids: int) -> None:
+        for pid in pids:
+            with contextlib.suppress(FileNotFoundError):
+                self.seen[pid] = start_time_of(pid)
+
+    def kill(self) -> None:
+        for pid, started in self.seen.items():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                if start_time_of(pid) == started:
+                    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def leftovers() -> Iterator[Leftovers]:
+    seen = Leftovers()
+    yield seen
+    seen.kill()
 
 
 async def test_a_string_command_runs_through_the_shell_with_the_fos_environment(tmp_path: Path) -> None:
@@ -62,17 +155,44 @@ async def test_a_process_that_exits_sets_exited() -> None:
     assert app.running() is False
 
 
-async def test_an_orphan_left_by_a_crashed_agent_is_ended_at_start(tmp_path: Path) -> None:
-    pidfile = str(tmp_path / "app.pid")
-    first = SupervisedCommand("sleep 60", stop_timeout=1, pidfile=pidfile)
+async def test_a_second_agent_sharing_the_pidfile_never_touches_a_live_agents_app(tmp_path: Path) -> None:
+    # Item 9: a second `fos run` with the same state dir SIGTERMed the live application through the pidfile.
+    pidfile = tmp_path / "app.pid"
+    first = SupervisedCommand("sleep 60", stop_timeout=1, pidfile=str(pidfile))
     await first.start({})
-    orphan = int(Path(pidfile).read_text())  # noqa: ASYNC240 - a test's one-off read
-    # A new agent (the old one "crashed" without stopping its app) finds and ends it.
-    second = SupervisedCommand("sleep 60", stop_timeout=1, pidfile=pidfile)
-    assert await second.reap_orphan() == orphan
-    await asyncio.sleep(0.1)
-    assert not alive(orphan)
-    assert not os.path.exists(pidfile)  # noqa: ASYNC240 - a test's one-off check
+    before = pidfile.read_text()
+    try:
+        with pytest.raises(ConfigError, match=r"is supervised by a running fos agent \(pid \d+\): stop that agent"):
+            await SupervisedCommand("sleep 60", stop_timeout=1, pidfile=str(pidfile)).reap_orphan()
+        assert first.running()
+        assert pidfile.read_text() == before
+    finally:
+        await first.stop()
+
+
+async def test_an_orphan_whose_keeper_could_not_act_is_ended_by_the_next_agent(
+    tmp_path: Path, leftovers: Leftovers
+) -> None:
+    pidfile, leader = tmp_path / "app.pid", tmp_path / "leader"
+    command = f"echo $$ > {leader}; while true; do sleep 0.05; done"
+    harness = await asyncio.create_subprocess_exec(sys.executable, "-c", HARNESS, command, str(pidfile), cwd=REPO)
+    try:
+        app = await wait_for_pid(leader, 10)
+        orphan = json.loads(pidfile.read_text())["pid"]
+        leftovers.add(app, orphan)
+        os.kill(orphan, signal.SIGSTOP)  # a frozen keeper cannot end the app when its agent dies
+        harness.kill()
+        await harness.wait()
+        await asyncio.sleep(0.2)
+        assert alive(app)
+        # A new agent finds and ends the whole group, frozen keeper included.
+        assert await SupervisedCommand("sleep 60", stop_timeout=0.5, pidfile=str(pidfile)).reap_orphan() == orphan
+        await gone_within([app, orphan], 1)
+        assert not pidfile.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            harness.kill()
+        await harness.wait()
 
 
 async def test_a_pidfile_naming_someone_elses_process_is_not_acted_on(tmp_path: Path) -> None:
@@ -94,3 +214,211 @@ async def test_no_application_does_nothing() -> None:
     await app.start({})
     await app.stop()
     assert app.running() is None
+
+
+# --- item 11: the app must not outlive a fence --------------------------------------------------------------------
+
+
+async def test_a_cancelled_start_script_is_killed_with_its_group_before_the_cancel_returns(
+    tmp_path: Path, leftovers: Leftovers
+) -> None:
+    leader, kid = tmp_path / "leader", tmp_path / "kid"
+    app = StartStopCommands(f"sleep 60 & echo $! > {kid}; echo $$ > {leader}; wait", "true", 1, 30)
+    task = asyncio.create_task(app.start({}))
+    pids = [await wait_for_pid(leader), await wait_for_pid(kid)]
+    leftovers.add(*pids)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [p for p in pids if alive(p)] == []
+
+
+async def test_stop_ends_the_group_even_when_its_leader_has_already_exited(
+    tmp_path: Path, leftovers: Leftovers
+) -> None:
+    kid = tmp_path / "kid"
+    app = SupervisedCommand(f"sleep 60 & echo $! > {kid}; exit 0", stop_timeout=1)
+    await app.start({})
+    pid = await wait_for_pid(kid)
+    leftovers.add(pid)
+    await asyncio.wait_for(app.exited.wait(), 5)
+    await app.stop()
+    await gone_within([pid], 0.5)
+
+
+async def test_stop_kills_a_left_behind_member_that_ignores_sigterm_after_the_timeout(
+    tmp_path: Path, leftovers: Leftovers
+) -> None:
+    kid = tmp_path / "kid"
+    app = SupervisedCommand(f"(trap '' TERM; sleep 60) & echo $! > {kid}; exit 0", stop_timeout=0.3)
+    await app.start({})
+    pid = await wait_for_pid(kid)
+    leftovers.add(pid)
+    await asyncio.wait_for(app.exited.wait(), 5)
+    started = time.monotonic()
+    await app.stop()
+    assert 0.25 < time.monotonic() - started < 2
+    await gone_within([pid], 0.5)
+
+
+async def test_a_cancelled_stop_still_stops_the_app_before_the_cancel_returns(
+    tmp_path: Path, leftovers: Leftovers
+) -> None:
+    pidfile, leader = tmp_path / "app.pid", tmp_path / "leader"
+    app = SupervisedCommand(f"trap '' TERM; echo $$ > {leader}; while true; do sleep 0.05; done", 0.5, str(pidfile))
+    await app.start({})
+    pid = await wait_for_pid(leader)
+    leftovers.add(pid)
+    task = asyncio.create_task(app.stop())
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not alive(pid)
+    assert not app.running()
+    assert not pidfile.exists()
+
+
+async def test_a_cancelled_stop_command_still_runs_to_its_end(tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    app = StartStopCommands("true", f"sleep 0.3; touch {done}", stop_timeout=5, start_timeout=5)
+    task = asyncio.create_task(app.stop())
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert done.exists()
+
+
+async def test_a_start_cancelled_at_any_point_of_spawning_leaves_no_process(tmp_path: Path) -> None:
+    marker = f"fos-spawn-{os.getpid()}-{time.monotonic_ns()}"
+    app = SupervisedCommand([sys.executable, "-c", "import time; time.sleep(60)", marker], 1, str(tmp_path / "p"))
+    for yields in range(40):
+        task = asyncio.create_task(app.start({}))
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await app.stop()  # what the runner does after a cancelled promotion
+    deadline = time.monotonic() + 2
+    while processes_with(marker) and time.monotonic() < deadline:  # noqa: ASYNC110 - strangers' pids: poll
+        await asyncio.sleep(0.01)
+    assert processes_with(marker) == []
+
+
+# --- the pidfile: never kill a stranger that reuses the pid ---------------------------------------------------------
+
+
+async def test_a_session_leader_reusing_the_pid_of_an_old_pidfile_is_not_killed(tmp_path: Path) -> None:
+    pidfile = tmp_path / "app.pid"
+    stranger = await asyncio.create_subprocess_exec("sleep", "60", start_new_session=True)
+    try:
+        pidfile.write_text(str(stranger.pid))  # the format before start times were recorded: cannot be verified
+        assert await SupervisedCommand("true", 1, str(pidfile)).reap_orphan() is None
+        assert alive(stranger.pid)
+        assert not pidfile.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            stranger.kill()
+        await stranger.wait()
+
+
+async def test_a_session_leader_whose_start_time_or_command_differs_is_not_killed(tmp_path: Path) -> None:
+    pidfile = tmp_path / "app.pid"
+    stranger = await asyncio.create_subprocess_exec("sleep", "60", start_new_session=True)
+    try:
+        start_time = start_time_of(stranger.pid)
+        for recorded in (
+            {"pid": stranger.pid, "start_time": start_time - 1, "cmdline": ["sleep", "60"]},
+            {"pid": stranger.pid, "start_time": start_time, "cmdline": ["sleep", "61"]},
+        ):
+            pidfile.write_text(json.dumps(recorded))
+            assert await SupervisedCommand("true", 1, str(pidfile)).reap_orphan() is None
+            assert alive(stranger.pid)
+        pidfile.write_text(json.dumps({"pid": stranger.pid, "start_time": start_time, "cmdline": ["sleep", "60"]}))
+        assert await SupervisedCommand("true", 1, str(pidfile)).reap_orphan() == stranger.pid  # all match: ours
+        await gone_within([stranger.pid], 1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            stranger.kill()
+        await stranger.wait()
+
+
+# --- item 15: a killed agent takes its application with it ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("trap", ["", "trap '' TERM;"], ids=["app-obeys-sigterm", "app-ignores-sigterm"])
+async def test_an_app_and_its_children_die_within_a_second_of_a_sigkill_of_the_agent(
+    tmp_path: Path, trap: str, leftovers: Leftovers
+) -> None:
+    leader, kid = tmp_path / "leader", tmp_path / "kid"
+    command = f"{trap} sleep 60 & echo $! > {kid}; echo $$ > {leader}; while true; do sleep 0.05; done"
+    harness = await asyncio.create_subprocess_exec(sys.executable, "-c", HARNESS, command, cwd=REPO)
+    try:
+        pids = [await wait_for_pid(leader, 10), await wait_for_pid(kid, 10)]
+        leftovers.add(*pids)
+        harness.kill()
+        await harness.wait()
+        await gone_within(pids, 1.0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            harness.kill()
+        await harness.wait()
+
+
+# --- application.user / application.group --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory an unprivileged app may write into (pytest's tmp_path is private to root)."""
+    d = Path(tempfile.mkdtemp(prefix="fos-app-"))
+    d.chmod(0o777)
+    yield d
+    shutil.rmtree(d)
+
+
+REPORT = "id -u; id -g; id -G; grep -E '^Cap(Eff|Prm|Amb):' /proc/self/status"
+
+
+def expected_report(user: str, gid: int | None = None) -> list[str]:
+    """What REPORT prints for an app run as `user` (primary group `gid`): groups as initgroups(user, gid) sets."""
+    pw = pwd.getpwnam(user)
+    gid = pw.pw_gid if gid is None else gid
+    groups = dict.fromkeys([gid, *os.getgrouplist(user, gid)])
+    caps = [f"Cap{s}:\t{0:016x}" for s in ("Prm", "Eff", "Amb")]
+    return [str(pw.pw_uid), str(gid), " ".join(map(str, groups)), *caps]
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+
+
+@needs_root
+async def test_a_supervised_app_runs_as_application_user_without_capabilities(shared_dir: Path) -> None:
+    out = shared_dir / "report"
+    app = SupervisedCommand(f"({REPORT}) > {out}", stop_timeout=1, user="nobody")
+    await app.start({})
+    await asyncio.wait_for(app.exited.wait(), 5)
+    got = out.read_text().splitlines()
+    assert got == expected_report("nobody")
+    await app.stop()
+
+
+@needs_root
+async def test_application_group_given_by_number_replaces_the_users_primary_group(shared_dir: Path) -> None:
+    out = shared_dir / "report"
+    daemon_gid = grp.getgrnam("daemon").gr_gid
+    app = StartStopCommands(
+        f"({REPORT}) > {out}", "true", 1, 5, user=str(pwd.getpwnam("nobody").pw_uid), group=str(daemon_gid)
+    )
+    await app.start({})
+    got = out.read_text().splitlines()
+    assert got == expected_report("nobody", daemon_gid)
+
+
+def test_an_unknown_application_user_or_group_is_a_one_line_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"application\.user = 'no-such-user-fos'"):
+        SupervisedCommand("true", 1, user="no-such-user-fos")
+    with pytest.raises(ConfigError, match=r"application\.group = 'no-such-group-fos'"):
+        StartStopCommands("true", "true", 1, 1, user="nobody", group="no-such-group-fos")

@@ -223,8 +223,8 @@ listen = "0.0.0.0:8470"
         path = os.path.join(self.work, f"it-{name}.pid")
         try:
             with open(path) as f:
-                return int(f.read())
-        except (FileNotFoundError, ValueError):
+                return int(json.load(f)["pid"])  # agent/app.py's pidfile: {"pid", "start_time", "cmdline"}
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
 
     def kill_agent(self, name: str, with_app: bool = False) -> None:
@@ -232,7 +232,8 @@ listen = "0.0.0.0:8470"
         self.agents[name].send_signal(signal.SIGKILL)  # the agent first: it must not see its app die
         self.agents[name].wait(timeout=10)
         if with_app and app:
-            os.killpg(app, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # the app's keeper may have ended it already
+                os.killpg(app, signal.SIGKILL)
 
     def cut_db(self, name: str) -> None:
         assert self.db_server is not None
