@@ -66,7 +66,7 @@ def _boottime_timerfd(when: float) -> int:
         err = ctypes.get_errno()
         os.close(fd)
         raise OSError(err, "timerfd_settime failed")
-    return fd
+    return int(fd)
 
 
 class SystemClock:

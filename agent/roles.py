@@ -155,9 +155,7 @@ def after_holding(event: HoldEvent, detail: str, hold_off: float, min_hold: floa
         case HoldEvent.STOP_REQUESTED:
             return Decision(Role.DEMOTING, f"stop requested ({detail})", 0.0, then_stop=True)
         case HoldEvent.APP_FAILED:
-            return Decision(
-                Role.DEMOTING, f"the application failed ({detail}): stepping down", max(hold_off, min_hold)
-            )
+            return Decision(Role.DEMOTING, f"the application failed ({detail}): stepping down", max(hold_off, min_hold))
         case HoldEvent.WORK_FAILED:
             return Decision(Role.DEMOTING, f"promotion failed ({detail}): stepping down", max(hold_off, min_hold))
         case _:

@@ -277,7 +277,13 @@ class Agent:
         assert self.holding is not None
         lease = self.cfg.lease
         step = after_renewal(
-            self.holding, renewal.sent, renewal.outcome, self.clock.now(), lease.ttl, lease.fence_margin, lease.heartbeat
+            self.holding,
+            renewal.sent,
+            renewal.outcome,
+            self.clock.now(),
+            lease.ttl,
+            lease.fence_margin,
+            lease.heartbeat,
         )
         self.holding = step.holding
         if step.failing:

@@ -40,9 +40,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def build_app(cfg: Config, node: NodeConfig, state: StateDir) -> Application:
     a = cfg.app
     if a.command is not None:
-        return SupervisedCommand(
-            a.command, a.stop_timeout, state.file(f"{cfg.cluster}-{node.name}.pid"), user=a.user, group=a.group
-        )
+        return SupervisedCommand(a.command, a.stop_timeout, state.pidfile, user=a.user, group=a.group)
     if a.start is not None and a.stop is not None:
         return StartStopCommands(a.start, a.stop, a.stop_timeout, a.health.start_grace, user=a.user, group=a.group)
     return NoApplication()

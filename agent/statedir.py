@@ -20,10 +20,18 @@ from .config import ConfigError
 INSTANCE_ID_MAX = 64
 
 
-def instance_id() -> str:
-    """A fresh id for this agent process, "<host>:<pid>:<8 hex digits>", at most 64 characters (the host name is
-    shortened to fit). Random, so a restarted agent, a cloned VM or a second process never shares one."""
-    suffix = f":{os.getpid()}:{secrets.token_hex(4)}"
+def _boot_id() -> str:
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip().replace("-", "")[:8]
+    return "noboot"
+
+
+def instance_id(token: str | None = None) -> str:
+    """The id of an agent process, "<host>:<boot>:<token>", at most 64 characters (the host name is shortened to
+    fit). With the state dir's token, an agent restarted on the same machine since its last boot keeps its id
+    (and may resume its own unexpired lease); a cloned VM (another boot id), a second process with another state
+    dir (another token) or an agent without one (a random token) never shares it."""
+    suffix = f":{_boot_id()}:{token or secrets.token_hex(4)}"
     return socket.gethostname()[: INSTANCE_ID_MAX - len(suffix)] + suffix
 
 
@@ -61,6 +69,22 @@ class StateDir:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+
+    def instance_id(self) -> str:
+        """This node's agent instance id, kept in `<dir>/<cluster>-<node>.instance` (call after lock(): the lock
+        makes the read-or-create safe)."""
+        path = os.path.join(self.path, f"{self.cluster}-{self.node}.instance")
+        token = ""
+        with contextlib.suppress(OSError, UnicodeDecodeError), open(path) as f:
+            token = f.read().strip()
+        if not (len(token) == 8 and all(c in "0123456789abcdef" for c in token)):
+            token = secrets.token_hex(4)
+            try:
+                with open(path, "w") as f:
+                    f.write(token + "\n")
+            except OSError as exc:
+                raise ConfigError(self._unusable(exc)) from None
+        return instance_id(token)
 
     def unlock(self) -> None:
         """Release the lock (the file stays: removing it would race with a new agent locking it)."""

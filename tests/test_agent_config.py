@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 
-from lease import quote_odbc_value
-
 from agent.config import (
     AnnounceConfig,
     AppConfig,
@@ -29,6 +27,7 @@ from agent.config import (
     parse_common_ip,
     redact_url,
 )
+from lease import quote_odbc_value
 
 
 def base(**overrides: Any) -> dict[str, Any]:

@@ -251,7 +251,7 @@ async def test_a_holder_frozen_past_its_deadline_never_re_adds_or_announces_the_
     async def freezing_renew(*args: Any, **kwargs: Any) -> bool:
         store.renew = original_renew  # type: ignore[method-assign]
         sent_ok = await original_renew(*args, **kwargs)
-        time.sleep(3.5)  # the whole process stops (SIGSTOP) with the renewal's answer in hand, then resumes
+        time.sleep(3.5)  # noqa: ASYNC251 -- the whole process stops (SIGSTOP) with the renewal's answer in hand, then resumes
         return sent_ok
 
     store.renew = freezing_renew  # type: ignore[method-assign]
