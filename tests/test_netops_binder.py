@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from netops import KERNEL_LATENESS_S
 from tests.support.netns import SUBNET, SUBNET6, Host, Lan, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +73,8 @@ def test_an_address_with_a_2s_lifetime_disappears_by_itself(trio: tuple[Host, Ho
     late_min, late_max = gone - bound_at - 2.0, gone - started - 2.0
     print(f"kernel removed {vip} between {late_min:.3f} and {late_max:.3f}s after its 2s lifetime")
     assert late_max >= 0, "removed before its lifetime ran out"
-    assert gone - bound_at <= 2.5, f"still there {gone - bound_at:.3f}s after a 2s lifetime"
+    # Polling with a process start per look adds up to ~0.1 s; the exact lateness is in test_netops_lifetime.py.
+    assert late_min <= KERNEL_LATENESS_S + 0.1, f"still there {gone - bound_at:.3f}s after a 2s lifetime"
 
 
 def test_an_address_refreshed_every_second_stays(trio: tuple[Host, Host, Host]) -> None:
