@@ -69,7 +69,7 @@ async def main() -> int:
     p.add_argument("--force", action="store_true")
     p.add_argument("--seconds", type=float, default=0)
     p.add_argument("--window", type=float, default=1.0)
-    p.add_argument("--probe-timeout", type=float, default=1.0)
+    p.add_argument("--probe-timeout", type=float, help="default: the binder's (0.2 s); 1 s for the probe action")
     p.add_argument("--announce-count", type=int, default=2)
     p.add_argument("--announce-interval", type=float, default=0.05)
     p.add_argument("--cancel-after", type=float, default=0.1)
@@ -81,8 +81,9 @@ async def main() -> int:
         args.interface,
         ipaddress.ip_interface(args.address),
         Announce(count=args.announce_count, interval=args.announce_interval),
-        probe_timeout=args.probe_timeout,
     )
+    if args.probe_timeout is not None:
+        binder.probe_timeout = args.probe_timeout
     add_seams(binder, args)
     if args.max_files is not None:
         open_now = len(os.listdir("/proc/self/fd"))
@@ -105,7 +106,7 @@ async def main() -> int:
             await binder.announce()
             result = True
         elif args.action == "probe":
-            result = await binder.probe()
+            result = await binder.probe(args.probe_timeout or 1.0)
         elif args.action == "probe_until_clear":
             started = time.monotonic()
             mac = await binder.probe_until_clear(args.window)
