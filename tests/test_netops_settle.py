@@ -165,3 +165,17 @@ def test_a_cancelled_probe_sends_no_probe_after_the_cancel_returned(trio: tuple[
     returned = done["result"]["returned"]
     assert mine, "the first probe never reached the neighbour"
     assert all(t <= returned + ARRIVAL_SLACK_S for t in mine), "a probe went out after the cancel returned"
+
+
+def test_a_bind_cancelled_during_its_probe_stops_at_once_and_never_adds_the_address(
+    trio: tuple[Host, Host, Host],
+) -> None:
+    m1 = trio[0]
+    done = netop(m1, "cancel_bind", f"{VIP}/24", "--probe-timeout", "1.0", "--cancel-after", "0.15")
+    assert done["ok"] and done["result"]["cancelled"], done
+    assert done["result"]["returned"] - done["result"]["requested"] < 0.1, "the probe did not stop promptly"
+    assert done["result"]["unbound"] is False
+    end = time.monotonic() + 1.2  # past the end of the 1 s probe: the bind must not have gone on in a thread
+    while time.monotonic() < end:
+        assert not m1.has_address(VIP), "the cancelled bind added the address"
+        time.sleep(0.05)
