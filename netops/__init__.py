@@ -1,11 +1,21 @@
 """The common IP: list NICs, bind/unbind the address with a kernel lifetime, announce it, probe for conflicts."""
 
-from .binder import FOS_ADDR_PROTO, AddressBinder, Announce, NetlinkBinder, NoneBinder, probe_address, validate
+from .binder import (
+    FOS_ADDR_PROTO,
+    KERNEL_LATENESS_S,
+    AddressBinder,
+    Announce,
+    NetlinkBinder,
+    NoneBinder,
+    probe_address,
+    validate,
+)
 from .errors import AddressConflict, NetopsError
 from .interfaces import Interface, find_interface, format_table, list_interfaces
 
 __all__ = [
     "FOS_ADDR_PROTO",
+    "KERNEL_LATENESS_S",
     "AddressBinder",
     "AddressConflict",
     "Announce",

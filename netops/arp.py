@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-import time
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,22 +76,31 @@ def _packet_socket(ifname: str) -> socket.socket:
     return sock
 
 
-def send_gratuitous_arp(ifname: str, mac: str, ip: str, count: int, interval: float) -> int:
-    """Send `count` rounds of gratuitous ARP; return the number of frames sent. Blocking; run it in a thread."""
+def send_gratuitous_arp(
+    ifname: str, mac: str, ip: str, count: int, interval: float, stop: threading.Event | None = None
+) -> int:
+    """Send `count` rounds of gratuitous ARP `interval` apart; return the number of frames sent. Blocking; run it
+    in a thread. Setting `stop` ends it before the next frame: the wait between rounds wakes up at once."""
+    stop = stop or threading.Event()
     sent = 0
     with _packet_socket(ifname) as sock:
         for i in range(count):
             for frame in gratuitous_frames(mac, ip):
+                if stop.is_set():
+                    return sent
                 sock.send(frame)
                 sent += 1
-            if i + 1 < count:
-                time.sleep(interval)
+            if i + 1 < count and stop.wait(interval):
+                break
     return sent
 
 
-def arp_probe(ifname: str, mac: str, ip: str, timeout: float, probes: int = 2) -> str | None:
+def arp_probe(
+    ifname: str, mac: str, ip: str, timeout: float, probes: int = 2, stop: threading.Event | None = None
+) -> str | None:
     """RFC 5227 probe: ARP requests from 0.0.0.0 asking for `ip`. Return the MAC of another host that answers
-    for (or announces) the address within `timeout`, else None. Blocking; run it in a thread."""
+    for (or announces) the address within `timeout`, else None (also when `stop` is set: it gives up at once).
+    Blocking; run it in a thread."""
     ipaddress.IPv4Address(ip)
     own = mac.lower()
     probe = arp_frame(ARP_REQUEST, BROADCAST, mac_bytes(mac), "0.0.0.0", ZERO_MAC, ip)
@@ -103,4 +112,4 @@ def arp_probe(ifname: str, mac: str, ip: str, timeout: float, probes: int = 2) -
         return pkt.sender_mac if pkt and pkt.sender_ip == ip and pkt.sender_mac != own else None
 
     with _packet_socket(ifname) as sock:
-        return probe_loop(sock, lambda: sock.send(probe), answer, timeout, probes)
+        return probe_loop(sock, lambda: sock.send(probe), answer, timeout, probes, stop)

@@ -1,15 +1,24 @@
-"""The common IP on this machine: is_bound / bind / refresh / unbind / announce, level-triggered and idempotent.
+"""The common IP on this machine: is_bound / bind / refresh / unbind / announce / probe_until_clear,
+level-triggered and idempotent.
 
-Addresses fos adds carry a marker (the netlink address protocol IFA_PROTO = FOS_ADDR_PROTO, and for IPv4 also
-the label "<if>:fos"), so unbind never removes an address an operator configured by hand. A bind can give the
-address a finite kernel lifetime (IFA_CACHEINFO, like `ip addr add ... valid_lft N preferred_lft N`): if the
-agent is killed or frozen, the kernel itself removes the address when that lifetime runs out.
+Addresses fos adds carry a marker: the netlink address protocol IFA_PROTO = FOS_ADDR_PROTO (kernels >= 6.3 keep
+and report it), and for IPv4 also the label "<first 11 chars of the interface>:fos", which can never equal an
+interface name (those cannot contain ':'); a label equal to the interface name, the default for an operator's
+address, is never taken as ours. So unbind never removes an address an operator configured by hand. A bind can
+give the address a finite kernel lifetime (IFA_CACHEINFO, like `ip addr add ... valid_lft N preferred_lft N`): if
+the agent is killed or frozen, the kernel itself removes the address, at most KERNEL_LATENESS_S after that
+lifetime ran out.
+
+All blocking work runs in worker threads through netops.settle.settled: a cancelled call returns only after its
+thread ended, and every failure is a NetopsError with a one-line message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
+import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,24 +29,67 @@ from .arp import arp_probe, send_gratuitous_arp
 from .errors import AddressConflict, NetopsError
 from .interfaces import Interface, find_interface
 from .ndp import ns_probe, send_unsolicited_na
+from .settle import dump_retrying, settled
 
 FOS_ADDR_PROTO = 222
+# G: how late the kernel may remove an address whose valid lifetime ran out; the agent budgets it (timing.md).
+# The kernel's lifetime check (check_lifetime in net/ipv4/devinet.c, addrconf_verify in net/ipv6/addrconf.c) runs
+# at once whenever an address of the namespace is added or changed, and then not again for at least
+# ADDRCONF_TIMER_FUZZ_MAX = 1 s. An address change just before our expiry therefore delays the removal by up to
+# 1 s - HZ/50, plus the timer wheel's granularity (32 ms at HZ=250, 80 ms at HZ=100) and the workqueue's
+# scheduling delay; without churn the check is rounded to a whole second when that costs under HZ/4 (0.25 s).
+# Measured by bench/kernel_lateness.py (kernel 6.18, HZ=250, 2 busy cores, 25 repetitions each; upper bounds from
+# an rtnetlink monitor), min/median/max: IPv4 quiet 0.011/0.023/0.427 s, with churn 0.047/0.504/0.987 s; IPv6
+# quiet 0.005/0.017/0.464 s, with churn -0.010/0.468/0.984 s. Worst seen in all runs: 1.008 s (IPv6, churn 27 ms
+# before expiry). 1.25 s covers the kernel's bound (1 s + 80 ms timer granularity at HZ=100) with 0.17 s to spare
+# for a late kworker or a contended RTNL lock.
+KERNEL_LATENESS_S = 1.25
 FOREVER = 0xFFFFFFFF
 IFA_F_NODAD = 0x02
+DEFAULT_PROBE_TIMEOUT_S = 0.2  # the same as cluster.probe_timeout's default in agent/config.py
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 class AddressBinder(Protocol):
-    async def is_bound(self) -> bool: ...
+    """The common IP on this node. Every method is idempotent and raises only NetopsError (AddressConflict when
+    another host answers for the address). Every method is safe to cancel: a cancelled call returns (raising
+    CancelledError) only after its netlink or raw-socket work ended, so the address is then in a settled state
+    and no packet is sent any more on that call's behalf."""
 
-    async def bind(self, lifetime: int | None = None, *, force: bool = False) -> bool: ...
+    async def is_bound(self) -> bool:
+        """True when the common IP is on the interface and fos added it (an operator's address: False)."""
+        ...
 
-    async def refresh(self, lifetime: int) -> bool: ...
+    async def bind(self, lifetime: int | None = None, *, force: bool = False) -> bool:
+        """Make the common IP present and ours, with a kernel lifetime of `lifetime` whole seconds (None: no
+        limit). True if it was added now; False if it was already ours (its lifetime is then set to `lifetime`).
+        Unless `force`, first probe once for another owner and raise AddressConflict if one answers. With
+        `force=True` it never probes, so nothing slow lies between the call and the netlink write: the caller
+        probes first (probe_until_clear) and computes `lifetime` right before calling. Raises NetopsError if the
+        interface is missing or down, the address is outside its subnets, or someone else configured it."""
+        ...
 
-    async def unbind(self) -> bool: ...
+    async def refresh(self, lifetime: int) -> bool:
+        """Set the kernel lifetime of our address to `lifetime` seconds from now. False, and nothing added, when
+        the address is not there (the kernel's lifetime ran out: only the agent may decide to bind again)."""
+        ...
 
-    async def announce(self) -> None: ...
+    async def unbind(self) -> bool:
+        """Remove the common IP if fos added it; True if it was removed now, False if absent or not ours."""
+        ...
+
+    async def announce(self) -> None:
+        """Tell the neighbours the common IP is here now: gratuitous ARP (IPv4) or unsolicited neighbour
+        advertisements (IPv6), a few times apart. A cancel stops it before its next packet."""
+        ...
+
+    async def probe_until_clear(self, window: float) -> str | None:
+        """Probe for another host answering for the common IP, again and again (each round lasts the probe
+        timeout), until a round sees no other owner (-> None) or `window` seconds have passed (-> the MAC of the
+        last owner seen). Right after taking over an expired lease the old holder's address may remain for up
+        to KERNEL_LATENESS_S: the agent calls probe_until_clear(KERNEL_LATENESS_S) instead of a single probe."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -64,32 +116,48 @@ def validate(interface: str, address: IPInterface) -> Interface:
     return iface
 
 
+def fos_label(interface: str) -> str:
+    """The IPv4 label of addresses fos adds: at most 15 characters (IFNAMSIZ - 1), and never equal to an
+    interface name, since those cannot contain ':'."""
+    return f"{interface[:11]}:fos"
+
+
 class NetlinkBinder:
-    """Owns one address on one interface; touches nothing else."""
+    """Owns one address on one interface; touches nothing else. Implements AddressBinder (see its contract).
+    `probe_timeout` is how long one conflict probe listens for another owner; its default is the config's
+    (cluster.probe_timeout = 0.2 s)."""
 
     def __init__(
-        self, interface: str, address: IPInterface, announce: Announce | None = None, probe_timeout: float = 0.5
+        self,
+        interface: str,
+        address: IPInterface,
+        announce: Announce | None = None,
+        probe_timeout: float = DEFAULT_PROBE_TIMEOUT_S,
     ) -> None:
         self.interface = interface
         self.address = address
         self.ip = str(address.ip)
         self._announce = announce or Announce()
         self.probe_timeout = probe_timeout
-        self._label = f"{interface}:fos"[:15] if address.version == 4 else None
+        self._label = fos_label(interface) if address.version == 4 else None
 
     # ---- netlink, run in a worker thread (each call opens its own socket) ----------------------------------
 
     def _find(self, ipr: IPRoute, index: int) -> Any | None:
         family = 2 if self.address.version == 4 else 10
-        for a in ipr.get_addr(family=family, index=index):
+        for a in dump_retrying(lambda: list(ipr.get_addr(family=family, index=index))):
             if a.get("IFA_ADDRESS") == self.ip or (self.address.version == 4 and a.get("IFA_LOCAL") == self.ip):
                 return a
         return None
 
     def _ours(self, msg: Any) -> bool:
-        if msg.get("IFA_PROTO") == FOS_ADDR_PROTO:
-            return True
-        return self._label is not None and msg.get("IFA_LABEL") == self._label
+        proto = msg.get("IFA_PROTO")
+        if proto is not None:  # kernels >= 6.3 report a non-zero protocol: the primary marker
+            return bool(proto == FOS_ADDR_PROTO)
+        label = msg.get("IFA_LABEL")
+        # Older kernels drop IFA_PROTO: fall back to the label, but never to one equal to the interface name,
+        # which is what the operator's own addresses carry.
+        return self._label is not None and label == self._label and label != self.interface
 
     def _state(self) -> tuple[bool, bool]:
         """(present on the interface, present and added by fos)."""
@@ -121,12 +189,7 @@ class NetlinkBinder:
             attrs["IFA_FLAGS"] = IFA_F_NODAD  # we probed already; DAD would leave it unusable for a second
         with IPRoute() as ipr:
             attrs["index"] = self._index(ipr)
-            try:
-                ipr.addr(command, **attrs)
-            except NetlinkError as exc:
-                if exc.code == 1:
-                    raise NetopsError("changing addresses needs CAP_NET_ADMIN: run fos as root") from None
-                raise NetopsError(f"cannot {command} {self.address} on {self.interface}: {exc}") from None
+            ipr.addr(command, **attrs)
 
     def _delete(self) -> bool:
         with IPRoute() as ipr:
@@ -137,81 +200,92 @@ class NetlinkBinder:
             try:
                 ipr.addr("del", index=index, address=self.ip, prefixlen=msg["prefixlen"])
             except NetlinkError as exc:
-                if exc.code == 99:  # EADDRNOTAVAIL: the kernel's lifetime ran out in between
+                if exc.code == errno.EADDRNOTAVAIL:  # the kernel's lifetime ran out in between
                     return False
-                if exc.code == 1:
-                    raise NetopsError("changing addresses needs CAP_NET_ADMIN: run fos as root") from None
                 raise
             return True
 
-    # ---- the interface ----------------------------------------------------------------------------------
+    # ---- the interface (AddressBinder) --------------------------------------------------------------------
+
+    def _what(self, doing: str) -> str:
+        return f"{doing} {self.address} on {self.interface}"
 
     async def is_bound(self) -> bool:
-        """True when the common IP is on the interface and fos added it."""
-        return (await asyncio.to_thread(self._state))[1]
+        return (await settled(self._state, self._what("read")))[1]
 
     async def bind(self, lifetime: int | None = None, *, force: bool = False) -> bool:
-        """Make the common IP present (ours). Returns True if it was added now, False if it already was ours
-        (then only its lifetime is refreshed). Probes for another owner first unless `force`."""
-        present, ours = await asyncio.to_thread(self._state)
+        present, ours = await settled(self._state, self._what("read"))
         if ours:
-            await asyncio.to_thread(self._write, "replace", lifetime)
+            await settled(lambda: self._write("replace", lifetime), self._what("set the lifetime of"))
             return False
         if present:
             raise NetopsError(
                 f"{self.address.ip} is already configured on {self.interface} but not by fos: remove it by hand "
                 "(fos never takes over an address it did not add)"
             )
-        await asyncio.to_thread(validate, self.interface, self.address)
+        await settled(lambda: validate(self.interface, self.address), self._what("check"))
         if not force:
             mac = await self.probe()
             if mac:
                 raise AddressConflict(self.ip, mac)
-        await asyncio.to_thread(self._write, "add", lifetime)
+        await settled(lambda: self._write("add", lifetime), self._what("add"))
         return True
 
     async def refresh(self, lifetime: int) -> bool:
-        """Extend the kernel lifetime of our address; False if it is gone (it is then not re-added: a missing
-        address means the kernel fenced us, and only the agent may decide to bind again)."""
-        if not (await asyncio.to_thread(self._state))[1]:
+        if not (await settled(self._state, self._what("read")))[1]:
             return False
-        await asyncio.to_thread(self._write, "replace", lifetime)
+        await settled(lambda: self._write("replace", lifetime), self._what("set the lifetime of"))
         return True
 
     async def unbind(self) -> bool:
-        """Remove the common IP if fos added it; True if it was removed now."""
-        return await asyncio.to_thread(self._delete)
+        return await settled(self._delete, self._what("remove"))
 
     async def announce(self) -> None:
-        iface = await asyncio.to_thread(find_interface, self.interface)
-        a = self._announce
-        try:
-            if self.address.version == 4:
-                await asyncio.to_thread(send_gratuitous_arp, self.interface, iface.mac, self.ip, a.count, a.interval)
-            else:
-                await asyncio.to_thread(
-                    send_unsolicited_na, self.interface, iface.index, iface.mac, self.ip, a.count, a.interval
-                )
-        except PermissionError:
-            raise NetopsError("announcing the common IP needs CAP_NET_RAW: run fos as root") from None
+        iface = await settled(lambda: find_interface(self.interface), f"look up {self.interface}")
+        a, stop = self._announce, threading.Event()
+        if self.address.version == 4:
+            await settled(
+                lambda: send_gratuitous_arp(self.interface, iface.mac, self.ip, a.count, a.interval, stop),
+                f"announce {self.ip} on {self.interface}",
+                stop,
+            )
+        else:
+            await settled(
+                lambda: send_unsolicited_na(self.interface, iface.index, iface.mac, self.ip, a.count, a.interval, stop),
+                f"announce {self.ip} on {self.interface}",
+                stop,
+            )
 
     async def probe(self, timeout: float | None = None) -> str | None:
-        """The MAC of another host answering for the common IP, or None."""
+        """One conflict probe (`timeout`, default probe_timeout): the MAC of another host answering for the
+        common IP, or None."""
         return await probe_address(self.interface, self.ip, self.probe_timeout if timeout is None else timeout)
+
+    async def probe_until_clear(self, window: float) -> str | None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + window
+        while True:
+            started = loop.time()
+            mac = await self.probe()
+            if mac is None or loop.time() >= end:
+                return mac
+            # The old owner answered at once: let this round last its full timeout before asking again.
+            await asyncio.sleep(max(0.0, min(started + self.probe_timeout, end) - loop.time()))
 
 
 async def probe_address(interface: str, ip: str, timeout: float) -> str | None:
-    iface = await asyncio.to_thread(find_interface, interface)
-    try:
-        if ipaddress.ip_address(ip).version == 4:
-            return await asyncio.to_thread(arp_probe, interface, iface.mac, ip, timeout)
-        return await asyncio.to_thread(ns_probe, interface, iface.index, iface.mac, ip, timeout)
-    except PermissionError:
-        raise NetopsError("probing for the address needs CAP_NET_RAW: run as root") from None
+    """The MAC of another host answering for `ip` on `interface` within `timeout`, or None."""
+    iface = await settled(lambda: find_interface(interface), f"look up {interface}")
+    stop = threading.Event()
+    what = f"probe for {ip} on {interface}"
+    if ipaddress.ip_address(ip).version == 4:
+        return await settled(lambda: arp_probe(interface, iface.mac, ip, timeout, stop=stop), what, stop)
+    return await settled(lambda: ns_probe(interface, iface.index, iface.mac, ip, timeout, stop=stop), what, stop)
 
 
 class NoneBinder:
-    """For deployments where the address is managed elsewhere (a load balancer routing by /active)."""
+    """For deployments where the address is managed elsewhere (a load balancer routing by /active): remembers
+    whether it is "bound" and touches nothing; nobody else ever owns its address."""
 
     def __init__(self) -> None:
         self._bound = False
@@ -231,4 +305,7 @@ class NoneBinder:
         return removed
 
     async def announce(self) -> None:
+        return None
+
+    async def probe_until_clear(self, window: float) -> str | None:
         return None

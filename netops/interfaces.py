@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from .errors import NetopsError
+from .settle import describe, dump_retrying
 
 
 @dataclass(frozen=True)
@@ -42,14 +44,22 @@ IFF_UP = 0x1
 
 
 def list_interfaces(ipr: IPRoute | None = None) -> list[Interface]:
+    """Every interface with its addresses; NetopsError (one line) if the kernel cannot be asked."""
+    try:
+        return _list(ipr)
+    except (OSError, NetlinkError) as exc:
+        raise describe(exc, "list the network interfaces") from exc
+
+
+def _list(ipr: IPRoute | None) -> list[Interface]:
     own = ipr is None
     ipr = ipr or IPRoute()
     try:
         addrs: dict[int, list[str]] = {}
-        for a in ipr.get_addr():
+        for a in dump_retrying(lambda: list(ipr.get_addr())):
             addrs.setdefault(a["index"], []).append(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
         out = []
-        for link in ipr.get_links():
+        for link in dump_retrying(lambda: list(ipr.get_links())):
             out.append(
                 Interface(
                     name=link.get("IFLA_IFNAME"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-import time
+import threading
 from typing import Any
 
 from .arp import mac_bytes, mac_text
@@ -61,18 +61,35 @@ def _icmp6_socket(ifname: str, ifindex: int) -> socket.socket:
     return sock
 
 
-def send_unsolicited_na(ifname: str, ifindex: int, mac: str, ip: str, count: int, interval: float) -> int:
+def send_unsolicited_na(
+    ifname: str, ifindex: int, mac: str, ip: str, count: int, interval: float, stop: threading.Event | None = None
+) -> int:
+    """Send `count` unsolicited NAs `interval` apart to all nodes; return how many were sent. Blocking; run it in
+    a thread. Setting `stop` ends it before the next packet: the wait between packets wakes up at once."""
+    stop = stop or threading.Event()
+    sent = 0
     with _icmp6_socket(ifname, ifindex) as sock:
         for i in range(count):
+            if stop.is_set():
+                break
             sock.sendto(advert(mac, ip), (ALL_NODES, 0, 0, ifindex))
-            if i + 1 < count:
-                time.sleep(interval)
-    return count
+            sent += 1
+            if i + 1 < count and stop.wait(interval):
+                break
+    return sent
 
 
-def ns_probe(ifname: str, ifindex: int, mac: str, ip: str, timeout: float, probes: int = 2) -> str | None:
+def ns_probe(
+    ifname: str,
+    ifindex: int,
+    mac: str,
+    ip: str,
+    timeout: float,
+    probes: int = 2,
+    stop: threading.Event | None = None,
+) -> str | None:
     """Ask the solicited-node group who has `ip`; return another owner's MAC (or its address if it gave no
-    link-layer option), else None. Blocking; run it in a thread."""
+    link-layer option), else None (also when `stop` is set: it gives up at once). Blocking; run it in a thread."""
     own = mac.lower()
     target = str(ipaddress.IPv6Address(ip))
 
@@ -84,4 +101,4 @@ def ns_probe(ifname: str, ifindex: int, mac: str, ip: str, timeout: float, probe
 
     with _icmp6_socket(ifname, ifindex) as sock:
         destination = (solicited_node(ip), 0, 0, ifindex)
-        return probe_loop(sock, lambda: sock.sendto(solicit(mac, ip), destination), answer, timeout, probes)
+        return probe_loop(sock, lambda: sock.sendto(solicit(mac, ip), destination), answer, timeout, probes, stop)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from netops import KERNEL_LATENESS_S
 from tests.support.netns import SUBNET, SUBNET6, Host, Lan, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +73,8 @@ def test_an_address_with_a_2s_lifetime_disappears_by_itself(trio: tuple[Host, Ho
     late_min, late_max = gone - bound_at - 2.0, gone - started - 2.0
     print(f"kernel removed {vip} between {late_min:.3f} and {late_max:.3f}s after its 2s lifetime")
     assert late_max >= 0, "removed before its lifetime ran out"
-    assert gone - bound_at <= 2.5, f"still there {gone - bound_at:.3f}s after a 2s lifetime"
+    # Polling with a process start per look adds up to ~0.1 s; the exact lateness is in test_netops_lifetime.py.
+    assert late_min <= KERNEL_LATENESS_S + 0.1, f"still there {gone - bound_at:.3f}s after a 2s lifetime"
 
 
 def test_an_address_refreshed_every_second_stays(trio: tuple[Host, Host, Host]) -> None:
@@ -182,3 +184,135 @@ def test_bind_refuses_an_interface_that_is_down(trio: tuple[Host, Host, Host]) -
     m1.run("ip", "link", "set", "eth0", "down")
     result = netop(m1, "bind", f"{VIP}/24")
     assert result["ok"] is False and "bring it up" in result["error"]
+
+
+# ---- the operator's addresses on a 15-character interface -------------------------------------------------
+
+NIC15 = "vethfos15chars0"  # IFNAMSIZ - 1 = 15 characters: "<if>:fos" cut to 15 would be the name itself
+SUBNET9 = "10.213.9"
+
+
+def add_nic15(host: Host) -> None:
+    host.run("ip", "link", "add", NIC15, "type", "veth", "peer", "name", "vpeer0")
+    host.run("ip", "addr", "add", f"{SUBNET9}.1/24", "dev", NIC15)
+    host.run("ip", "link", "set", NIC15, "up")
+    host.run("ip", "link", "set", "vpeer0", "up")
+
+
+def nic15_addresses(host: Host) -> list[str]:
+    doc = json.loads(host.run("ip", "-j", "-4", "addr", "show", "dev", NIC15).stdout)
+    return [a["local"] for a in doc[0].get("addr_info", [])]
+
+
+def test_unbind_never_removes_an_operators_address_on_an_interface_with_a_15_character_name(
+    trio: tuple[Host, Host, Host],
+) -> None:
+    m1 = trio[0]
+    add_nic15(m1)
+    operators, ours = f"{SUBNET9}.100/24", f"{SUBNET9}.101/24"
+    m1.run("ip", "addr", "add", operators, "dev", NIC15)  # labelled with the interface name, as by default
+    assert netop(m1, "unbind", operators, "--interface", NIC15) == {"ok": True, "result": False}
+    assert netop(m1, "is_bound", operators, "--interface", NIC15)["result"] is False
+    assert f"{SUBNET9}.100" in nic15_addresses(m1), "fos removed the operator's address"
+    refused = netop(m1, "bind", operators, "--interface", NIC15, "--force")
+    assert refused["ok"] is False and "not by fos" in refused["error"]
+    # fos still recognises its own address there, and its label is not the interface name.
+    assert netop(m1, "bind", ours, "--interface", NIC15, "--force") == {"ok": True, "result": True}
+    doc = json.loads(m1.run("ip", "-j", "addr", "show", "dev", NIC15).stdout)
+    labels = {a["local"]: a.get("label") for a in doc[0]["addr_info"]}
+    assert labels[f"{SUBNET9}.101"] != NIC15 and labels[f"{SUBNET9}.101"].endswith(":fos")
+    assert netop(m1, "unbind", ours, "--interface", NIC15) == {"ok": True, "result": True}
+    assert nic15_addresses(m1) == [f"{SUBNET9}.1", f"{SUBNET9}.100"]
+
+
+# ---- every failure is a one-line NetopsError ---------------------------------------------------------------
+
+
+def assert_one_line_netops_error(result: Any, *words: str) -> None:
+    assert result["ok"] is False, result
+    assert result.get("type") == "NetopsError", f"not a NetopsError: {result['error'][-300:]}"
+    assert "\n" not in result["error"] and all(w in result["error"] for w in words), result["error"]
+
+
+def test_unbind_on_an_interface_that_vanishes_mid_way_is_a_one_line_netops_error(
+    trio: tuple[Host, Host, Host],
+) -> None:
+    m1 = trio[0]
+    add_nic15(m1)
+    vip = f"{SUBNET9}.100/24"
+    assert netop(m1, "bind", vip, "--interface", NIC15, "--force")["ok"]
+    result = netop(m1, "unbind", vip, "--interface", NIC15, "--vanish-after", "find")
+    assert_one_line_netops_error(result, "disappeared", NIC15)
+
+
+def test_an_interface_deleted_between_calls_is_a_one_line_netops_error(trio: tuple[Host, Host, Host]) -> None:
+    m1 = trio[0]
+    add_nic15(m1)
+    vip = f"{SUBNET9}.100/24"
+    assert netop(m1, "bind", vip, "--interface", NIC15, "--force")["ok"]
+    m1.run("ip", "link", "del", NIC15)
+    for action in ("unbind", "is_bound", "refresh", "announce"):
+        assert_one_line_netops_error(netop(m1, action, vip, "--interface", NIC15), NIC15)
+
+
+@pytest.mark.parametrize("action", ["bind", "unbind", "is_bound", "probe"])
+def test_no_netlink_or_packet_socket_to_be_had_is_a_one_line_netops_error(
+    trio: tuple[Host, Host, Host], action: str
+) -> None:
+    result = netop(trio[0], action, f"{VIP}/24", "--force", "--max-files", "0")
+    assert_one_line_netops_error(result, "Too many open files")
+
+
+# ---- probing ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vip", [f"{VIP}/24", f"{VIP6}/64"], ids=["ipv4", "ipv6"])
+def test_probe_until_clear_waits_out_an_address_the_kernel_is_about_to_remove(
+    trio: tuple[Host, Host, Host], vip: str
+) -> None:
+    m1, m2, _ = trio
+    assert netop(m1, "bind", vip, "--force", "--lifetime", "1")["ok"]
+    result = netop(m2, "probe_until_clear", vip, "--window", "3", "--probe-timeout", "0.2")
+    assert result["ok"] and result["result"]["mac"] is None, result
+    elapsed = result["result"]["elapsed"]
+    assert 0.3 <= elapsed <= 1.0 + KERNEL_LATENESS_S + 0.5, f"clear after {elapsed:.3f}s"
+
+
+@pytest.mark.parametrize("vip", [f"{VIP}/24", f"{VIP6}/64"], ids=["ipv4", "ipv6"])
+def test_probe_until_clear_reports_an_owner_that_stays_for_the_whole_window(
+    trio: tuple[Host, Host, Host], vip: str
+) -> None:
+    m1, m2, _ = trio
+    assert netop(m1, "bind", vip, "--force")["ok"]
+    result = netop(m2, "probe_until_clear", vip, "--window", "0.7", "--probe-timeout", "0.2")
+    assert result["ok"] and result["result"]["mac"] == m1.mac, result
+    assert 0.7 <= result["result"]["elapsed"] <= 0.7 + 0.2 + 0.3
+
+
+def test_probe_until_clear_with_nobody_there_takes_one_probe(trio: tuple[Host, Host, Host]) -> None:
+    result = netop(trio[1], "probe_until_clear", f"{VIP}/24", "--window", "2", "--probe-timeout", "0.2")
+    assert result["ok"] and result["result"]["mac"] is None
+    assert result["result"]["elapsed"] < 0.5
+
+
+def test_a_forced_bind_never_probes_and_a_normal_one_does(trio: tuple[Host, Host, Host]) -> None:
+    from tests.test_netops_settle import seen, watch
+
+    m1, m2, client = trio
+    watcher = watch(client)
+    assert netop(m1, "bind", f"{VIP}/24", "--force", "--probe-timeout", "0.3")["ok"]
+    assert netop(m2, "bind", f"{SUBNET}.101/24", "--probe-timeout", "0.3")["ok"]
+    probers = {mac for _, kind, mac in seen(watcher) if kind == "arp-probe"}
+    assert m2.mac in probers, "the unforced bind did not probe (or the watcher missed it)"
+    assert m1.mac not in probers, "the forced bind probed"
+
+
+def test_the_binders_probe_timeout_defaults_to_the_configs() -> None:
+    import dataclasses
+    import ipaddress
+
+    from agent.config import Config
+    from netops import NetlinkBinder
+
+    default = {f.name: f.default for f in dataclasses.fields(Config)}["probe_timeout"]
+    assert NetlinkBinder("eth0", ipaddress.ip_interface(f"{VIP}/24")).probe_timeout == default == 0.2
