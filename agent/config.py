@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lease.dialects import ALIASES, DIALECTS
+from netops.binder import DEFAULT_PROBE_TIMEOUT_S
 
 from .config_values import (
     ACCOUNT,
@@ -140,7 +141,7 @@ class Config:
     announce: AnnounceConfig = field(default_factory=AnnounceConfig)
     http_listen: str | None = "0.0.0.0:8470"  # None: no HTTP endpoint
     probe_conflict: bool = True
-    probe_timeout: float = _bounded(0.2, high=60)
+    probe_timeout: float = _bounded(DEFAULT_PROBE_TIMEOUT_S, high=60)
     unset_env: tuple[str, ...] = ()  # ${VAR}s replaced by DEFERRED_SECRET (only when parsed with defer_env)
 
     @property

@@ -30,7 +30,7 @@ from lease import (
     StoreConfigError,
     StoreError,
 )
-from netops import AddressBinder, AddressConflict, NetopsError
+from netops import KERNEL_LATENESS_S, AddressBinder, AddressConflict, DeadlinePassed, NetopsError
 
 from . import __version__
 from .app import AppError, Application
@@ -50,7 +50,7 @@ from .roles import (
     plan_retry,
     plan_standby,
 )
-from .timing import KERNEL_LATENESS_S, address_lifetime, lifetime_overruns
+from .timing import address_lifetime, lifetime_overruns
 
 CLEANUP_TIMEOUT_S = 5.0  # each step of the emergency clean-up after an internal error
 # Store errors that no retry can cure (a database that misreports row counts, a broken schema): stop the agent
@@ -372,7 +372,8 @@ class Agent:
             if managed and lifetime is None:
                 return
             try:
-                added = await self.binder.bind(lifetime, force=True)
+                not_after = holding.fence_at if lifetime is not None else None
+                added = await self.binder.bind(lifetime, force=True, not_after=not_after)
                 if lifetime is not None and lifetime_overruns(holding.fence_at, self.clock.now(), lifetime):
                     shorter = address_lifetime(holding.fence_at, self.clock.now())
                     if shorter is None:
@@ -380,12 +381,16 @@ class Agent:
                         self._set_ip_bound(False)
                         self.log.warning("ip_dropped_late", lifetime=lifetime)
                         return
-                    await self.binder.refresh(shorter)
+                    await self.binder.refresh(shorter, not_after=holding.fence_at)
                 self._set_ip_bound(True)
                 if added:
                     if self.role is Role.ACTIVE:
                         self.log.warning("ip_rebound", lifetime=lifetime)  # the kernel had let it lapse
                     await self.binder.announce()
+            except DeadlinePassed as exc:
+                # Delayed between computing the lifetime and the write: nothing was added or extended; what
+                # the kernel has ends before F anyway. The next renewal reconciles again.
+                self.log.warning("ip_not_extended", error=str(exc))
             except NetopsError as exc:
                 self.log.warning("ip_reconcile_failed", error=str(exc))
 

@@ -2,23 +2,19 @@
 settings.
 
 Symbols: T lease ttl, H heartbeat, C per-call DB deadline, RHO clock-rate bound, M fence margin, G how late the
-kernel removes an address whose lifetime ran out.
+kernel removes an address whose lifetime ran out (netops.KERNEL_LATENESS_S: the kernel re-arms its lifetime check
+at least a second after each run, so up to about 1 s; budgeted 1.25 s).
 """
 
 from __future__ import annotations
 
 import math
 
+from netops import KERNEL_LATENESS_S  # G, measured in tests/test_netops_lifetime.py
+
 from .config import Config, ConfigError
 
 RHO = 1e-3
-# G. The kernel checks address lifetimes from a delayed work item that it re-arms at least one second
-# (ADDRCONF_TIMER_FUZZ_MAX = HZ) after each run, rounded to whole seconds (check_lifetime in
-# net/ipv4/devinet.c, addrconf_verify_rtnl in net/ipv6/addrconf.c): a run just before an address expires, for
-# instance because another address on the host changed, postpones its removal by up to a second. Measured
-# 0.01-0.49 s on a quiet host and 0.61-0.64 s under churn (tests/test_netops_lifetime.py); budgeted as the
-# 1 s bound plus 0.25 s for workqueue latency on a loaded machine.
-KERNEL_LATENESS_S = 1.25
 MIN_FENCE_MARGIN_S = 0.1  # M must cover removing the address, scheduling jitter and DB timestamp resolution
 MIN_LIFETIME_S = 1  # the kernel counts address lifetimes in whole seconds
 MIN_RETRY_S = 0.02  # the shortest wait between two attempts of any loop: nothing may spin

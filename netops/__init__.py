@@ -10,7 +10,7 @@ from .binder import (
     probe_address,
     validate,
 )
-from .errors import AddressConflict, NetopsError
+from .errors import AddressConflict, DeadlinePassed, NetopsError
 from .interfaces import Interface, find_interface, format_table, list_interfaces
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "AddressBinder",
     "AddressConflict",
     "Announce",
+    "DeadlinePassed",
     "Interface",
     "NetlinkBinder",
     "NetopsError",

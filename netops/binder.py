@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import math
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,7 +28,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .arp import arp_probe, send_gratuitous_arp
-from .errors import AddressConflict, NetopsError
+from .errors import AddressConflict, DeadlinePassed, NetopsError
 from .interfaces import Interface, find_interface
 from .ndp import ns_probe, send_unsolicited_na
 from .settle import dump_retrying, settled
@@ -61,18 +63,23 @@ class AddressBinder(Protocol):
         """True when the common IP is on the interface and fos added it (an operator's address: False)."""
         ...
 
-    async def bind(self, lifetime: int | None = None, *, force: bool = False) -> bool:
+    async def bind(self, lifetime: int | None = None, *, force: bool = False, not_after: float | None = None) -> bool:
         """Make the common IP present and ours, with a kernel lifetime of `lifetime` whole seconds (None: no
         limit). True if it was added now; False if it was already ours (its lifetime is then set to `lifetime`).
+        With `not_after` (a CLOCK_BOOTTIME instant: the agent's fence deadline) the lifetime is cut, in the
+        worker thread right before the netlink write, so that the kernel removes the address by `not_after`
+        (write time + lifetime + KERNEL_LATENESS_S); if not even 1 s fits any more, nothing is written and
+        DeadlinePassed is raised: a caller delayed or frozen on the way never adds or extends a stale address.
         Unless `force`, first probe once for another owner and raise AddressConflict if one answers. With
         `force=True` it never probes, so nothing slow lies between the call and the netlink write: the caller
         probes first (probe_until_clear) and computes `lifetime` right before calling. Raises NetopsError if the
         interface is missing or down, the address is outside its subnets, or someone else configured it."""
         ...
 
-    async def refresh(self, lifetime: int) -> bool:
+    async def refresh(self, lifetime: int, *, not_after: float | None = None) -> bool:
         """Set the kernel lifetime of our address to `lifetime` seconds from now. False, and nothing added, when
-        the address is not there (the kernel's lifetime ran out: only the agent may decide to bind again)."""
+        the address is not there (the kernel's lifetime ran out: only the agent may decide to bind again).
+        `not_after` as for bind."""
         ...
 
     async def unbind(self) -> bool:
@@ -174,7 +181,7 @@ class NetlinkBinder:
             )
         return int(found[0])
 
-    def _write(self, command: str, lifetime: int | None) -> None:
+    def _write(self, command: str, lifetime: int | None, not_after: float | None = None) -> None:
         life = FOREVER if lifetime is None else int(lifetime)
         attrs: dict[str, Any] = {
             "index": 0,
@@ -189,6 +196,14 @@ class NetlinkBinder:
             attrs["IFA_FLAGS"] = IFA_F_NODAD  # we probed already; DAD would leave it unusable for a second
         with IPRoute() as ipr:
             attrs["index"] = self._index(ipr)
+            if not_after is not None:
+                # The last moment before the write: whatever delayed us (a freeze, a suspend, the scheduler),
+                # the address must still be gone by not_after.
+                room = not_after - time.clock_gettime(time.CLOCK_BOOTTIME) - KERNEL_LATENESS_S
+                if room < 1:
+                    raise DeadlinePassed(1 - room)
+                life = min(life, math.floor(room))
+                attrs["IFA_CACHEINFO"] = {"ifa_preferred": life, "ifa_valid": life, "cstamp": 0, "tstamp": 0}
             ipr.addr(command, **attrs)
 
     def _delete(self) -> bool:
@@ -213,10 +228,10 @@ class NetlinkBinder:
     async def is_bound(self) -> bool:
         return (await settled(self._state, self._what("read")))[1]
 
-    async def bind(self, lifetime: int | None = None, *, force: bool = False) -> bool:
+    async def bind(self, lifetime: int | None = None, *, force: bool = False, not_after: float | None = None) -> bool:
         present, ours = await settled(self._state, self._what("read"))
         if ours:
-            await settled(lambda: self._write("replace", lifetime), self._what("set the lifetime of"))
+            await settled(lambda: self._write("replace", lifetime, not_after), self._what("set the lifetime of"))
             return False
         if present:
             raise NetopsError(
@@ -228,13 +243,13 @@ class NetlinkBinder:
             mac = await self.probe()
             if mac:
                 raise AddressConflict(self.ip, mac)
-        await settled(lambda: self._write("add", lifetime), self._what("add"))
+        await settled(lambda: self._write("add", lifetime, not_after), self._what("add"))
         return True
 
-    async def refresh(self, lifetime: int) -> bool:
+    async def refresh(self, lifetime: int, *, not_after: float | None = None) -> bool:
         if not (await settled(self._state, self._what("read")))[1]:
             return False
-        await settled(lambda: self._write("replace", lifetime), self._what("set the lifetime of"))
+        await settled(lambda: self._write("replace", lifetime, not_after), self._what("set the lifetime of"))
         return True
 
     async def unbind(self) -> bool:
@@ -293,11 +308,11 @@ class NoneBinder:
     async def is_bound(self) -> bool:
         return self._bound
 
-    async def bind(self, lifetime: int | None = None, *, force: bool = False) -> bool:
+    async def bind(self, lifetime: int | None = None, *, force: bool = False, not_after: float | None = None) -> bool:
         added, self._bound = not self._bound, True
         return added
 
-    async def refresh(self, lifetime: int) -> bool:
+    async def refresh(self, lifetime: int, *, not_after: float | None = None) -> bool:
         return self._bound
 
     async def unbind(self) -> bool:

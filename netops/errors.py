@@ -14,3 +14,12 @@ class AddressConflict(NetopsError):
         super().__init__(f"another host ({mac}) answers for {address}: it must not be bound here too")
         self.address = address
         self.mac = mac
+
+
+class DeadlinePassed(NetopsError):
+    """A write was skipped: at the moment of the netlink write not even a 1 s lifetime fitted before the deadline
+    the caller gave (it was delayed or frozen on the way). Nothing was added or extended."""
+
+    def __init__(self, late_by: float) -> None:
+        super().__init__(f"the common IP was not written: less than 1 s of lifetime was left ({late_by:.3f}s short)")
+        self.late_by = late_by

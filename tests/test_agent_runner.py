@@ -226,8 +226,9 @@ async def test_the_address_lifetime_is_computed_after_the_conflict_probe(store: 
     overruns: list[float] = []
     original_bind = binder.bind
 
-    async def checked_bind(lifetime: int | None = None, *, force: bool = False) -> bool:
-        added = await original_bind(lifetime, force=force)
+    async def checked_bind(lifetime: int | None = None, **kwargs: Any) -> bool:
+        added = await original_bind(lifetime, **kwargs)
+        lifetime = binder.lifetime  # as written, after any cap at the write
         fence_at = m1.agent.fence_at
         assert lifetime is not None and fence_at is not None
         if boottime() + lifetime + KERNEL_LATENESS_S > fence_at:
@@ -256,6 +257,22 @@ async def test_a_holder_frozen_past_its_deadline_never_re_adds_or_announces_the_
         return sent_ok
 
     store.renew = freezing_renew  # type: ignore[method-assign]
+    await until(lambda: m1.agent.role is Role.STANDBY, 8, "fenced after the thaw")
+    after = [(op, round(t - frozen_at, 3)) for op, t, _ in m1.binder.ops if t > frozen_at and op != "unbind"]
+    assert after == [], f"after the freeze the agent still did {after}"
+    assert not m1.binder.bound
+    await m1.kill()
+
+
+async def test_a_holder_frozen_inside_a_netlink_write_never_re_adds_the_ip_on_thaw(store: MemoryLeaseStore) -> None:
+    m1 = Node(config(ttl=3, heartbeat=0.5, driver="netlink"), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE and m1.binder.bound)
+    first_expiry = store.rows["c1"].expires_at
+    await until(lambda: store.rows["c1"].expires_at > first_expiry, 2, "a renewal")
+    frozen_at = time.monotonic()
+    # The next write of the address stops the process after it read the address's state and before it wrote:
+    # the kernel's lifetime runs out meanwhile, and by the database's clock the lease expires too.
+    m1.binder.freeze_before_write = 3.5
     await until(lambda: m1.agent.role is Role.STANDBY, 8, "fenced after the thaw")
     after = [(op, round(t - frozen_at, 3)) for op, t, _ in m1.binder.ops if t > frozen_at and op != "unbind"]
     assert after == [], f"after the freeze the agent still did {after}"

@@ -5,10 +5,11 @@ The real ones are proven on namespaces and real processes elsewhere."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 from agent.clock import SUSPEND_THRESHOLD_S, SystemClock
-from netops import AddressConflict
+from netops import KERNEL_LATENESS_S, AddressConflict, DeadlinePassed
 
 
 class FakeBinder:
@@ -24,6 +25,7 @@ class FakeBinder:
         self.ops: list[tuple[str, float, int | None]] = []
         self.lifetime: int | None = None
         self.fail_with: BaseException | None = None  # raised by the next bind/refresh (an unexpected error)
+        self.freeze_before_write = 0.0  # the next bind/refresh stops the whole process this long before writing
 
     @property
     def bound(self) -> bool:
@@ -37,6 +39,19 @@ class FakeBinder:
         if self.delays:
             await asyncio.sleep(self.delays.pop(0))
 
+    def _at_write(self, lifetime: int | None, not_after: float | None) -> int | None:
+        """What the real binder does right before the netlink write: a freeze may land here, and `not_after`
+        caps the lifetime (DeadlinePassed when not even 1 s fits)."""
+        if self.freeze_before_write:
+            time.sleep(self.freeze_before_write)  # SIGSTOP of the whole process, then SIGCONT
+            self.freeze_before_write = 0.0
+        if not_after is None or lifetime is None:
+            return lifetime
+        room = not_after - SystemClock().now() - KERNEL_LATENESS_S
+        if room < 1:
+            raise DeadlinePassed(1 - room)
+        return min(lifetime, math.floor(room))
+
     async def is_bound(self) -> bool:
         return self.bound
 
@@ -45,7 +60,7 @@ class FakeBinder:
         await asyncio.sleep(self.probe_seconds)
         return "02:00:00:00:00:99" if self.conflict else None
 
-    async def bind(self, lifetime: int | None = None, *, force: bool = False) -> bool:
+    async def bind(self, lifetime: int | None = None, *, force: bool = False, not_after: float | None = None) -> bool:
         if self.fail_with is not None:
             exc, self.fail_with = self.fail_with, None
             raise exc
@@ -54,20 +69,22 @@ class FakeBinder:
         if not force:
             await asyncio.sleep(self.probe_seconds)  # the probe a non-forced bind does first
         await self._delay()
+        lifetime = self._at_write(lifetime, not_after)
         self.ops.append(("bind", time.monotonic(), lifetime))
         added = not self.bound
         self._write(lifetime)
         return added
 
-    async def refresh(self, lifetime: int) -> bool:
+    async def refresh(self, lifetime: int, *, not_after: float | None = None) -> bool:
         if self.fail_with is not None:
             exc, self.fail_with = self.fail_with, None
             raise exc
         await self._delay()
-        self.ops.append(("refresh", time.monotonic(), lifetime))
         if not self.bound:
             return False
-        self._write(lifetime)
+        capped = self._at_write(lifetime, not_after)
+        self.ops.append(("refresh", time.monotonic(), capped))
+        self._write(capped)
         return True
 
     async def unbind(self) -> bool:
