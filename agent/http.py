@@ -57,7 +57,16 @@ def loop_stalled(agent: Agent) -> bool:
 
 
 def is_active(agent: Agent) -> bool:
-    return agent.role is Role.ACTIVE and agent.ip_bound_or_unmanaged() and agent.health.healthy is True
+    # The fence deadline too: with address_driver = "none" this answer is the only fence a load balancer has, and
+    # a request queued while the agent was frozen must not be told "active" before the loop could fence.
+    fence_at = agent.fence_at
+    return (
+        agent.role is Role.ACTIVE
+        and fence_at is not None
+        and agent.clock.now() < fence_at
+        and agent.ip_bound_or_unmanaged()
+        and agent.health.healthy is True
+    )
 
 
 def make_app(agent: Agent) -> web.Application:

@@ -50,12 +50,15 @@ from .roles import (
     plan_retry,
     plan_standby,
 )
-from .timing import address_lifetime, lifetime_overruns
+from .timing import address_lifetime
 
 CLEANUP_TIMEOUT_S = 5.0  # each step of the emergency clean-up after an internal error
-# Store errors that no retry can cure (a database that misreports row counts, a broken schema): stop the agent
-# (exit 2 with the reason) instead of retrying forever.
-FATAL_STORE_ERRORS = (ProtocolViolation, StoreConfigError, SchemaMissing)
+# A database that misreports row counts (SET NOCOUNT ON, a trigger) cannot judge any compare-and-set: no retry
+# cures it, and going on could let two nodes hold. Stop the agent (exit 2 with the reason). A missing schema or
+# driver at run time (a restore, a package upgrade) is only an outage: the holder fences at its deadline as for
+# any outage, and the standby keeps trying (logged at error level); start-up refuses those with exit 2.
+FATAL_STORE_ERRORS = (ProtocolViolation,)
+MISCONFIGURED = (StoreConfigError, SchemaMissing)
 
 
 class AgentStore(LeaseStore, HistoryStore, Protocol):
@@ -101,6 +104,7 @@ class Agent:
         self._not_before = 0.0
         self._ip_wanted = False  # the promotion's probe passed: from now until letting go, the IP must be up
         self._ip_lock = asyncio.Lock()
+        self._ip_up = asyncio.Event()
         self._report_now = asyncio.Event()
         self._db_down_logged = False
         self._base_log = structlog.get_logger("fos.agent").bind(node=node.name, cluster=cfg.cluster)
@@ -191,6 +195,10 @@ class Agent:
 
     async def _standby(self, _: Decision) -> Decision:
         poll = self.cfg.lease.heartbeat / 2
+        # A standby never has the common IP: remove a leftover (a crash, a fence whose unbind failed) when the
+        # period begins and until that succeeded, but not on every poll: a second agent on this machine (another
+        # node name by mistake) would otherwise keep deleting a live address that carries the same marker.
+        leftovers_checked = False
         while not self.stop_requested.is_set():
             self._tick()
             self.clock.suspended_for()  # a standby has nothing to fence; just restart the comparison
@@ -200,14 +208,16 @@ class Agent:
                 raise
             except StoreError as exc:
                 self._db_down(exc)
-                await self._drop_ip()  # we cannot know we hold the lease: the safe side is not to serve
+                if not leftovers_checked:
+                    leftovers_checked = await self._drop_ip()
                 await self._sleep_until(self.clock.now() + poll)
                 continue
             self._db_up()
             self._saw(state)
             plan = plan_standby(state, self.node.name, self.instance, self.clock.now(), poll, self._not_before)
             if plan.action is StandbyAction.WAIT:
-                await self._drop_ip()  # level-triggered: a standby never has the common IP (crash leftovers)
+                if not leftovers_checked:
+                    leftovers_checked = await self._drop_ip()
                 await self._sleep_until(plan.wake_at)
                 continue
             sent = self.clock.now()
@@ -249,7 +259,9 @@ class Agent:
 
     def _db_down(self, exc: Exception) -> None:
         if not self._db_down_logged:
-            self.log.warning("database_unavailable", error=str(exc))
+            (self.log.error if isinstance(exc, MISCONFIGURED) else self.log.warning)(
+                "database_unavailable", error=str(exc)
+            )
             self._db_down_logged = True
 
     def _db_up(self) -> None:
@@ -372,16 +384,11 @@ class Agent:
             if managed and lifetime is None:
                 return
             try:
+                # The binder cuts the lifetime again right before the netlink write, in its worker thread, so
+                # that write time + lifetime + G <= F however long we were delayed on the way (DeadlinePassed if
+                # not even 1 s fits). A delay after the write is harmless: the kernel counts from the write.
                 not_after = holding.fence_at if lifetime is not None else None
                 added = await self.binder.bind(lifetime, force=True, not_after=not_after)
-                if lifetime is not None and lifetime_overruns(holding.fence_at, self.clock.now(), lifetime):
-                    shorter = address_lifetime(holding.fence_at, self.clock.now())
-                    if shorter is None:
-                        await self.binder.unbind()
-                        self._set_ip_bound(False)
-                        self.log.warning("ip_dropped_late", lifetime=lifetime)
-                        return
-                    await self.binder.refresh(shorter, not_after=holding.fence_at)
                 self._set_ip_bound(True)
                 if added:
                     if self.role is Role.ACTIVE:
@@ -397,6 +404,10 @@ class Agent:
     def _set_ip_bound(self, bound: bool) -> None:
         self.ip_bound = bound
         self.metrics.ip_bound.set(1 if bound else 0)
+        if bound:
+            self._ip_up.set()
+        else:
+            self._ip_up.clear()
 
     # ---- promoting / active -----------------------------------------------------------------------------
 
@@ -412,7 +423,10 @@ class Agent:
         self._ip_wanted = True
         await self._reconcile_ip()
         if not self.ip_bound:
-            raise AppError("the common IP could not be bound safely in what is left of the lease")
+            # Not even a 1 s lifetime fits before F any more (a slow acquisition, a long probe): wait for the next
+            # successful renewal, which reconciles the address. The fence deadline bounds this wait (_hold).
+            self.log.info("ip_waits_for_renewal")
+            await self._ip_up.wait()
 
     async def _promote(self) -> str:
         holding = self.holding
@@ -447,63 +461,83 @@ class Agent:
     async def _announce_loop(self) -> None:
         while True:
             await self.clock.sleep(self.cfg.announce.refresh)
-            if self.ip_bound:
-                with contextlib.suppress(NetopsError):
-                    await self.binder.announce()
+            holding = self.holding
+            # Only while a renewal sent less than F ago succeeded: after a freeze this timer may fire before the
+            # hold loop notices the deadline, and an announcement then would pull traffic to a fenced node.
+            if self.ip_bound and holding is not None and self.clock.now() < holding.fence_at:
+                async with self._ip_lock:
+                    with contextlib.suppress(NetopsError):
+                        await self.binder.announce()
 
     # ---- letting go ---------------------------------------------------------------------------------------
 
-    async def _drop_ip(self) -> None:
+    async def _drop_ip(self) -> bool:
+        """Remove the common IP; True once it is confirmed absent (removed now, or not there)."""
         async with self._ip_lock:
             self._ip_wanted = False
             try:
                 if await self.binder.unbind():
                     self.log.info("ip_unbound")
+                gone = True
             except NetopsError as exc:
                 self.log.error("ip_unbind_failed", error=str(exc))
-            self._set_ip_bound(False)
+                try:
+                    gone = not await self.binder.is_bound()
+                except NetopsError:
+                    gone = False
+            self._set_ip_bound(not gone)
+            return gone
 
     async def _let_go(self, kind: EventKind, decision: Decision) -> None:
         """IP first (from then on no user traffic reaches this node), then the app, then the lease."""
-        await self._drop_ip()
+        ip_gone = await self._drop_ip()
         await self.app.stop()
         self.metrics.app_healthy.set(0)
         self.health.forget("the application is stopped on this node")
         holding, self.holding = self.holding, None
         if holding is not None:
-            try:
-                released = await self.store.release(
-                    self.cfg.cluster, self.node.name, holding.epoch, detail=decision.reason, timeout=self.call_timeout
-                )
-                self.log.info("lease_released" if released else "lease_already_gone", epoch=holding.epoch)
-            except StoreError as exc:
-                self.log.warning("lease_release_failed", epoch=holding.epoch, error=str(exc))
+            await self._release(holding, decision.reason, ip_gone)
             await self._event(kind, decision.reason, holding.epoch)
         self.renew_failing = False
         self.metrics.epoch.set(0)
         self.metrics.lease_seconds_left.set(0)
         self._not_before = self.clock.now() + decision.hold_off
 
-    async def _emergency_let_go(self, detail: str) -> None:
-        """After an internal error: each step bounded and independent of the others, IP first."""
-        steps = (
-            ("ip", self._drop_ip()),
-            ("app", self.app.stop()),
-            ("lease", self._release_quietly(detail)),
-        )
-        for what, step in steps:
-            try:
-                async with asyncio.timeout(CLEANUP_TIMEOUT_S):
-                    await step
-            except Exception as exc:
-                self.log.error("cleanup_failed", step=what, error=f"{type(exc).__name__}: {exc}")
-
-    async def _release_quietly(self, detail: str) -> None:
-        holding, self.holding = self.holding, None
-        if holding is not None:
-            await self.store.release(
+    async def _release(self, holding: Holding, detail: str, ip_gone: bool) -> None:
+        """Release the lease, but only once the IP is confirmed gone: a release lets the next node in at once,
+        while the address we could not remove is still here. Kept instead, the lease expires by itself after
+        the kernel removed the address (its lifetime ends before F, and F before the expiry)."""
+        if not ip_gone:
+            self.log.error("lease_kept_until_expiry", epoch=holding.epoch, reason="the common IP could not be removed")
+            return
+        try:
+            released = await self.store.release(
                 self.cfg.cluster, self.node.name, holding.epoch, detail=detail[:200], timeout=self.call_timeout
             )
+            self.log.info("lease_released" if released else "lease_already_gone", epoch=holding.epoch)
+        except StoreError as exc:
+            self.log.warning("lease_release_failed", epoch=holding.epoch, error=str(exc))
+
+    async def _emergency_let_go(self, detail: str) -> None:
+        """After an internal error: IP, app and lease, each bounded; the lease only once the IP is gone."""
+        ip_gone = False
+        try:
+            async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+                ip_gone = await self._drop_ip()
+        except Exception as exc:
+            self.log.error("cleanup_failed", step="ip", error=f"{type(exc).__name__}: {exc}")
+        try:
+            async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+                await self.app.stop()
+        except Exception as exc:
+            self.log.error("cleanup_failed", step="app", error=f"{type(exc).__name__}: {exc}")
+        holding, self.holding = self.holding, None
+        if holding is not None:
+            try:
+                async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+                    await self._release(holding, detail, ip_gone)
+            except Exception as exc:
+                self.log.error("cleanup_failed", step="lease", error=f"{type(exc).__name__}: {exc}")
 
     async def _demoting(self, decision: Decision) -> Decision:
         await self._let_go(EventKind.DEMOTED if decision.then_stop else EventKind.STEPPED_DOWN, decision)

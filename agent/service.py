@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 
 from lease import (
+    NodeRecord,
     ProtocolViolation,
     SchemaMissing,
     SqlLeaseStore,
@@ -73,19 +74,31 @@ async def _check_database(store: SqlLeaseStore, cfg: Config, node: NodeConfig, i
     """Schema, triggers, the cluster's row (created if missing: an INSERT, never DDL), and no other live agent
     with our name. Unreachable is not a refusal: the agent starts and waits for the database."""
     timeout = max(cfg.call_timeout, 2.0)
+    log = structlog.get_logger("fos.run").bind(node=node.name, cluster=cfg.cluster)
+
+    async def namesake_now() -> NodeRecord | None:
+        rows = await store.list_nodes(cfg.cluster, timeout=timeout)
+        return live_namesake(rows, node.name, instance, cfg.lease.heartbeat, cfg.call_timeout)
+
     try:
         await store.preflight(cfg.cluster, timeout=timeout)
-        namesake = live_namesake(
-            await store.list_nodes(cfg.cluster, timeout=timeout),
-            node.name,
-            instance,
-            cfg.lease.heartbeat,
-            cfg.call_timeout,
-        )
+        namesake = await namesake_now()
+        if namesake is not None:
+            # A recent row may be the last words of this machine's previous life (a fast reboot changes the
+            # instance): only an agent that keeps writing its row is alive. Watch it for 1.5 heartbeats.
+            seen = namesake.last_seen_age_s or 0.0
+            log.warning("namesake_seen", instance=namesake.instance, age=seen)
+            waited = 1.5 * cfg.lease.heartbeat + cfg.call_timeout
+            await asyncio.sleep(waited)
+            again = await namesake_now()
+            if again is None or (again.last_seen_age_s or 0.0) < seen + waited - cfg.call_timeout:
+                namesake = again
+            else:
+                namesake = None
     except (SchemaMissing, StoreAuthError, StoreConfigError, ProtocolViolation) as exc:
         raise ConfigError(f"database: {exc}") from None
     except StoreUnavailable as exc:
-        structlog.get_logger("fos.run").warning("database_unavailable_at_start", error=str(exc))
+        log.warning("database_unavailable_at_start", error=str(exc))
         return
     if namesake is not None:
         raise ConfigError(
@@ -111,15 +124,15 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
         try:
             await _check_database(store, cfg, node, instance)
             app = build_app(cfg, node, state)
-            if isinstance(app, SupervisedCommand):
-                await app.reap_orphan()
             agent = Agent(cfg, node, store, binder, app, SystemClock(), instance=instance)
             runner: web.AppRunner | None = None
-            if cfg.http_listen:
+            if cfg.http_listen:  # before reaping an orphan: a port in use must refuse with nothing changed
                 try:
                     runner = await start_server(agent, cfg.http_listen)
                 except OSError as exc:
                     raise ConfigError(f"http.listen = {cfg.http_listen!r} cannot be used: {exc.strerror}") from None
+            if isinstance(app, SupervisedCommand):
+                await app.reap_orphan()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, agent.request_stop, signal.Signals(sig).name)

@@ -13,8 +13,9 @@ import pytest
 from agent.roles import Role
 from agent.runner import AgentFailed
 from agent.timing import KERNEL_LATENESS_S
-from lease import AcquireResult, EventKind, LeaseState
+from lease import AcquireResult, EventKind, LeaseState, SchemaMissing
 from lease.memory import MemoryLeaseStore
+from netops import NetopsError
 from tests.support.agents import Node, boottime, config, until
 from tests.support.fakes import FakeBinder, JumpingClock
 
@@ -325,4 +326,65 @@ async def test_a_node_that_let_go_no_longer_reports_failing_renewals(store: Memo
     store.available = False
     await until(lambda: m1.agent.role is Role.STANDBY, 3, "fenced")
     assert not m1.agent.renew_failing and m1.agent.health.healthy is None
+    await m1.kill()
+
+
+# ---- found by the adversarial review of the new runner: each failed before its fix ----------------------------
+
+
+async def test_a_lease_is_not_released_while_the_ip_could_not_be_removed(store: MemoryLeaseStore) -> None:
+    m1 = Node(config(ttl=3, heartbeat=0.5, driver="netlink"), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE and m1.binder.bound)
+
+    async def failing_unbind() -> bool:
+        raise NetopsError("cannot remove 10.0.0.100/24 on eth0: too many open files")
+
+    m1.binder.unbind = failing_unbind  # type: ignore[method-assign]
+    m1.agent.request_stop("test")
+    assert m1.task is not None
+    await asyncio.wait_for(m1.task, 5)
+    # Released, the standby would take over at once while the address is still here; kept, the lease expires
+    # only after the kernel removed the address (its lifetime ends before the fence deadline).
+    assert store.rows["c1"].holder == "m1" and not any(e.kind == EventKind.RELEASED for e in store.events)
+    assert m1.app.stopped_at, "the application is stopped all the same"
+
+
+async def test_a_promotion_without_room_for_a_lifetime_waits_for_the_next_renewal(store: MemoryLeaseStore) -> None:
+    # The probe takes so long that not even a 1 s lifetime fits before the acquisition's fence deadline.
+    binder = FakeBinder(probe_seconds=0.7)  # ends before the first renewal (heartbeat 1 s)
+    m1 = Node(config(ttl=3, heartbeat=1, driver="netlink"), "m1", store, binder=binder).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, 4, "active after the next renewal made room")
+    assert binder.bound and not any(e.kind == EventKind.STEPPED_DOWN for e in store.events)
+    await m1.kill()
+
+
+async def test_a_standby_does_not_remove_an_address_that_appears_after_it_settled(store: MemoryLeaseStore) -> None:
+    cfg = config(ttl=30, heartbeat=0.2)
+    holder = Node(cfg, "m2", store).start()
+    await until(lambda: holder.agent.role is Role.ACTIVE)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.STANDBY and len(m1.binder.times("unbind")) >= 1)
+    # Another agent on this machine (a second node name by mistake) binds an address with fos's marker: this
+    # standby must not delete it on every poll.
+    m1.binder._write(None)
+    await asyncio.sleep(3 * cfg.lease.heartbeat)
+    assert m1.binder.bound and len(m1.binder.times("unbind")) == 1
+    await m1.kill()
+    await holder.kill()
+
+
+async def test_a_schema_missing_for_a_moment_at_run_time_is_an_outage_not_an_exit(store: MemoryLeaseStore) -> None:
+    m1 = Node(config(ttl=1.2, heartbeat=0.2), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    original_renew = store.renew
+
+    async def no_table(*args: Any, **kwargs: Any) -> bool:
+        raise SchemaMissing("the fos tables are missing: run `fos init-db --config FILE` first")
+
+    store.renew = no_table  # type: ignore[method-assign]
+    await asyncio.sleep(0.3)  # shorter than the fence deadline
+    store.renew = original_renew  # type: ignore[method-assign]
+    await asyncio.sleep(0.4)
+    assert m1.task is not None and not m1.task.done(), "the agent must not exit"
+    assert m1.agent.role is Role.ACTIVE and store.rows["c1"].epoch == 1
     await m1.kill()

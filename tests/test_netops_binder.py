@@ -316,3 +316,29 @@ def test_the_binders_probe_timeout_defaults_to_the_configs() -> None:
 
     default = {f.name: f.default for f in dataclasses.fields(Config)}["probe_timeout"]
     assert NetlinkBinder("eth0", ipaddress.ip_interface(f"{VIP}/24")).probe_timeout == default == 0.2
+
+
+def _valid_lft(host: Host, ip: str) -> int | None:
+    out = host.run("ip", "-j", "addr", "show", "dev", "eth0")
+    for link in json.loads(out.stdout):
+        for a in link.get("addr_info", []):
+            if a.get("local") == ip:
+                return int(a["valid_life_time"])
+    return None
+
+
+@pytest.mark.parametrize("vip", [f"{VIP}/24", f"{VIP6}/64"], ids=["ipv4", "ipv6"])
+def test_a_write_caps_the_lifetime_at_the_callers_deadline_or_writes_nothing(
+    trio: tuple[Host, Host, Host], vip: str
+) -> None:
+    m1, _, _ = trio
+    ip = vip.split("/")[0]
+    # Not even 1 s fits before the deadline once the kernel's lateness is counted: nothing is added.
+    late = netop(m1, "bind", vip, "--lifetime", "30", "--force", "--not-after-in", str(KERNEL_LATENESS_S + 0.5))
+    assert late["ok"] is False and late["type"] == "DeadlinePassed", late
+    assert _valid_lft(m1, ip) is None, "a write that missed its deadline must add nothing"
+    # 3.5 s before the deadline: the 30 s asked for is cut so that the kernel drops it by the deadline.
+    capped = netop(m1, "bind", vip, "--lifetime", "30", "--force", "--not-after-in", str(KERNEL_LATENESS_S + 3.5))
+    assert capped == {"ok": True, "result": True}, capped
+    lifetime = _valid_lft(m1, ip)
+    assert lifetime is not None and lifetime <= 3

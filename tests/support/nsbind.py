@@ -33,9 +33,9 @@ def add_seams(binder: NetlinkBinder, args: argparse.Namespace) -> None:
     if args.slow_write:
         write = binder._write
 
-        def slow_write(command: str, lifetime: int | None) -> None:
+        def slow_write(command: str, lifetime: int | None, not_after: float | None = None) -> None:
             time.sleep(args.slow_write)
-            write(command, lifetime)
+            write(command, lifetime, not_after)
 
         setattr(binder, "_write", slow_write)  # noqa: B010 - replacing a method on one instance
     if args.vanish_after == "find":
@@ -75,6 +75,7 @@ async def main() -> int:
     p.add_argument("--cancel-after", type=float, default=0.1)
     p.add_argument("--slow-write", type=float, default=0)
     p.add_argument("--vanish-after", choices=["find"])
+    p.add_argument("--not-after-in", type=float, help="bind's not_after: this many seconds from now (CLOCK_BOOTTIME)")
     p.add_argument("--max-files", type=int)
     args = p.parse_args()
     binder = NetlinkBinder(
@@ -92,7 +93,10 @@ async def main() -> int:
         )
     try:
         if args.action == "bind":
-            result: object = await binder.bind(args.lifetime, force=args.force)
+            not_after = None
+            if args.not_after_in is not None:
+                not_after = time.clock_gettime(time.CLOCK_BOOTTIME) + args.not_after_in
+            result: object = await binder.bind(args.lifetime, force=args.force, not_after=not_after)
         elif args.action == "bind_announce":
             result = await binder.bind(args.lifetime, force=args.force)
             await binder.announce()
