@@ -23,6 +23,7 @@ import structlog
 from lease import (
     EventKind,
     HistoryStore,
+    InvalidName,
     LeaseState,
     LeaseStore,
     ProtocolViolation,
@@ -53,11 +54,12 @@ from .roles import (
 from .timing import address_lifetime
 
 CLEANUP_TIMEOUT_S = 5.0  # each step of the emergency clean-up after an internal error
-# A database that misreports row counts (SET NOCOUNT ON, a trigger) cannot judge any compare-and-set: no retry
-# cures it, and going on could let two nodes hold. Stop the agent (exit 2 with the reason). A missing schema or
-# driver at run time (a restore, a package upgrade) is only an outage: the holder fences at its deadline as for
-# any outage, and the standby keeps trying (logged at error level); start-up refuses those with exit 2.
-FATAL_STORE_ERRORS = (ProtocolViolation,)
+# A database that misreports row counts (SET NOCOUNT ON, a trigger) cannot judge any compare-and-set, and a name
+# the store refuses will be refused again: no retry cures either, and going on could let two nodes hold. Stop the
+# agent (exit 2 with the reason). A missing schema or driver at run time (a restore, a package upgrade) is only an
+# outage: the holder fences at its deadline as for any outage, and the standby keeps trying (logged at error
+# level); start-up refuses those with exit 2.
+FATAL_STORE_ERRORS = (ProtocolViolation, InvalidName)
 MISCONFIGURED = (StoreConfigError, SchemaMissing)
 
 

@@ -24,6 +24,7 @@ from lease import (
     StoreError,
     StoreUnavailable,
 )
+from lease.names import check_name
 from netops import Announce, NetlinkBinder, NoneBinder, validate
 
 from .app import Application, NoApplication, StartStopCommands, SupervisedCommand
@@ -115,6 +116,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
     check_listen(cfg)
     with StateDir(state_dir, cfg.cluster, node.name) as state:  # refuses a second agent for this node here
         instance = state.instance_id()
+        check_name("instance", instance)
         if cfg.address_driver == "netlink":
             assert cfg.common_ip is not None
             # NetopsError: interface missing, down, wrong subnet. In a thread: pyroute2 runs its own event loop.

@@ -27,12 +27,13 @@ def _boot_id() -> str:
 
 
 def instance_id(token: str | None = None) -> str:
-    """The id of an agent process, "<host>:<boot>:<token>", at most 64 characters (the host name is shortened to
+    """The id of an agent process, "<host>_<boot>_<token>", at most 64 characters (the host name is shortened to
     fit). With the state dir's token, an agent restarted on the same machine since its last boot keeps its id
     (and may resume its own unexpired lease); a cloned VM (another boot id), a second process with another state
     dir (another token) or an agent without one (a random token) never shares it."""
-    suffix = f":{_boot_id()}:{token or secrets.token_hex(4)}"
-    return socket.gethostname()[: INSTANCE_ID_MAX - len(suffix)] + suffix
+    suffix = f"_{_boot_id()}_{token or secrets.token_hex(4)}"
+    host = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-" for c in socket.gethostname())
+    return (host.lstrip("._-") or "host")[: INSTANCE_ID_MAX - len(suffix)] + suffix
 
 
 class StateDir:

@@ -15,6 +15,7 @@ import pytest
 
 from agent.config import ConfigError
 from agent.statedir import StateDir, instance_id
+from lease.names import check_name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,7 +114,7 @@ async def test_an_unwritable_state_dir_is_a_one_line_error_naming_the_flag(tmp_p
 def test_instance_ids_without_a_state_dir_are_fresh_and_name_the_host() -> None:
     first, second = instance_id(), instance_id()
     assert first != second
-    assert re.fullmatch(rf"{re.escape(os.uname().nodename[:46])}:[0-9a-f]{{8}}:[0-9a-f]{{8}}", first)
+    assert re.fullmatch(rf"{re.escape(os.uname().nodename[:46])}_[0-9a-z]{{6,8}}_[0-9a-f]{{8}}", first)
 
 
 def test_the_state_dir_keeps_the_instance_id_across_restarts_but_not_across_dirs(tmp_path: Path) -> None:
@@ -126,7 +127,8 @@ def test_the_state_dir_keeps_the_instance_id_across_restarts_but_not_across_dirs
         assert state.instance_id() != first, "a second agent with its own state dir is another instance"
     (tmp_path / "a" / "c1-m1.instance").write_text("garbage\n")
     with StateDir(str(tmp_path / "a"), "c1", "m1") as state:
-        assert re.fullmatch(r".+:[0-9a-f]{8}:[0-9a-f]{8}", state.instance_id())
+        assert re.fullmatch(r".+_[0-9a-z]{6,8}_[0-9a-f]{8}", state.instance_id())
+        check_name("instance", state.instance_id())  # what the lease store accepts
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a UTS namespace")
@@ -146,4 +148,4 @@ async def test_an_instance_id_fits_64_characters_even_with_the_longest_host_name
     out, _ = await proc.communicate()
     iid = out.decode().strip()
     assert len(iid) == 64
-    assert re.fullmatch(r"h+:[0-9a-f]{8}:[0-9a-f]{8}", iid)
+    assert re.fullmatch(r"h+_[0-9a-z]{6,8}_[0-9a-f]{8}", iid)
