@@ -8,6 +8,7 @@ APT_PACKAGES=(
   unixodbc odbcinst odbc-postgresql odbc-mariadb libsqliteodbc tdsodbc
   postgresql mariadb-server sqlite3
   iproute2 iputils-arping procps keepalived
+  openssh-server openssh-client rsync
   python3 python3-venv python3-dev gcc
 )
 
