@@ -49,6 +49,7 @@ __all__ = [
     "HealthConfig",
     "LeaseConfig",
     "NodeConfig",
+    "ReplicationConfig",
     "check_listen",
     "default_of",
     "expand_dsn",
@@ -128,6 +129,27 @@ class AnnounceConfig:
 
 
 @dataclass(frozen=True)
+class ReplicationConfig:
+    """`fos mirror` and scheduled replication (agent/replication.py): rsync over ssh from the lease holder."""
+
+    paths: tuple[str, ...] = ()  # absolute directories and files of the installation, copied to the same paths
+    excludes: tuple[str, ...] = ()  # rsync patterns that stay node-specific (logs, pid files, local config)
+    interval: float = _bounded(0.0, low_ok=True)  # seconds between scheduled runs while active; 0 = on demand only
+    ssh_user: str = "fos"
+    ssh_key: str | None = None  # private key file; None: ssh's default identities
+    ssh_port: int = _bounded(22, low=1, high=65535, low_ok=True, fix="is not a port: use 1-65535")
+    known_hosts: str | None = None  # the peers' host keys; None: ssh's default known_hosts files
+    max_delete: int = _bounded(100, low=0, high=10_000_000, low_ok=True)  # 0: never delete on the peer
+    sentinel: str = ".fos-sentinel"  # deletions only when this file exists in a source directory
+    stale_after: float = _bounded(DAY, high=30 * DAY, low_ok=True)  # a copy older than this is reported stale; 0 = never
+    timeout: float = _bounded(3600.0)  # seconds one rsync run may take before it is stopped
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.paths)
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     cluster: str
@@ -139,6 +161,7 @@ class Config:
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     app: AppConfig = field(default_factory=AppConfig)
     announce: AnnounceConfig = field(default_factory=AnnounceConfig)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     http_listen: str | None = "0.0.0.0:8470"  # None: no HTTP endpoint
     probe_conflict: bool = True
     probe_timeout: float = _bounded(DEFAULT_PROBE_TIMEOUT_S, high=60)
@@ -288,6 +311,8 @@ def parse(
     )
     an.done()
 
+    replication = _replication(top.table("replication"))
+
     hp = top.table("http")
     listen = hp.get("listen", str, default_of(Config, "http_listen")) or None  # "" turns the endpoint off
     if listen is not None:
@@ -311,6 +336,7 @@ def parse(
         lease=lease,
         app=app,
         announce=announce,
+        replication=replication,
         http_listen=listen,
         probe_conflict=probe,
         probe_timeout=probe_timeout,
@@ -340,3 +366,50 @@ def _nodes(top: TableReader, driver: str) -> tuple[NodeConfig, ...]:
     if len(nodes) < 1:
         raise ConfigError("nodes is empty: list each machine of the cluster as a [[nodes]] table")
     return tuple(nodes)
+
+
+def _strings(r: TableReader, key: str, what: str, check: Any = None) -> tuple[str, ...]:
+    values = r.get(key, list, [])
+    for i, v in enumerate(values):
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"{r._key(key)}[{i}] = {shown('', v)} is not {what}: write it as a quoted string")
+        if check is not None:
+            check(f"{r._key(key)}[{i}]", v)
+    return tuple(values)
+
+
+def _absolute(where: str, value: str) -> None:
+    if not value.startswith("/") or "\n" in value or any(part == ".." for part in value.split("/")):
+        raise ConfigError(f"{where} = {value!r} is not an absolute path: write it like /opt/helpdesk")
+
+
+def _replication(r: TableReader) -> ReplicationConfig:
+    paths = _strings(r, "paths", "a path", _absolute)
+    if len(set(p.rstrip("/") for p in paths)) != len(paths):
+        raise ConfigError("replication.paths lists a path twice: list each directory or file once")
+    user = r.text("ssh_user", ACCOUNT, "a user name", "give the login of the receiving nodes' fos user")
+    sentinel = r.get("sentinel", str, default_of(ReplicationConfig, "sentinel"))
+    if not sentinel or "/" in sentinel or sentinel in (".", ".."):
+        raise ConfigError(
+            f"replication.sentinel = {sentinel!r} is not a file name: give a name like .fos-sentinel (no '/')"
+        )
+    for key in ("ssh_key", "known_hosts"):
+        if (value := r.get(key, str)) is not None:
+            _absolute(f"replication.{key}", value)
+    cfg = ReplicationConfig(
+        paths=paths,
+        excludes=_strings(r, "excludes", "an rsync pattern"),
+        interval=r.number(ReplicationConfig, "interval"),
+        ssh_user=user if user is not None else default_of(ReplicationConfig, "ssh_user"),
+        ssh_key=r.get("ssh_key", str),
+        ssh_port=r.integer(ReplicationConfig, "ssh_port"),
+        known_hosts=r.get("known_hosts", str),
+        max_delete=r.integer(ReplicationConfig, "max_delete"),
+        sentinel=sentinel,
+        stale_after=r.number(ReplicationConfig, "stale_after"),
+        timeout=r.number(ReplicationConfig, "timeout"),
+    )
+    r.done()
+    if cfg.interval and not cfg.paths:
+        raise ConfigError("replication.interval is set but replication.paths is empty: list what to copy")
+    return cfg
