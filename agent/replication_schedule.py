@@ -92,7 +92,7 @@ class ReplicationSchedule:
     ) -> None:
         self.cfg, self.store, self.node, self.holding_epoch, self.poll = cfg, store, node, holding_epoch, poll
         self.last_freshness: Freshness | None = None  # this node's copy at its last take-over (for /status)
-        self.runs = 0  # mirror runs attempted, for tests and metrics
+        self.runs = 0  # mirror runs finished (good or not), for tests and metrics
 
     async def run(self) -> None:
         """Until cancelled. Never raises for a database, ssh or rsync failure (logged; retried next interval)."""
@@ -110,8 +110,8 @@ class ReplicationSchedule:
             elif epoch is None:
                 tenure = None
             if tenure is not None and rep.interval > 0 and time.monotonic() >= next_run:
-                self.runs += 1
                 await self._guarded(mirror(self.cfg, self.store, self.node, expected_epoch=tenure))
+                self.runs += 1
                 next_run = time.monotonic() + rep.interval
             await asyncio.sleep(self.poll)
 

@@ -15,7 +15,7 @@ from agent.config import load
 from agent.replication import ssh_command
 from agent.replication_schedule import ReplicationSchedule
 from lease import SqlLeaseStore
-from tests.support.netns import Lan, wait_for
+from tests.support.netns import Lan
 from tests.support.sshd import ReplicationBed
 
 pytestmark = pytest.mark.netns
@@ -75,3 +75,168 @@ async def test_mirror_copies_the_holders_installation_to_the_peer_without_the_ex
     events = [e for e in await store.list_events("rp", limit=10) if e.kind == "mirror"]
     assert len(events) == 1 and events[0].epoch == epoch and events[0].node == "m1"
     assert "result=ok" in (events[0].detail or "") and "files=3" in (events[0].detail or "")
+
+
+async def test_deletions_on_the_peer_are_bounded_by_max_delete(bed: ReplicationBed, store: SqlLeaseStore) -> None:
+    bed.put("m1", {".fos-sentinel": "", "keep.txt": "k"})
+    bed.put("m2", {f"old/{i}.txt": "o" for i in range(10)})
+    await hold(store, "m1")
+    bed.write_config(max_delete=3)
+    out = bed.fos("m1", "mirror")
+    assert out.returncode == 1
+    assert "result=max_delete" in out.stdout
+    assert len([p for p in bed.tree("m2") if p.startswith("old/")]) == 7  # exactly max_delete went
+    bed.write_config(max_delete=100)
+    out = bed.fos("m1", "mirror")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert bed.tree("m2") == {".fos-sentinel", "keep.txt"}
+
+
+async def test_an_empty_source_without_the_sentinel_never_wipes_the_peer(
+    bed: ReplicationBed, store: SqlLeaseStore
+) -> None:
+    bed.put("m2", {".fos-sentinel": "", "conf/server.xml": "<server/>", "lib/app.jar": "x"})
+    await hold(store, "m1")  # m1's installation is empty: say an unmounted volume
+    out = bed.fos("m1", "mirror")
+    assert out.returncode == 0, out.stderr
+    assert bed.tree("m2") == {".fos-sentinel", "conf/server.xml", "lib/app.jar"}
+    bed.put("m1", {"other.txt": "new"})  # files but still no sentinel: copies, deletes nothing
+    assert bed.fos("m1", "mirror").returncode == 0
+    assert bed.tree("m2") == {".fos-sentinel", "conf/server.xml", "lib/app.jar", "other.txt"}
+
+
+async def test_a_standby_never_pushes(bed: ReplicationBed, store: SqlLeaseStore) -> None:
+    bed.put("m1", INSTALL)
+    bed.put("m2", {"conf/server.xml": "<m2/>"})
+    await hold(store, "m2")
+    out = bed.fos("m1", "mirror")
+    assert out.returncode == 1
+    assert "m1 does not hold the lease (holder: m2" in out.stderr
+    assert bed.tree("m2") == {"conf/server.xml"}
+    assert await mirror_events(store) == []
+
+
+def raw_push(bed: ReplicationBed, destination: str) -> subprocess.CompletedProcess[str]:
+    """rsync from m1 to m2 with the mirror key, bypassing fos mirror's own holder check."""
+    rep = load(bed.config).replication
+    ssh = " ".join(ssh_command(rep))
+    src = bed.app + "/"
+    return bed.fs["m1"].run(["rsync", "-a", "-e", ssh, src, f"{bed.fs['m2'].host.ip}:{destination}"])
+
+
+async def test_the_receiver_refuses_a_push_while_it_holds_the_lease(
+    bed: ReplicationBed, store: SqlLeaseStore
+) -> None:
+    bed.put("m1", {"conf/server.xml": "<m1 newer/>"})
+    bed.put("m2", {"conf/server.xml": "<m2/>"})
+    await hold(store, "m2")
+    out = raw_push(bed, bed.app + "/")
+    assert out.returncode != 0
+    assert "node m2 holds the lease" in out.stderr and "refused" in out.stderr
+    with open(os.path.join(bed.work, "m2", "conf/server.xml")) as f:
+        assert f.read() == "<m2/>"
+    # The same push is received once m2 no longer holds the lease: the refusal was the lease, not the set-up.
+    await store.release("rp", "m2", (await store.read("rp")).epoch)
+    out = raw_push(bed, bed.app + "/")
+    assert out.returncode == 0, out.stderr
+    with open(os.path.join(bed.work, "m2", "conf/server.xml")) as f:
+        assert f.read() == "<m1 newer/>"
+
+
+async def test_the_receiver_refuses_a_destination_outside_the_configured_paths(
+    bed: ReplicationBed, store: SqlLeaseStore
+) -> None:
+    bed.put("m1", {"x.txt": "x"})
+    await hold(store, "m1")
+    out = raw_push(bed, bed.work + "/elsewhere/")
+    assert out.returncode != 0
+    assert "outside replication.paths" in out.stderr
+    assert not os.path.exists(os.path.join(bed.work, "elsewhere"))
+    # Nor may the key run anything but rsync.
+    rep = load(bed.config).replication
+    shell = bed.fs["m1"].run([*ssh_command(rep), bed.fs["m2"].host.ip, "touch /tmp/fos-should-not-exist"])
+    assert shell.returncode != 0 and "only rsync may run" in shell.stderr
+
+
+async def test_dry_run_copies_nothing_and_records_no_event(bed: ReplicationBed, store: SqlLeaseStore) -> None:
+    bed.put("m1", INSTALL)
+    await hold(store, "m1")
+    out = bed.fos("m1", "mirror", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "result=dry_run" in out.stdout
+    assert bed.tree("m2") == set()
+    assert await mirror_events(store) == []
+
+
+async def test_a_take_over_reports_how_old_the_copy_is(bed: ReplicationBed, store: SqlLeaseStore) -> None:
+    bed.put("m1", INSTALL)
+    await hold(store, "m1", ttl_ms=4000)
+    assert bed.fos("m1", "mirror").returncode == 0
+    copied = time.monotonic()
+    deadline = time.monotonic() + 10
+    while not (await store.try_acquire("rp", "m2", 60_000)).acquired:  # m1's lease expires by the DB clock
+        assert time.monotonic() < deadline, "m2 could not take over"
+        time.sleep(0.2)
+    epoch = (await store.read("rp")).epoch
+    cfg = load(bed.config)
+    f = await ReplicationSchedule(cfg, store, "m2", lambda: epoch).report_takeover(epoch)
+    assert f.age_s is not None and 0 <= f.age_s <= time.monotonic() - copied + 2
+    assert [e for e in await store.list_events("rp", limit=5) if e.kind == "replication_stale"] == []
+    out = bed.fs["m2"].run([*bed.fos_argv_text().split(), "mirror", "status", "--config", bed.config])
+    assert out.returncode == 0 and "m2" in out.stdout and "s old (epoch" in out.stdout
+    # Past stale_after the take-over is also an event (the hook for a replication_stale notification).
+    bed.write_config(stale_after=0.001)
+    f = await ReplicationSchedule(load(bed.config), store, "m2", lambda: epoch).report_takeover(epoch)
+    stale = [e for e in await store.list_events("rp", limit=5) if e.kind == "replication_stale"]
+    assert len(stale) == 1 and stale[0].node == "m2" and stale[0].epoch == epoch
+    assert "copy is" in (stale[0].detail or "") and "stale_after is 0.001s" in (stale[0].detail or "")
+
+
+SCHEDULE = """
+import asyncio, sys
+from agent.config import load
+from agent.replication_schedule import ReplicationSchedule
+from lease import SqlLeaseStore
+
+async def main() -> None:
+    cfg = load(sys.argv[1])
+    epoch = None if sys.argv[2] == "none" else int(sys.argv[2])
+    store = SqlLeaseStore(cfg.database.dsn, dialect="sqlite", call_timeout=5)
+    schedule = ReplicationSchedule(cfg, store, "m1", lambda: epoch, poll=0.1)
+    try:
+        await asyncio.wait_for(schedule.run(), float(sys.argv[3]))
+    except TimeoutError:
+        pass
+    await store.close()
+    print(schedule.runs)
+
+asyncio.run(main())
+"""
+
+
+def run_schedule(bed: ReplicationBed, epoch: int | None, seconds: float) -> int:
+    import sys
+
+    out = bed.fs["m1"].run([sys.executable, "-c", SCHEDULE, bed.config, str(epoch).lower(), str(seconds)])
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[-1])
+
+
+async def test_the_schedule_copies_every_interval_only_while_this_node_holds_the_lease(
+    bed: ReplicationBed, store: SqlLeaseStore
+) -> None:
+    bed.put("m1", INSTALL)
+    epoch = await hold(store, "m1")
+    bed.write_config(interval=0)  # on demand only: the schedule never copies
+    assert run_schedule(bed, epoch, 2.5) == 0
+    assert bed.tree("m2") == set()
+    bed.write_config(interval=1)
+    assert run_schedule(bed, None, 2.5) == 0  # the agent is not active: nothing
+    assert bed.tree("m2") == set()
+    assert run_schedule(bed, epoch + 1, 2.5) >= 1  # a tenure the database does not confirm: refused
+    assert bed.tree("m2") == set() and await mirror_events(store) == []
+    runs = run_schedule(bed, epoch, 6)
+    assert runs >= 2
+    good = [d for d in await mirror_events(store) if "result=ok" in d]
+    assert len(good) == runs
+    assert bed.tree("m2") == set(INSTALL)
