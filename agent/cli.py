@@ -210,6 +210,14 @@ def cmd_check_ip(args: argparse.Namespace) -> int:
     iface = find_interface(args.interface)
     if not iface.usable:
         raise ConfigError(f"--interface {args.interface} is {iface.state}: choose the NIC of the network that is UP")
+    address = ipaddress.ip_address(ip)
+    nets = [n for n in iface.networks() if n.version == address.version]
+    if not any(address in n for n in nets):  # the agent would refuse it as common_ip (netops.validate)
+        shown = ", ".join(str(n) for n in nets) or "none"
+        raise ConfigError(
+            f"{ip} is not in a subnet of {args.interface} (its IPv{address.version} subnets: {shown}): the agent "
+            "refuses a common IP off the NIC's network; choose an address there, or the NIC on that network"
+        )
     mac = asyncio.run(probe_address(args.interface, ip, args.timeout))
     if mac:
         print(f"{ip} is in use: {mac} answers for it on {args.interface}")
