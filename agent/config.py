@@ -141,7 +141,9 @@ class ReplicationConfig:
     known_hosts: str | None = None  # the peers' host keys; None: ssh's default known_hosts files
     max_delete: int = _bounded(100, low=0, high=10_000_000, low_ok=True)  # 0: never delete on the peer
     sentinel: str = ".fos-sentinel"  # deletions only when this file exists in a source directory
-    stale_after: float = _bounded(DAY, high=30 * DAY, low_ok=True)  # a copy older than this is reported stale; 0 = never
+    stale_after: float = _bounded(
+        DAY, high=30 * DAY, low_ok=True
+    )  # a copy older than this is reported stale; 0 = never
     timeout: float = _bounded(3600.0)  # seconds one rsync run may take before it is stopped
 
     @property

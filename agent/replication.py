@@ -205,7 +205,7 @@ async def run_command(argv: list[str], timeout: float) -> tuple[int, str, str]:
 async def copy_path(rep: ReplicationConfig, path: str, host: str, dry_run: bool) -> PathRun:
     """One rsync run of one path; never raises for rsync's own failures (they are in the result)."""
     deletions = deletions_allowed(rep, path)
-    if not deletions and rep.max_delete > 0 and os.path.isdir(path):
+    if not deletions and rep.max_delete > 0 and os.path.isdir(path):  # noqa: ASYNC240 - one stat
         log.warning("mirror_without_deletions", path=path, sentinel=rep.sentinel, why="sentinel file missing")
     try:
         code, out, err = await run_command(rsync_argv(rep, path, host, deletions, dry_run), rep.timeout)

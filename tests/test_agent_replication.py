@@ -169,7 +169,10 @@ def test_the_rsync_command_copies_to_the_same_path_with_the_excludes_and_ssh_set
 
 
 def test_rsync_stats_and_event_details_are_parsed() -> None:
-    out = "Number of deleted files: 3\nNumber of regular files transferred: 1,204\nTotal transferred file size: 9,876,543 bytes\n"
+    out = (
+        "Number of deleted files: 3\nNumber of regular files transferred: 1,204\n"
+        "Total transferred file size: 9,876,543 bytes\n"
+    )
     assert parse_stats(out) == {"files": 1204, "bytes": 9876543, "deleted": 3}
     assert parse_stats("") == {"files": 0, "bytes": 0, "deleted": 0}
     detail = "to=m2 result=ok files=3 bytes=10 deleted=0 duration=1.00s /opt: some text=with equals"
@@ -220,7 +223,7 @@ def test_the_receiver_runs_only_rsyncs_receiving_side_into_the_configured_paths(
 
 
 def test_the_receiver_refuses_everything_without_paths_and_while_holding() -> None:
-    with pytest.raises(ReceiveRefused, match="replication.paths is empty"):
+    with pytest.raises(ReceiveRefused, match=r"replication\.paths is empty"):
         server_argv("rsync --server -logDtpre.iLsfxCIvu . /opt/app/", ())
     with pytest.raises(ReceiveRefused, match="node m2 holds the lease"):
         refuse_if_holder(lease("m2"), "m2")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import tempfile
@@ -70,8 +71,7 @@ async def test_mirror_copies_the_holders_installation_to_the_peer_without_the_ex
     assert out.returncode == 0, out.stderr
     assert "to=m2 result=ok" in out.stdout
     assert bed.tree("m2") == {".fos-sentinel", "conf/server.xml", "lib/app.jar"}
-    with open(os.path.join(bed.work, "m2", "lib/app.jar")) as f:
-        assert f.read() == "x" * 5000
+    assert bed.read("m2", "lib/app.jar") == "x" * 5000
     events = [e for e in await store.list_events("rp", limit=10) if e.kind == "mirror"]
     assert len(events) == 1 and events[0].epoch == epoch and events[0].node == "m1"
     assert "result=ok" in (events[0].detail or "") and "files=3" in (events[0].detail or "")
@@ -124,23 +124,19 @@ def raw_push(bed: ReplicationBed, destination: str) -> subprocess.CompletedProce
     return bed.fs["m1"].run(["rsync", "-a", "-e", ssh, src, f"{bed.fs['m2'].host.ip}:{destination}"])
 
 
-async def test_the_receiver_refuses_a_push_while_it_holds_the_lease(
-    bed: ReplicationBed, store: SqlLeaseStore
-) -> None:
+async def test_the_receiver_refuses_a_push_while_it_holds_the_lease(bed: ReplicationBed, store: SqlLeaseStore) -> None:
     bed.put("m1", {"conf/server.xml": "<m1 newer/>"})
     bed.put("m2", {"conf/server.xml": "<m2/>"})
     await hold(store, "m2")
     out = raw_push(bed, bed.app + "/")
     assert out.returncode != 0
     assert "node m2 holds the lease" in out.stderr and "refused" in out.stderr
-    with open(os.path.join(bed.work, "m2", "conf/server.xml")) as f:
-        assert f.read() == "<m2/>"
+    assert bed.read("m2", "conf/server.xml") == "<m2/>"
     # The same push is received once m2 no longer holds the lease: the refusal was the lease, not the set-up.
     await store.release("rp", "m2", (await store.read("rp")).epoch)
     out = raw_push(bed, bed.app + "/")
     assert out.returncode == 0, out.stderr
-    with open(os.path.join(bed.work, "m2", "conf/server.xml")) as f:
-        assert f.read() == "<m1 newer/>"
+    assert bed.read("m2", "conf/server.xml") == "<m1 newer/>"
 
 
 async def test_the_receiver_refuses_a_destination_outside_the_configured_paths(
@@ -151,7 +147,7 @@ async def test_the_receiver_refuses_a_destination_outside_the_configured_paths(
     out = raw_push(bed, bed.work + "/elsewhere/")
     assert out.returncode != 0
     assert "outside replication.paths" in out.stderr
-    assert not os.path.exists(os.path.join(bed.work, "elsewhere"))
+    assert "elsewhere" not in bed.listing()
     # Nor may the key run anything but rsync.
     rep = load(bed.config).replication
     shell = bed.fs["m1"].run([*ssh_command(rep), bed.fs["m2"].host.ip, "touch /tmp/fos-should-not-exist"])
@@ -176,7 +172,7 @@ async def test_a_take_over_reports_how_old_the_copy_is(bed: ReplicationBed, stor
     deadline = time.monotonic() + 10
     while not (await store.try_acquire("rp", "m2", 60_000)).acquired:  # m1's lease expires by the DB clock
         assert time.monotonic() < deadline, "m2 could not take over"
-        time.sleep(0.2)
+        await asyncio.sleep(0.2)
     epoch = (await store.read("rp")).epoch
     cfg = load(bed.config)
     f = await ReplicationSchedule(cfg, store, "m2", lambda: epoch).report_takeover(epoch)

@@ -38,10 +38,12 @@ class NodeFs:
     mountpoint: str
 
     def argv(self, argv: Sequence[str]) -> list[str]:
-        script = f"mount --bind {shlex.quote(self.own)} {shlex.quote(self.mountpoint)} && exec \"$@\""
+        script = f'mount --bind {shlex.quote(self.own)} {shlex.quote(self.mountpoint)} && exec "$@"'
         return self.host.argv(["sh", "-c", script, "sh", *argv])
 
-    def run(self, argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.argv(argv), capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -65,7 +67,10 @@ class Sshd:
             )
         self.log = open(os.path.join(workdir, "sshd.log"), "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            self.fs.argv([SSHD, "-D", "-e", "-f", self.config]), stdout=self.log, stderr=self.log, start_new_session=True
+            self.fs.argv([SSHD, "-D", "-e", "-f", self.config]),
+            stdout=self.log,
+            stderr=self.log,
+            start_new_session=True,
         )
         fs.host.procs.append(self.proc)  # Lan.close() kills it even when the test fails before stop()
         probe = f"exec 3<>/dev/tcp/{fs.host.ip}/{port}"
@@ -138,7 +143,7 @@ class ReplicationBed:
         with open(self.config, "w") as f:
             f.write(
                 f'[cluster]\nname = "rp"\naddress_driver = "none"\n{nodes}[database]\ndsn = "{self.dsn}"\n'
-                f"[lease]\nttl = 3\nheartbeat = 1\n[http]\nlisten = \"\"\n[replication]\n{lines}"
+                f'[lease]\nttl = 3\nheartbeat = 1\n[http]\nlisten = ""\n[replication]\n{lines}'
             )
 
     def fos(self, node: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -150,6 +155,13 @@ class ReplicationBed:
         """Every file below node's installation, as paths relative to it."""
         root = os.path.join(self.work, node)
         return {os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files}
+
+    def read(self, node: str, rel: str) -> str:
+        with open(os.path.join(self.work, node, rel)) as f:
+            return f.read()
+
+    def listing(self) -> list[str]:
+        return os.listdir(self.work)
 
     def put(self, node: str, files: dict[str, str]) -> None:
         for rel, text in files.items():
