@@ -137,9 +137,12 @@ _DDL_PROBE = {
     "postgresql": "SELECT has_schema_privilege(current_schema(), 'CREATE') OR has_database_privilege("
     "current_database(), 'CREATE')",
     "mssql": "SELECT HAS_PERMS_BY_NAME(DB_NAME(), 'DATABASE', 'CREATE TABLE')",
-    "mysql": "SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE IN ('CREATE', 'DROP', "
-    "'ALTER') AND GRANTEE = CONCAT(\"'\", SUBSTRING_INDEX(CURRENT_USER(), '@', 1), \"'@'\", "
-    "SUBSTRING_INDEX(CURRENT_USER(), '@', -1), \"'\")",
+    "mysql": "SELECT (SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE = 'CREATE' "
+    "AND GRANTEE = {g}) + (SELECT COUNT(*) FROM information_schema.SCHEMA_PRIVILEGES WHERE PRIVILEGE_TYPE = "
+    "'CREATE' AND GRANTEE = {g} AND DATABASE() LIKE TABLE_SCHEMA)".format(
+        g="CONCAT(\"'\", SUBSTRING_INDEX(CURRENT_USER(), '@', 1), \"'@'\", SUBSTRING_INDEX(CURRENT_USER(), '@', -1), "
+        '"\'")'
+    ),
 }
 
 

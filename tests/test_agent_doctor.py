@@ -3,10 +3,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
+import socket
+import ssl
+import subprocess
 import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from agent.config import load
+from agent.doctor import check_app, exit_code, render
+from agent.doctor_checks import (
+    Check,
+    capabilities_missing,
+    certificate_verdict,
+    check_alias_certificate,
+    check_alias_resolves,
+    check_config_permissions,
+    check_database,
+    compare_macs,
+    peers_seen,
+    secret_in_config,
+)
+from lease import NodeRecord, SqlLeaseStore
+from tests.support.dbservers import DbServer
+from tests.test_lease_privileges import logins, server  # noqa: F401 - fixtures: the documented agent login
 
 FOS = [sys.executable, "-m", "agent"]
 
@@ -20,3 +47,371 @@ def test_check_ip_refuses_an_address_outside_the_interfaces_subnet(lan: Any) -> 
     assert outside.stderr.count("\n") == 1 and outside.stdout == ""
     inside = m1.run(*FOS, "check-ip", "10.213.0.50", "--interface", "eth0", "--timeout", "0.3", check=False)
     assert inside.returncode == 0 and "is free" in inside.stdout
+
+
+# ---- pure decisions ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"database": {"dsn": "Driver=X;Uid=fos;Pwd=s3cret"}}, "database.dsn"),
+        ({"database": {"dsn": "Driver=X;Uid=fos;PASSWORD = s3cret;Port=1"}}, "database.dsn"),
+        ({"database": {"dsn": "Driver=X;Uid=fos;Pwd=${FOS_DB_PASSWORD}"}}, None),
+        ({"database": {"dsn": "Driver=SQLite3;Database=/var/lib/fos/lease.db"}}, None),
+        (
+            {"database": {"dsn": "Driver=X"}, "application": {"health": {"http": "http://u:pw@127.0.0.1/"}}},
+            "application.health.http",
+        ),
+        ({"database": {"dsn": "Driver=X"}, "application": {"health": {"http": "http://127.0.0.1/"}}}, None),
+    ],
+)
+def test_a_literal_secret_in_the_config_is_found(data: dict[str, Any], key: str | None) -> None:
+    assert secret_in_config(data) == key
+
+
+@pytest.mark.parametrize(
+    ("cap_eff", "missing"),
+    [
+        ("000001ffffffffff", []),
+        ("0000000000003000", []),
+        ("0000000000001000", ["CAP_NET_RAW"]),
+        ("0000000000002000", ["CAP_NET_ADMIN"]),
+        ("0000000000000000", ["CAP_NET_ADMIN", "CAP_NET_RAW"]),
+    ],
+)
+def test_capabilities_are_read_from_the_effective_set(cap_eff: str, missing: list[str]) -> None:
+    assert capabilities_missing(cap_eff) == missing
+
+
+def test_peer_macs_must_differ_from_ours() -> None:
+    checks = compare_macs("02:00:00:00:00:01", {"m2": "02:00:00:00:00:02", "m3": "02:00:00:00:00:01", "m4": None})
+    assert [(c.name, c.status) for c in checks] == [
+        ("peer.m2.mac", "pass"),
+        ("peer.m3.mac", "fail"),
+        ("peer.m4.mac", "warn"),
+    ]
+    assert "our own MAC" in checks[1].message and checks[1].fix
+
+
+def test_peer_agents_must_have_been_seen_within_three_heartbeats() -> None:
+    rows = [
+        NodeRecord("c", "m1", "active", True, None, "1", 0.5),
+        NodeRecord("c", "m2", "standby", None, None, "1", 2.5),
+        NodeRecord("c", "m3", "standby", None, None, "1", 3.5),
+        NodeRecord("c", "m4", "stopped", None, None, "1", 0.1),
+    ]
+    checks = peers_seen(rows, "m1", ["m1", "m2", "m3", "m4", "m5"], heartbeat=1.0)
+    assert [(c.name, c.status) for c in checks] == [
+        ("peer.m2.agent", "pass"),
+        ("peer.m3.agent", "warn"),
+        ("peer.m4.agent", "warn"),
+        ("peer.m5.agent", "warn"),
+    ]
+    assert "never ran" in checks[3].message
+
+
+def test_a_certificate_fails_unverified_and_warns_within_30_days() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert certificate_verdict("h", None, now + timedelta(days=90), now).status == "pass"
+    assert certificate_verdict("h", None, now + timedelta(days=10), now).status == "warn"
+    bad = certificate_verdict("h", "self-signed certificate", None, now)
+    assert bad.status == "fail" and "self-signed" in bad.message and "signed by a CA" in bad.fix
+
+
+def test_the_exit_code_is_1_only_when_a_check_fails() -> None:
+    assert exit_code([Check("a", "pass", ""), Check("b", "warn", ""), Check("c", "skip", "")]) == 0
+    assert exit_code([Check("a", "pass", ""), Check("b", "fail", "", "do this")]) == 1
+    text = render([Check("b", "fail", "broken", "do this")])
+    assert "FAIL  b" in text and "fix: do this" in text and "1 fail" in text
+
+
+# ---- configuration, capabilities, database, application, alias ------------------------------------------------
+
+
+def fos(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FOS, *args], capture_output=True, text=True, timeout=60, env=env, check=False)
+
+
+def write(path: Path, dsn: str, extra: str = "", mode: int = 0o600) -> str:
+    path.write_text(
+        f'[cluster]\nname = "dc"\naddress_driver = "none"\n[[nodes]]\nname = "m1"\n[[nodes]]\nname = "m2"\n'
+        f'[database]\ndsn = "{dsn}"\n[lease]\nttl = 3\nheartbeat = 1\n[http]\nlisten = ""\n{extra}'
+    )
+    path.chmod(mode)
+    return str(path)
+
+
+def by_name(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, str]]:
+    doc = json.loads(result.stdout)
+    return {c["name"]: c for c in doc["checks"]}
+
+
+def test_an_invalid_config_fails_the_first_check_and_exits_1(tmp_path: Path) -> None:
+    path = write(tmp_path / "fos.toml", "Driver=SQLite3;Database=/x.db", extra="[lease2]\n")
+    result = fos("doctor", "--config", path, "--node", "m1", "--json")
+    assert result.returncode == 1
+    checks = by_name(result)
+    assert (
+        checks["config.valid"]["status"] == "fail"
+        and "lease2 is not a known setting" in checks["config.valid"]["message"]
+    )
+
+
+def test_a_world_readable_config_with_a_password_fails_and_the_password_is_not_shown(tmp_path: Path) -> None:
+    path = tmp_path / "fos.toml"
+    write(path, "Driver=SQLite3;Database=/x.db;Pwd=Hunter2-secret", mode=0o644)
+    check = check_config_permissions(str(path))
+    assert check.status == "fail" and "every local user can read it (mode 644)" in check.message
+    assert "chmod 640" in check.fix and "Hunter2" not in check.message + check.fix
+    path.chmod(0o640)
+    assert check_config_permissions(str(path)).status == "pass"
+    write(path, "Driver=SQLite3;Database=/x.db;Pwd=${FOS_DB_PASSWORD}", mode=0o644)
+    assert check_config_permissions(str(path)).status == "pass"
+
+
+def test_missing_network_capabilities_fail(tmp_path: Path) -> None:
+    code = (
+        "from agent.config import load; from agent.doctor_checks import check_capabilities; "
+        f"c = check_capabilities(load({str(tmp_path / 'fos.toml')!r})); print(c.status, c.message)"
+    )
+    (tmp_path / "fos.toml").write_text(
+        '[cluster]\nname = "dc"\ncommon_ip = "10.1.1.1/24"\n[[nodes]]\nname = "m1"\ninterface = "eth0"\n'
+        '[database]\ndsn = "Driver=SQLite3;Database=/x.db"\n[lease]\nttl = 3\nheartbeat = 1\n'
+    )
+    held = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert held.stdout.startswith("pass"), held.stdout
+    dropped = subprocess.run(
+        [
+            "setpriv",
+            "--bounding-set",
+            "-net_admin,-net_raw",
+            "--inh-caps",
+            "-net_admin,-net_raw",
+            sys.executable,
+            "-c",
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert dropped.stdout.startswith("fail") and "CAP_NET_ADMIN, CAP_NET_RAW" in dropped.stdout
+
+
+async def test_the_database_checks_pass_on_a_ready_database_and_fail_without_schema_or_server(tmp_path: Path) -> None:
+    ready = f"Driver=SQLite3;Database={tmp_path}/ready.db"
+    s = SqlLeaseStore(ready, dialect="sqlite")
+    await s.init_schema()
+    await s.close()
+    cfg = load(write(tmp_path / "a.toml", ready))
+    store = SqlLeaseStore(ready, dialect="sqlite", call_timeout=5.0)
+    try:
+        checks = {c.name: c for c in await check_database(cfg, store)}
+    finally:
+        await store.close()
+    assert checks["database.connection"].status == "pass"
+    assert checks["database.clock"].status == "pass" and "s from this machine's" in checks["database.clock"].message
+    assert checks["database.privileges"].status == "pass"
+    empty = f"Driver=SQLite3;Database={tmp_path}/empty.db"
+    cfg = load(write(tmp_path / "b.toml", empty))
+    store = SqlLeaseStore(empty, dialect="sqlite", call_timeout=5.0)
+    try:
+        [missing] = await check_database(cfg, store)
+    finally:
+        await store.close()
+    assert missing.status == "fail" and missing.name == "database.schema" and "init-db" in missing.fix
+    gone = "Driver=PostgreSQL Unicode;Server=127.0.0.1;Port=1;Database=fos;Uid=fos;Pwd=x"
+    cfg = load(write(tmp_path / "c.toml", gone))
+    store = SqlLeaseStore(gone, dialect="postgresql", call_timeout=3.0)
+    try:
+        [unreachable] = await check_database(cfg, store)
+    finally:
+        await store.close()
+    assert unreachable.status == "fail" and unreachable.name == "database.reachable"
+
+
+async def test_a_login_that_may_do_ddl_is_a_warning(pg_server: DbServer, tmp_path: Path) -> None:
+    dsn = pg_server.dsn()
+    s = SqlLeaseStore(dsn, dialect="postgresql", call_timeout=5.0)
+    await s.init_schema()
+    try:
+        checks = {c.name: c for c in await check_database(load(write(tmp_path / "a.toml", dsn.replace('"', ""))), s)}
+    finally:
+        await s.close()
+    assert (
+        checks["database.privileges"].status == "warn" and "docs/database-setup.md" in checks["database.privileges"].fix
+    )
+
+
+async def test_the_documented_agent_login_cannot_do_ddl_and_passes(
+    server: DbServer,
+    logins: dict[str, str],
+    tmp_path: Path,  # noqa: F811 - the imported fixtures
+) -> None:
+    schema = "fos" if server.kind == "postgresql" else None
+    owner = SqlLeaseStore(logins["owner"], schema=schema, call_timeout=10)
+    await owner.init_schema()
+    await owner.ensure_cluster("dc")
+    await owner.close()
+    server.admin_sql(logins["grants"], database=logins["database"] if server.kind == "postgresql" else "mysql")
+    agent = SqlLeaseStore(logins["agent"], schema=schema, call_timeout=10)
+    try:
+        checks = {c.name: c for c in await check_database(load(write(tmp_path / "a.toml", "Driver=X")), agent)}
+    finally:
+        await agent.close()
+    assert checks["database.connection"].status == "pass"
+    assert checks["database.privileges"].status == "pass", checks["database.privileges"].message
+    owner = SqlLeaseStore(logins["owner"], schema=schema, call_timeout=10)
+    try:
+        checks = {c.name: c for c in await check_database(load(write(tmp_path / "a.toml", "Driver=X")), owner)}
+    finally:
+        await owner.close()
+    assert checks["database.privileges"].status == "warn"
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_the_app_health_check_runs_on_the_active_node_only(tmp_path: Path) -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        extra = f'[application]\ncommand = "true"\n[application.health]\nhttp = "http://127.0.0.1:{port}/health"\n'
+        cfg = load(write(tmp_path / "a.toml", "Driver=SQLite3;Database=/x.db", extra=extra))
+        assert (await check_app(cfg, holder=True)).status == "pass"
+        assert (await check_app(cfg, holder=False)).status == "skip"
+    finally:
+        server.shutdown()
+        server.server_close()
+    failing = await check_app(cfg, holder=True)
+    assert failing.status == "fail" and "health check failed" in failing.message
+
+
+def test_the_alias_must_resolve_to_the_common_ip(tmp_path: Path) -> None:
+    base = '[cluster]\nname = "dc"\ncommon_ip = "10.1.2.3/24"\nalias_url = "http://{host}/"\n[[nodes]]\nname = "m1"\n'
+    rest = 'interface = "lo"\n[database]\ndsn = "Driver=SQLite3;Database=/x.db"\n[lease]\nttl = 3\nheartbeat = 1\n'
+    (tmp_path / "a.toml").write_text(base.format(host="10.1.2.3") + rest)
+    assert check_alias_resolves(load(str(tmp_path / "a.toml"))).status == "pass"
+    (tmp_path / "a.toml").write_text(base.format(host="localhost") + rest)
+    bad = check_alias_resolves(load(str(tmp_path / "a.toml")))
+    assert (
+        bad.status == "fail" and "localhost resolves to 127.0.0.1" in bad.message and "not the common IP" in bad.message
+    )
+
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], capture_output=True, check=True)
+
+
+def make_cert(d: Path, name: str, san: str, days: int, ca: bool = True) -> tuple[str, str]:
+    key, pem = str(d / f"{name}.key"), str(d / f"{name}.pem")
+    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key]
+    if not ca:  # self-signed
+        openssl(
+            "req",
+            "-x509",
+            *curve,
+            "-out",
+            pem,
+            "-days",
+            str(days),
+            "-subj",
+            "/CN=x",
+            "-addext",
+            f"subjectAltName={san}",
+        )
+        return key, pem
+    csr = str(d / f"{name}.csr")
+    openssl("req", *curve, "-out", csr, "-subj", "/CN=x")
+    ext = d / f"{name}.ext"
+    ext.write_text(f"subjectAltName={san}\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        str(d / "ca.pem"),
+        "-CAkey",
+        str(d / "ca.key"),
+        "-CAcreateserial",
+        "-out",
+        pem,
+        "-days",
+        str(days),
+        "-extfile",
+        str(ext),
+    )
+    return key, pem
+
+
+def serve_tls(key: str, pem: str) -> tuple[socket.socket, threading.Thread]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def loop() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with contextlib.suppress(OSError, ssl.SSLError), context.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(1)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+@pytest.mark.parametrize(
+    ("san", "days", "ca", "status", "words"),
+    [
+        ("DNS:localhost", 365, True, "pass", "valid for 365 more days"),
+        ("DNS:localhost", 10, True, "warn", "expires in 10 days"),
+        ("DNS:localhost", 365, False, "fail", "self-signed"),
+        ("DNS:other.example", 365, True, "fail", "mismatch"),
+    ],
+)
+def test_the_alias_certificate_must_be_ca_signed_for_the_name_and_not_expiring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, san: str, days: int, ca: bool, status: str, words: str
+) -> None:
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        str(tmp_path / "ca.key"),
+        "-out",
+        str(tmp_path / "ca.pem"),
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=fos test CA",
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))  # the test CA is the only trusted one
+    key, pem = make_cert(tmp_path, "leaf", san, days, ca)
+    listener, _ = serve_tls(key, pem)
+    try:
+        port = listener.getsockname()[1]
+        (tmp_path / "a.toml").write_text(
+            f'[cluster]\nname = "dc"\naddress_driver = "none"\nalias_url = "https://localhost:{port}/"\n'
+            '[[nodes]]\nname = "m1"\n[database]\ndsn = "Driver=SQLite3;Database=/x.db"\n[lease]\nttl = 3\nheartbeat = 1\n'
+        )
+        check = check_alias_certificate(load(str(tmp_path / "a.toml")))
+    finally:
+        listener.close()
+    assert check.status == status, check.message
+    assert words in check.message
