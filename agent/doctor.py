@@ -13,7 +13,7 @@ import json
 import urllib.request
 
 from lease import SqlLeaseStore, StoreError
-from netops import NetopsError, find_interface, probe_address, validate
+from netops import NetopsError, probe_address, validate
 
 from .config import Config, ConfigError, NodeConfig, load
 from .doctor_checks import (
@@ -44,7 +44,7 @@ async def check_network(cfg: Config, node: NodeConfig, holder: bool) -> list[Che
     if cfg.address_driver != "netlink" or cfg.common_ip is None:
         return [Check("interface", SKIP, "address_driver = 'none': no common IP on this node")]
     try:
-        iface = validate(node.interface, cfg.common_ip)
+        iface = await asyncio.to_thread(validate, node.interface, cfg.common_ip)  # pyroute2 wants no running loop
     except NetopsError as exc:
         return [Check("interface", FAIL, str(exc), "fix nodes.interface or cluster.common_ip (fos iflist)")]
     out = [Check("interface", PASS, f"{iface.name} is up and on the subnet of {cfg.common_ip}")]
@@ -80,7 +80,7 @@ async def check_network(cfg: Config, node: NodeConfig, holder: bool) -> list[Che
             continue
         addresses = [a for a in resolve_ips(peer_host(other)) if a != ip]
         peers[other.name] = await probe_address(iface.name, addresses[0], PROBE_TIMEOUT_S) if addresses else None
-    out.extend(compare_macs(find_interface(iface.name).mac, peers))
+    out.extend(compare_macs(iface.mac, peers))
     return out
 
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import os
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,8 @@ from agent.doctor_checks import (
 )
 from lease import NodeRecord, SqlLeaseStore
 from tests.support.dbservers import DbServer
+from tests.support.netns import SUBNET, Host, Lan
+from tests.support.sshd import ReplicationBed
 from tests.test_lease_privileges import logins, server  # noqa: F401 - fixtures: the documented agent login
 
 FOS = [sys.executable, "-m", "agent"]
@@ -245,9 +250,9 @@ async def test_a_login_that_may_do_ddl_is_a_warning(pg_server: DbServer, tmp_pat
 
 
 async def test_the_documented_agent_login_cannot_do_ddl_and_passes(
-    server: DbServer,
-    logins: dict[str, str],
-    tmp_path: Path,  # noqa: F811 - the imported fixtures
+    server: DbServer,  # noqa: F811 - the imported fixture
+    logins: dict[str, str],  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     schema = "fos" if server.kind == "postgresql" else None
     owner = SqlLeaseStore(logins["owner"], schema=schema, call_timeout=10)
@@ -271,7 +276,7 @@ async def test_the_documented_agent_login_cannot_do_ddl_and_passes(
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         self.send_response(200)
         self.end_headers()
 
@@ -280,17 +285,17 @@ class _Health(http.server.BaseHTTPRequestHandler):
 
 
 async def test_the_app_health_check_runs_on_the_active_node_only(tmp_path: Path) -> None:
-    server = http.server.HTTPServer(("127.0.0.1", 0), _Health)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), _Health)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        port = server.server_address[1]
+        port = httpd.server_address[1]
         extra = f'[application]\ncommand = "true"\n[application.health]\nhttp = "http://127.0.0.1:{port}/health"\n'
         cfg = load(write(tmp_path / "a.toml", "Driver=SQLite3;Database=/x.db", extra=extra))
         assert (await check_app(cfg, holder=True)).status == "pass"
         assert (await check_app(cfg, holder=False)).status == "skip"
     finally:
-        server.shutdown()
-        server.server_close()
+        httpd.shutdown()
+        httpd.server_close()
     failing = await check_app(cfg, holder=True)
     assert failing.status == "fail" and "health check failed" in failing.message
 
@@ -408,10 +413,142 @@ def test_the_alias_certificate_must_be_ca_signed_for_the_name_and_not_expiring(
         port = listener.getsockname()[1]
         (tmp_path / "a.toml").write_text(
             f'[cluster]\nname = "dc"\naddress_driver = "none"\nalias_url = "https://localhost:{port}/"\n'
-            '[[nodes]]\nname = "m1"\n[database]\ndsn = "Driver=SQLite3;Database=/x.db"\n[lease]\nttl = 3\nheartbeat = 1\n'
+            '[[nodes]]\nname = "m1"\n[database]\ndsn = "Driver=SQLite3;Database=/x.db"\n'
+            "[lease]\nttl = 3\nheartbeat = 1\n"
         )
         check = check_alias_certificate(load(str(tmp_path / "a.toml")))
     finally:
         listener.close()
     assert check.status == status, check.message
     assert words in check.message
+
+
+# ---- on the namespace test bed: network and replication ----------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VIP = f"{SUBNET}.100"
+
+
+def doctor_in(host: Host, config: str, node: str, path: str | None = None) -> tuple[int, dict[str, Any]]:
+    """`fos doctor --json` run as node; path: the PATH it runs with."""
+    env = ["/usr/bin/env", f"PATH={path}"] if path else []
+    out = subprocess.run(
+        host.argv([*env, *FOS, "doctor", "--config", config, "--node", node, "--json"]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.stdout, out.stderr
+    return out.returncode, {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+
+
+@pytest.mark.netns
+async def test_network_checks_find_a_host_answering_for_the_common_ip_and_a_wrong_interface(
+    lan: Lan, tmp_path: Path
+) -> None:
+    m1, m2, m3 = lan.add_host("m1"), lan.add_host("m2"), lan.add_host("m3")
+    dsn = f"Driver=SQLite3;Database={tmp_path}/lease.db"
+    store = SqlLeaseStore(dsn, dialect="sqlite", call_timeout=5.0)
+    await store.init_schema()
+    path = tmp_path / "fos.toml"
+    text = (
+        f'[cluster]\nname = "dc"\ncommon_ip = "{VIP}/24"\n'
+        f'[[nodes]]\nname = "m1"\ninterface = "eth0"\nurl = "http://{m1.ip}:8080/"\n'
+        f'[[nodes]]\nname = "m2"\ninterface = "eth0"\nurl = "http://{m2.ip}:8080/"\n'
+        f'[database]\ndsn = "{dsn}"\n[lease]\nttl = 3\nheartbeat = 1\n[http]\nlisten = ""\n'
+    )
+    path.write_text(text)
+    config = str(path)
+    try:
+        code, checks = doctor_in(m1, config, "m1")
+        assert checks["interface"]["status"] == "pass"
+        assert checks["common_ip.free"]["status"] == "pass"
+        assert checks["peer.m2.mac"]["status"] == "pass" and m2.mac in checks["peer.m2.mac"]["message"]
+        assert checks["capabilities"]["status"] == "pass"
+        assert checks["peer.m2.agent"]["status"] == "warn"  # no agent ran: a warning, not a failure
+        assert code == 0, checks
+
+        holder = m3.popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.support.nsbind",
+                "hold",
+                "--address",
+                f"{VIP}/24",
+                "--lifetime",
+                "30",
+                "--seconds",
+                "60",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+        )
+        assert holder.stdout is not None and json.loads(holder.stdout.readline())["ok"]
+        code, checks = doctor_in(m1, config, "m1")
+        assert code == 1
+        assert checks["common_ip.free"]["status"] == "fail" and m3.mac in checks["common_ip.free"]["message"]
+        m3.stop_processes()
+
+        m1.run("ip", "addr", "add", f"{VIP}/24", "dev", "eth0")  # bound here without the lease: a leftover
+        code, checks = doctor_in(m1, config, "m1")
+        assert (
+            checks["common_ip.free"]["status"] == "fail"
+            and "does not hold the lease" in checks["common_ip.free"]["message"]
+        )
+        assert (await store.try_acquire("dc", "m1", 60_000)).acquired
+        code, checks = doctor_in(m1, config, "m1")
+        assert (
+            checks["common_ip.free"]["status"] == "pass"
+            and "this node holds the lease" in checks["common_ip.free"]["message"]
+        )
+
+        path.write_text(text.replace('interface = "eth0"', 'interface = "eth9"', 1))
+        code, checks = doctor_in(m1, config, "m1")
+        assert code == 1 and checks["interface"]["status"] == "fail" and "eth9" in checks["interface"]["message"]
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def bed(lan: Lan) -> Iterator[ReplicationBed]:
+    with tempfile.TemporaryDirectory(prefix="fos-doctor-") as work:
+        os.chmod(work, 0o755)
+        b = ReplicationBed(lan, work)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.mark.netns
+async def test_replication_checks_ssh_and_the_forced_command_and_a_healthy_pair_exits_0(bed: ReplicationBed) -> None:
+    store = SqlLeaseStore(bed.dsn, dialect="sqlite", call_timeout=5.0)
+    await store.init_schema()
+    try:
+        assert (await store.try_acquire("rp", "m1", 60_000)).acquired
+        await store.record_node("rp", "m2", "standby", None, None, "test")
+        host = bed.fs["m1"].host
+        code, checks = doctor_in(host, bed.config, "m1")
+        assert checks["replication.rsync"]["status"] == "pass"
+        assert checks["replication.m2"]["status"] == "pass", checks["replication.m2"]
+        assert checks["peer.m2.agent"]["status"] == "pass"
+        assert code == 0, [c for c in checks.values() if c["status"] != "pass"]
+
+        bed.write_config(ssh_port=2299)  # nobody listens there
+        code, checks = doctor_in(host, bed.config, "m1")
+        assert code == 1 and checks["replication.m2"]["status"] == "fail"
+        assert "failed" in checks["replication.m2"]["message"] and "known_hosts" in checks["replication.m2"]["fix"]
+
+        bed.write_config()
+        bed.sshd["m2"].replace_keys(bed.public_key)  # the key without the forced command
+        code, checks = doctor_in(host, bed.config, "m1")
+        assert code == 1 and checks["replication.m2"]["status"] == "fail"
+        assert "fos mirror receive did not answer" in checks["replication.m2"]["message"]
+        assert 'command="fos mirror receive' in checks["replication.m2"]["fix"]
+
+        code, checks = doctor_in(host, bed.config, "m1", path="/nonexistent")
+        assert code == 1 and checks["replication.rsync"]["status"] == "fail"
+    finally:
+        await store.close()

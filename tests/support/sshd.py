@@ -82,6 +82,11 @@ class Sshd:
         with open(self.authorized_keys, "a") as f:
             f.write(f"{prefix}{public_key}\n")
 
+    def replace_keys(self, public_key: str) -> None:
+        """Let only public_key log in, as a plain login without a forced command (a wrong set-up)."""
+        with open(self.authorized_keys, "w") as f:
+            f.write(public_key + "\n")
+
     def known_hosts_line(self) -> str:
         return f"[{self.fs.host.ip}]:{self.port} {' '.join(self.host_key_pub.split()[:2])}"
 
@@ -107,7 +112,7 @@ class ReplicationBed:
         self.config = os.path.join(work, "fos.toml")
         os.makedirs(self.app)
         self.key = os.path.join(work, "id_ed25519")
-        public = keygen(self.key)
+        self.public_key = public = keygen(self.key)
         self.fs: dict[str, NodeFs] = {}
         self.sshd: dict[str, Sshd] = {}
         for name in ("m1", "m2"):
