@@ -16,6 +16,7 @@ from collections.abc import Callable
 from lease import SqlLeaseStore, StoreError
 
 from .config import Config, load
+from .logs import configure as configure_logs
 from .node import select_node
 from .replication import MirrorRefused, TargetResult, mirror
 from .replication_receive import ReceiveRefused, is_probe, refuse_if_holder, server_argv
@@ -42,6 +43,7 @@ async def _mirror(cfg: Config, me: str, to: str | None, dry_run: bool) -> list[T
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:
+    configure_logs("warning")  # warnings (a missing sentinel) on stderr; stdout is the result
     cfg = load(args.config)
     me = select_node(cfg, args.node).name
     try:
@@ -67,6 +69,7 @@ async def _lease_of(cfg: Config, me: str) -> None:
 
 def cmd_mirror_receive(args: argparse.Namespace) -> int:
     """The ssh forced command: nothing may reach stdout before rsync runs (it is rsync's protocol channel)."""
+    configure_logs("warning")  # on stderr, which ssh passes back to the sender
     cfg = load(args.config)
     me = select_node(cfg, args.node).name
     command = os.environ.get("SSH_ORIGINAL_COMMAND", "")

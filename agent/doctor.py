@@ -32,6 +32,7 @@ from .doctor_checks import (
     peers_seen,
     resolve_ips,
 )
+from .logs import configure as configure_logs
 from .node import select_node
 from .replication import peer_host, run_command
 
@@ -162,6 +163,7 @@ def exit_code(checks: list[Check]) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    configure_logs("error")  # the checks are the output; stdout stays JSON with --json
     checks = asyncio.run(run_checks(args.config, args.node))
     if args.json:
         print(json.dumps({"ok": exit_code(checks) == 0, "checks": [c.as_dict() for c in checks]}, indent=2))

@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -384,7 +385,13 @@ def test_database_dialect_refuses_unknown_names_at_parse_time() -> None:
 
 ROOT = Path(__file__).resolve().parent.parent
 NODES = [{"name": "m1", "interface": "eth0"}, {"name": "m2", "interface": "eth0"}]
+
+
 # key -> (overrides of base(), what to read from the Config, the value it must then have)
+def _rep(key: str) -> Callable[[Config], Any]:
+    return lambda c: getattr(c.replication, key)
+
+
 EFFECTS: dict[str, tuple[dict[str, Any], Any, Any]] = {
     "cluster.name": ({"cluster__name": "other"}, lambda c: c.cluster, "other"),
     "cluster.common_ip": ({"cluster__common_ip": "10.1.2.60/25"}, lambda c: str(c.common_ip), "10.1.2.60/25"),
@@ -455,6 +462,23 @@ EFFECTS: dict[str, tuple[dict[str, Any], Any, Any]] = {
     "announce.interval": ({"announce__interval": 0.5}, lambda c: c.announce.interval, 0.5),
     "announce.refresh": ({"announce__refresh": 30}, lambda c: c.announce.refresh, 30.0),
     "http.listen": ({"http__listen": "127.0.0.1:9999"}, lambda c: c.http_address, ("127.0.0.1", 9999)),
+    # [replication]: parsed here; what each one does is tested in tests/test_agent_replication*.py
+    **{
+        f"replication.{key}": ({"replication": {"paths": ["/opt/a"], key: value}}, _rep(key), expected)
+        for key, value, expected in (
+            ("paths", ["/opt/a", "/etc/b.conf"], ("/opt/a", "/etc/b.conf")),
+            ("excludes", ["logs/"], ("logs/",)),
+            ("interval", 60, 60.0),
+            ("ssh_user", "mirror", "mirror"),
+            ("ssh_key", "/etc/fos/key", "/etc/fos/key"),
+            ("ssh_port", 2200, 2200),
+            ("known_hosts", "/etc/fos/known_hosts", "/etc/fos/known_hosts"),
+            ("max_delete", 7, 7),
+            ("sentinel", ".here", ".here"),
+            ("stale_after", 600, 600.0),
+            ("timeout", 120, 120.0),
+        )
+    },
 }
 
 
@@ -467,8 +491,11 @@ def test_each_documented_key_reaches_the_config(key: str) -> None:
 
 def readme_keys() -> set[str]:
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Configuration") : text.index("### Timing that fos refuses")]
-    return set(re.findall(r"^\| `([a-z_.]+)` \|", section, flags=re.M))
+    sections = [
+        text[text.index("## Configuration") : text.index("### Timing that fos refuses")],
+        text[text.index("## Replication") : text.index("## fos doctor")],  # the [replication] keys' own table
+    ]
+    return {k for section in sections for k in re.findall(r"^\| `([a-z_.]+)` \|", section, flags=re.M)}
 
 
 def example_keys() -> set[str]:

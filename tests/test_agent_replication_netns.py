@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import tempfile
@@ -236,3 +237,20 @@ async def test_the_schedule_copies_every_interval_only_while_this_node_holds_the
     good = [d for d in await mirror_events(store) if "result=ok" in d]
     assert len(good) == runs
     assert bed.tree("m2") == set(INSTALL)
+
+
+async def test_to_picks_the_peer_and_json_reports_each_run(bed: ReplicationBed, store: SqlLeaseStore) -> None:
+    bed.put("m1", INSTALL)
+    await hold(store, "m1")
+    itself = bed.fos("m1", "mirror", "--to", "m1")
+    assert itself.returncode == 2 and "--to m1 is this node" in itself.stderr
+    unknown = bed.fos("m1", "mirror", "--to", "m7")
+    assert unknown.returncode == 2 and "node 'm7' is not in [[nodes]]" in unknown.stderr
+    assert bed.tree("m2") == set()
+    out = bed.fos("m1", "mirror", "--to", "m2", "--json")
+    assert out.returncode == 0, out.stderr
+    [run] = json.loads(out.stdout)
+    assert (run["node"], run["result"], run["files"]) == ("m2", "ok", 5)
+    status = bed.fs["m2"].run([*bed.fos_argv_text().split(), "mirror", "status", "--json", "--config", bed.config])
+    ages = {a["node"]: a for a in json.loads(status.stdout)}
+    assert ages["m1"]["age_s"] is None and ages["m2"]["age_s"] is not None and ages["m2"]["epoch"] == 1
