@@ -17,7 +17,7 @@ from agent.config import load
 from agent.replication import ssh_command
 from agent.replication_schedule import ReplicationSchedule
 from lease import SqlLeaseStore
-from tests.support.netns import Lan
+from tests.support.netns import Lan, wait_for
 from tests.support.sshd import ReplicationBed
 
 pytestmark = pytest.mark.netns
@@ -254,3 +254,37 @@ async def test_to_picks_the_peer_and_json_reports_each_run(bed: ReplicationBed, 
     status = bed.fs["m2"].run([*bed.fos_argv_text().split(), "mirror", "status", "--json", "--config", bed.config])
     ages = {a["node"]: a for a in json.loads(status.stdout)}
     assert ages["m1"]["age_s"] is None and ages["m2"]["age_s"] is not None and ages["m2"]["epoch"] == 1
+
+
+def start_mirror(bed: ReplicationBed, node: str) -> subprocess.Popen[str]:
+    argv = [*bed.fos_argv_text().split(), "mirror", "--config", bed.config, "--node", node]
+    return subprocess.Popen(bed.fs[node].argv(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+async def test_a_run_during_which_the_lease_changes_hands_is_lost_lease_not_good(
+    bed: ReplicationBed, store: SqlLeaseStore
+) -> None:
+    bed.put("m1", {".fos-sentinel": ""})
+    bed.put_random("m1", {f"big{i}.bin": 1_000_000 for i in range(5)})
+    epoch = await hold(store, "m1")
+    # m1 sends at 8 Mbit/s (a token bucket on its link): the 5 MB copy takes about 5 s.
+    bed.fs["m1"].host.run(
+        "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "8mbit", "burst", "32kbit", "latency", "400ms"
+    )
+    proc = start_mirror(bed, "m1")
+    try:
+        wait_for(lambda: bed.walk("m2"), 20, 0.05, "the copy to start arriving on m2")
+        assert proc.poll() is None, "the copy ended before the lease could change"
+        assert await store.release("rp", "m1", epoch)
+        assert (await store.try_acquire("rp", "m2", 60_000)).acquired
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, out + err
+    assert "result=lost_lease" in out and "now m2 epoch" in out
+    [event] = [e for e in await store.list_events("rp", limit=10) if e.kind == "mirror"]
+    assert "result=lost_lease" in (event.detail or "") and event.epoch == epoch
+    status = bed.fs["m2"].run([*bed.fos_argv_text().split(), "mirror", "status", "--json", "--config", bed.config])
+    assert {a["node"]: a["age_s"] for a in json.loads(status.stdout)}["m2"] is None  # not a good copy

@@ -165,6 +165,16 @@ class ReplicationBed:
         with open(os.path.join(self.work, node, rel)) as f:
             return f.read()
 
+    def put_random(self, node: str, sizes: dict[str, int]) -> None:
+        for rel, size in sizes.items():
+            with open(os.path.join(self.work, node, rel), "wb") as f:
+                f.write(os.urandom(size))
+
+    def walk(self, node: str) -> list[str]:
+        """Everything below node's installation, rsync's temporary files included."""
+        root = os.path.join(self.work, node)
+        return [os.path.join(d, n) for d, dirs, files in os.walk(root) for n in dirs + files]
+
     def listing(self) -> list[str]:
         return os.listdir(self.work)
 
