@@ -19,7 +19,7 @@ from .config import Config, load
 from .logs import configure as configure_logs
 from .node import select_node
 from .replication import MirrorRefused, TargetResult, mirror
-from .replication_receive import ReceiveRefused, is_probe, refuse_if_holder, server_argv
+from .replication_receive import ReceiveRefused, is_probe, receive, server_argv
 from .replication_schedule import freshness
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -59,16 +59,21 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.good or r.result == "dry_run" for r in results) else EXIT_FAILED
 
 
-async def _lease_of(cfg: Config, me: str) -> None:
+async def _receive(cfg: Config, me: str, argv: list[str]) -> int:
     store = open_store(cfg)
     try:
-        refuse_if_holder(await store.read(cfg.cluster, timeout=cfg.call_timeout), me)
+        return await receive(
+            argv,
+            lambda: store.read(cfg.cluster, timeout=cfg.call_timeout),
+            me,
+            poll=min(1.0, cfg.lease.heartbeat / 2),
+        )
     finally:
         await store.close()
 
 
 def cmd_mirror_receive(args: argparse.Namespace) -> int:
-    """The ssh forced command: nothing may reach stdout before rsync runs (it is rsync's protocol channel)."""
+    """The ssh forced command: nothing may reach stdout except rsync's (it is rsync's protocol channel)."""
     configure_logs("warning")  # on stderr, which ssh passes back to the sender
     cfg = load(args.config)
     me = select_node(cfg, args.node).name
@@ -77,16 +82,13 @@ def cmd_mirror_receive(args: argparse.Namespace) -> int:
         print(f"fos mirror receive: node {me} ready for {', '.join(cfg.replication.paths) or 'no paths'}")
         return EXIT_OK
     try:
-        argv = server_argv(command, cfg.replication.paths)
-        asyncio.run(_lease_of(cfg, me))
+        return asyncio.run(_receive(cfg, me, server_argv(command, cfg.replication.paths)))
     except ReceiveRefused as exc:
         print(f"fos mirror receive on {me}: refused: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except StoreError as exc:
         print(f"fos mirror receive on {me}: refused: the lease database cannot be asked ({exc})", file=sys.stderr)
         return EXIT_FAILED
-    sys.stdout.flush()
-    os.execvp(argv[0], argv)
 
 
 async def _ages(cfg: Config) -> list[dict[str, object]]:

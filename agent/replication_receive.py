@@ -8,15 +8,19 @@ sshd then runs this command for every connection with that key, whatever the cli
 client's command in SSH_ORIGINAL_COMMAND. Like rsync's rrsync script it lets only rsync's receiving server side
 run, with options from a short allow-list, into one of the configured replication paths; unlike rrsync it first
 asks the lease database and refuses while this node holds the lease (a push must never overwrite the active
-node's installation), and refuses when the database cannot be asked (fail closed).
+node's installation), and refuses when the database cannot be asked (fail closed); while rsync runs it keeps
+asking, and kills rsync if this node takes the lease meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import shlex
+from collections.abc import Awaitable, Callable
 
-from lease import LeaseState
+from lease import LeaseState, StoreError
 
 from .replication import PROBE_COMMAND
 
@@ -97,3 +101,28 @@ def refuse_if_holder(lease: LeaseState, me: str) -> None:
 def is_probe(command: str) -> bool:
     """`fos doctor`'s check that this forced command is installed (it answers instead of rsync)."""
     return command.strip() == PROBE_COMMAND
+
+
+async def receive(argv: list[str], read_lease: Callable[[], Awaitable[LeaseState]], me: str, poll: float) -> int:
+    """Run rsync's server side (argv, already checked) on this process's stdin/stdout, and ask the lease every
+    `poll` seconds while it runs: if this node takes the lease meanwhile, rsync is killed before it can rename
+    more files into place (with --delay-updates, usually before any). ReceiveRefused if this node holds the
+    lease at the start; a database that cannot be asked during the run does not stop it (this node cannot take
+    the lease without the database either). Returns rsync's exit status, or 1 when it was stopped."""
+    refuse_if_holder(await read_lease(), me)
+    proc = await asyncio.create_subprocess_exec(*argv)  # inherits stdin/stdout: the ssh channel to the sender
+    try:
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(proc.wait()), poll)
+            except TimeoutError:
+                pass
+            try:
+                refuse_if_holder(await read_lease(), me)
+            except StoreError:
+                continue
+    except (ReceiveRefused, asyncio.CancelledError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise

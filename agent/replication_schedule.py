@@ -10,6 +10,7 @@ rsync only delays its own next run (use a store instance of its own, so its call
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,10 +111,32 @@ class ReplicationSchedule:
             elif epoch is None:
                 tenure = None
             if tenure is not None and rep.interval > 0 and time.monotonic() >= next_run:
-                await self._guarded(mirror(self.cfg, self.store, self.node, expected_epoch=tenure))
+                await self._run_while_holding(tenure)
                 self.runs += 1
                 next_run = time.monotonic() + rep.interval
             await asyncio.sleep(self.poll)
+
+    async def _run_while_holding(self, tenure: int) -> None:
+        """One mirror run, cancelled (its rsync killed) as soon as holding_epoch() is no longer `tenure`: a node
+        that steps down or fences stops pushing within `poll` seconds, not at the end of the copy."""
+        task = asyncio.create_task(self._guarded(mirror(self.cfg, self.store, self.node, expected_epoch=tenure)))
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=self.poll)
+                if not task.done() and self.holding_epoch() != tenure:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    log.warning("replication_cancelled", epoch=tenure, why="this node no longer holds the lease")
+                    detail = "result=cancelled this node stopped holding the lease during the run"
+                    await self._guarded(
+                        self.store.record_event(self.cfg.cluster, self.node, EVENT_MIRROR, tenure, detail)
+                    )
+        finally:
+            if not task.done():  # the schedule itself was cancelled (agent shutdown)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _guarded(self, coro: object) -> None:
         try:

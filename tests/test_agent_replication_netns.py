@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -190,7 +191,7 @@ async def test_a_take_over_reports_how_old_the_copy_is(bed: ReplicationBed, stor
 
 
 SCHEDULE = """
-import asyncio, sys
+import asyncio, sys, time
 from agent.config import load
 from agent.replication_schedule import ReplicationSchedule
 from lease import SqlLeaseStore
@@ -198,8 +199,9 @@ from lease import SqlLeaseStore
 async def main() -> None:
     cfg = load(sys.argv[1])
     epoch = None if sys.argv[2] == "none" else int(sys.argv[2])
+    until = time.monotonic() + float(sys.argv[4])  # holding_epoch() is None from then on (a step-down)
     store = SqlLeaseStore(cfg.database.dsn, dialect="sqlite", call_timeout=5)
-    schedule = ReplicationSchedule(cfg, store, "m1", lambda: epoch, poll=0.1)
+    schedule = ReplicationSchedule(cfg, store, "m1", lambda: epoch if time.monotonic() < until else None, poll=0.1)
     try:
         await asyncio.wait_for(schedule.run(), float(sys.argv[3]))
     except TimeoutError:
@@ -211,10 +213,10 @@ asyncio.run(main())
 """
 
 
-def run_schedule(bed: ReplicationBed, epoch: int | None, seconds: float) -> int:
-    import sys
-
-    out = bed.fs["m1"].run([sys.executable, "-c", SCHEDULE, bed.config, str(epoch).lower(), str(seconds)])
+def run_schedule(bed: ReplicationBed, epoch: int | None, seconds: float, holding_for: float = 3600) -> int:
+    out = bed.fs["m1"].run(
+        [sys.executable, "-c", SCHEDULE, bed.config, str(epoch).lower(), str(seconds), str(holding_for)]
+    )
     assert out.returncode == 0, out.stderr
     return int(out.stdout.split()[-1])
 
@@ -261,7 +263,7 @@ def start_mirror(bed: ReplicationBed, node: str) -> subprocess.Popen[str]:
     return subprocess.Popen(bed.fs[node].argv(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-async def test_a_run_during_which_the_lease_changes_hands_is_lost_lease_not_good(
+async def test_a_run_during_which_the_receiver_takes_the_lease_is_stopped_and_lost_lease(
     bed: ReplicationBed, store: SqlLeaseStore
 ) -> None:
     bed.put("m1", {".fos-sentinel": ""})
@@ -284,7 +286,28 @@ async def test_a_run_during_which_the_lease_changes_hands_is_lost_lease_not_good
             proc.wait()
     assert proc.returncode == 1, out + err
     assert "result=lost_lease" in out and "now m2 epoch" in out
+    # The receiver saw its node take the lease and stopped rsync: nothing was renamed into place on m2.
+    assert "node m2 holds the lease" in out
+    assert not any(p.startswith("big") for p in bed.tree("m2")), bed.tree("m2")
     [event] = [e for e in await store.list_events("rp", limit=10) if e.kind == "mirror"]
     assert "result=lost_lease" in (event.detail or "") and event.epoch == epoch
     status = bed.fs["m2"].run([*bed.fos_argv_text().split(), "mirror", "status", "--json", "--config", bed.config])
     assert {a["node"]: a["age_s"] for a in json.loads(status.stdout)}["m2"] is None  # not a good copy
+
+
+async def test_the_schedule_stops_a_run_at_once_when_this_node_stops_holding(
+    bed: ReplicationBed, store: SqlLeaseStore
+) -> None:
+    bed.put("m1", {".fos-sentinel": ""})
+    bed.put_random("m1", {f"big{i}.bin": 1_000_000 for i in range(5)})
+    epoch = await hold(store, "m1")
+    bed.write_config(interval=1)
+    bed.fs["m1"].host.run(
+        "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "8mbit", "burst", "32kbit", "latency", "400ms"
+    )
+    started = time.monotonic()
+    run_schedule(bed, epoch, 12, holding_for=2)  # the run starts at 1 s and would take about 5 s
+    assert not any(p.startswith("big") for p in bed.tree("m2")), bed.tree("m2")
+    [event] = [e for e in await store.list_events("rp", limit=10) if e.kind == "mirror"]
+    assert (event.detail or "").startswith("result=cancelled") and event.epoch == epoch
+    assert time.monotonic() - started < 30
