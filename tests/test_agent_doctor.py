@@ -300,6 +300,21 @@ async def test_the_app_health_check_runs_on_the_active_node_only(tmp_path: Path)
     assert failing.status == "fail" and "health check failed" in failing.message
 
 
+@pytest.mark.parametrize(
+    ("health", "status", "words"),
+    [
+        ('command = "exit 0"', "pass", "exited 0"),
+        ('command = "echo broken >&2; exit 3"', "fail", "exited 3: broken"),
+        ("tcp = 1", "fail", "health check failed"),
+    ],
+)
+async def test_the_app_health_check_of_each_kind(tmp_path: Path, health: str, status: str, words: str) -> None:
+    extra = f'[application]\ncommand = "true"\n[application.health]\n{health}\n'
+    cfg = load(write(tmp_path / "a.toml", "Driver=SQLite3;Database=/x.db", extra=extra))
+    check = await check_app(cfg, holder=True)
+    assert check.status == status and words in check.message
+
+
 def test_the_alias_must_resolve_to_the_common_ip(tmp_path: Path) -> None:
     base = '[cluster]\nname = "dc"\ncommon_ip = "10.1.2.3/24"\nalias_url = "http://{host}/"\n[[nodes]]\nname = "m1"\n'
     rest = 'interface = "lo"\n[database]\ndsn = "Driver=SQLite3;Database=/x.db"\n[lease]\nttl = 3\nheartbeat = 1\n'
