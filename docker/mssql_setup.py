@@ -33,7 +33,10 @@ def odbc_quote(value: str) -> str:
 def sa_dsn(driver: str, server: str, port: int, password: str) -> str:
     """Connection string of the sa login to master, as README's "Database connection strings" shows per driver."""
     if driver == "freetds":
-        return f"Driver=FreeTDS;Server={server};Port={port};Database=master;Uid=sa;Pwd={odbc_quote(password)};TDS_Version=7.4"
+        return (
+            f"Driver=FreeTDS;Server={server};Port={port};Database=master;Uid=sa;Pwd={odbc_quote(password)};"
+            "TDS_Version=7.4"
+        )
     # A container's certificate is self-signed: trust it, on this private network only.
     return (
         f"Driver={{ODBC Driver 18 for SQL Server}};Server=tcp:{server},{port};Database=master;Uid=sa;"
@@ -83,7 +86,7 @@ def connect(dsn: str, wait: float) -> pyodbc.Connection:
             return pyodbc.connect(dsn, autocommit=True, timeout=5)
         except pyodbc.Error as exc:
             if time.monotonic() >= deadline:
-                raise SystemExit(f"mssql_setup: SQL Server did not accept the sa login within {wait:g}s: {exc}") from None
+                raise SystemExit(f"mssql_setup: SQL Server did not accept sa's login within {wait:g}s: {exc}") from None
             time.sleep(2)
 
 
