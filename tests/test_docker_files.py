@@ -344,3 +344,18 @@ def test_every_sql_server_dsn_in_docker_and_ci_uses_a_driver_and_keys_readme_doc
             assert parts["driver"] == readme["driver"] == "{ODBC Driver 18 for SQL Server}"
             assert parts["encrypt"] == readme["encrypt"] == "yes"
     assert used == set(documented)
+
+
+@pytest.mark.parametrize(
+    ("password", "literal", "odbc"),
+    [
+        ("plain-Secret1", "N'plain-Secret1'", "{plain-Secret1}"),
+        ("it's;x}", "N'it''s;x}'", "{it's;x}}}"),
+    ],
+)
+def test_the_setup_script_quotes_passwords_for_sql_and_odbc(password: str, literal: str, odbc: str) -> None:
+    setup = _setup_module()
+    assert setup.sql_literal(password) == literal
+    assert setup.odbc_quote(password) == odbc
+    assert f"Pwd={odbc};" in setup.sa_dsn("msodbcsql18", "db", 1433, password)
+    assert all(literal in s for s in setup.login_statements(password, password)[:2])
