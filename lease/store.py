@@ -67,7 +67,8 @@ def _as_datetime(value: Any) -> datetime:
 
 
 def _check_instance(instance: str | None) -> str | None:
-    return None if instance is None else check_name("instance", instance)
+    # agent/statedir.py's ids are "<host>:<boot>:<token>": ':' is allowed here besides the name characters.
+    return None if instance is None else check_name("instance", instance.replace(":", ".")) and instance
 
 
 def may_resume(seen: LeaseState, node: str, instance: str | None) -> bool:
