@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -327,3 +328,60 @@ listen = "0.0.0.0:8470"
         if self.db_server is not None:
             self.db_server.stop()
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def clusters(lan: Lan, **defaults: Any) -> Iterator[Callable[..., Cluster]]:
+    """A factory of clusters on `lan` (keyword defaults for Cluster), each closed at the end with its agents'
+    log tails printed (pytest shows them for a failed test)."""
+    made: list[Cluster] = []
+
+    def make(db: str = "postgresql", **kwargs: Any) -> Cluster:
+        cluster = Cluster(lan, db, **{**defaults, **kwargs})
+        made.append(cluster)
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in made:
+            for name in cluster.names:
+                print(f"----- {name} agent log -----\n{cluster.log_text(name)[-6000:]}")
+            cluster.close()
+
+
+def assert_never_two_holders(c: Cluster) -> None:
+    """The sampler never saw the common IP on two nodes, and it sampled often enough to tell."""
+    both = c.sampler.both_bound()
+    assert not both, f"common IP bound on two nodes at {len(both)} samples, first at {both[0]}"
+    assert len(c.sampler.samples) > 100 and c.sampler.max_gap() < 0.2, "the sampler did not sample often enough"
+
+
+def served_by(c: Cluster, node: str, after: float, timeout: float) -> float:
+    """The time of the client's first answer from `node` at or after `after` (waits up to `timeout`)."""
+    return float(
+        wait_for(lambda: c.prober.first_answer_from(node, after), timeout, 0.02, f"the client to be served by {node}")
+    )
+
+
+def session_members(sid: int) -> set[int]:
+    """The pids of every live (non-zombie) process in session `sid`: a supervised app's keeper and all it started."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != b"Z" and int(fields[3]) == sid:  # state, ppid, pgrp, session
+            found.add(int(entry))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time `pid` has used so far (utime, stime of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
