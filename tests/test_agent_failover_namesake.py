@@ -6,6 +6,7 @@ and changes nothing: the common IP never leaves the live node, its application k
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -70,6 +71,8 @@ def test_a_second_agent_named_like_the_live_active_on_another_host_exits_2_and_c
     took = time.monotonic() - since
     print(f"a second m1 on m2's host exited {out.returncode} after {took:.2f}s: {out.stderr.strip()}")
     assert_refused(out, "another fos agent named m1 is running")
+    live = re.search(r"agent_starting .*instance=(\S+)", c.log_text("m1"))
+    assert live is not None and f"instance {live.group(1)}," in out.stderr, "the refusal names the live agent"
     assert_nothing_changed(c, epoch, app, since)
 
 
