@@ -5,6 +5,7 @@ and changes nothing: the common IP never leaves the live node, its application k
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.support.cluster import Cluster, assert_never_two_holders, clusters, served_by, session_members
-from tests.support.netns import Lan, holds_for
+from tests.support.netns import Lan, holds_for, wait_for
 
 TTL, HEARTBEAT = 3, 1
 
@@ -88,3 +89,35 @@ def test_a_second_agent_for_the_active_node_with_its_state_dir_exits_2_and_leave
     assert_refused(out, f"(pid {c.agents['m1'].pid})")
     assert "state dir" in out.stderr
     assert_nothing_changed(c, epoch, app, since)
+
+
+def test_two_agents_with_one_name_on_two_hosts_never_both_hold_nor_take_the_lease_from_each_other(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    # Both start while the database is unreachable from their hosts (an agent then starts and waits for it), so
+    # neither can see the other's node row at start: the start-up check cannot refuse either of them.
+    c = make_cluster("postgresql")
+    c.cut_db("m1")
+    c.cut_db("m2")
+    c.start("m1")
+    clone = c.start("m1", on="m2", state_dir=os.path.join(c.work, "clone"), label="m1-clone")
+    wait_for(
+        lambda: all("database_unavailable_at_start" in c.log_text(n) for n in ("m1", "m1-clone")),
+        20,
+        0.05,
+        "both agents to start without the database",
+    )
+    started = time.monotonic()
+    c.restore_db("m1")
+    c.restore_db("m2")
+    holder = wait_for(lambda: c.sampler.holder_at(time.monotonic()), 20, 0.05, "one host to bind the common IP")
+    assert len(holder) == 1
+    served = served_by(c, "m1", started, 10)
+    # Longer than two TTLs: two agents taking the lease from each other would move the IP within it.
+    holds_for(lambda: c.sampler.holders_after(0) == set(holder), 2 * TTL + 1, 0.1, f"the IP only on {holder}")
+    status = json.loads(c.fos("status", "--json").stdout)
+    assert status["lease"]["epoch"] == 1, f"the lease changed hands: {status['lease']}"
+    assert "-" not in c.prober.answers_after(served + 0.1), "the service must not have a gap"
+    outcome = f"the other exited {clone.returncode}" if clone.poll() is not None else "the other kept waiting"
+    print(f"one name on two hosts, both started: {holder[0]}'s host serves at epoch 1 for {2 * TTL + 1}s; {outcome}")
+    assert_never_two_holders(c)

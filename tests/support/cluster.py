@@ -20,8 +20,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from tests.support import dbservers
 from tests.support.netns import SUBNET, SUBNET6, Host, Lan, wait_for
 
@@ -38,34 +36,36 @@ class Sample:
     holders: tuple[str, ...]
 
 
-class IpSampler(threading.Thread):
-    """Every `interval` seconds, which of `hosts` have `ip` on any interface (read over netlink, family 2 or 10)."""
+class IpSampler:
+    """Every `interval` seconds, which of `hosts` have `ip` on any interface (read over netlink, family 2 or 10),
+    sampled by tests/support/ipsampler.py in a process of its own and collected here as Samples."""
 
     def __init__(self, hosts: list[Host], ip: str, interval: float = 0.01, family: int = AF_INET) -> None:
-        super().__init__(daemon=True)
         self.hosts, self.ip, self.interval, self.family = hosts, ip, interval, family
         self.samples: list[Sample] = []
-        self._halt = threading.Event()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._reader = threading.Thread(target=self._read, daemon=True)
 
-    def run(self) -> None:
-        sockets = {h.name: IPRoute(netns=h.ns) for h in self.hosts}
-        try:
-            while not self._halt.is_set():
-                at = time.monotonic()
-                holders = tuple(
-                    name
-                    for name, ipr in sockets.items()
-                    if any(a.get("IFA_ADDRESS") == self.ip for a in ipr.get_addr(family=self.family))
-                )
-                self.samples.append(Sample(at, holders))
-                self._halt.wait(self.interval)
-        finally:
-            for ipr in sockets.values():
-                ipr.close()
+    def start(self) -> None:
+        """Start sampling; return once the first sample is in."""
+        script = os.path.join(ROOT, "tests", "support", "ipsampler.py")
+        hosts = [f"{h.name}={h.ns}" for h in self.hosts]
+        argv = [sys.executable, script, str(self.interval), str(self.family), self.ip, *hosts]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=ROOT)
+        self._reader.start()
+        wait_for(lambda: self.samples, 10, 0.01, "the first sample of the common IP")
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            at, holders = line.decode().split()
+            self.samples.append(Sample(float(at), () if holders == "-" else tuple(holders.split(","))))
 
     def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=5)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self._reader.join(timeout=5)
 
     def both_bound(self) -> list[Sample]:
         return [s for s in self.samples if len(s.holders) > 1]
@@ -85,9 +85,10 @@ class IpSampler(threading.Thread):
         """Every node that had the address in some sample from `after` on."""
         return {h for s in list(self.samples) if s.at >= after for h in s.holders}
 
-    def max_gap(self) -> float:
-        times = [s.at for s in self.samples]
-        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+    def max_gap(self) -> tuple[float, float]:
+        """The longest time between two samples, and when it began."""
+        times = [s.at for s in list(self.samples)]
+        return max(((b - a, a) for a, b in itertools.pairwise(times)), default=(0.0, 0.0))
 
 
 class Prober:
@@ -222,11 +223,16 @@ listen = "0.0.0.0:8470"
             state_dir or self.work,
         ]
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
-        log = open(os.path.join(self.work, f"{name}.log"), "ab")  # noqa: SIM115 - closed in close()
-        self.logs.setdefault(name, []).append(log)
-        proc = self.host(name).popen(self.agent_argv(name), stdout=log, stderr=log, cwd=ROOT)
-        self.agents[name] = proc
+    def start(
+        self, name: str, on: str | None = None, state_dir: str | None = None, label: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start `fos run --node name` on host `on` (default: its own), kept in agents[label] (default: name) and
+        logged to <work>/<label>.log."""
+        label = label or name
+        log = open(os.path.join(self.work, f"{label}.log"), "ab")  # noqa: SIM115 - closed in close()
+        self.logs.setdefault(label, []).append(log)
+        proc = self.host(on or name).popen(self.agent_argv(name, state_dir), stdout=log, stderr=log, cwd=ROOT)
+        self.agents[label] = proc
         return proc
 
     def run_once(
@@ -345,7 +351,7 @@ def clusters(lan: Lan, **defaults: Any) -> Iterator[Callable[..., Cluster]]:
         yield make
     finally:
         for cluster in made:
-            for name in cluster.names:
+            for name in sorted(set(cluster.names) | set(cluster.logs)):
                 print(f"----- {name} agent log -----\n{cluster.log_text(name)[-6000:]}")
             cluster.close()
 
@@ -354,7 +360,8 @@ def assert_never_two_holders(c: Cluster) -> None:
     """The sampler never saw the common IP on two nodes, and it sampled often enough to tell."""
     both = c.sampler.both_bound()
     assert not both, f"common IP bound on two nodes at {len(both)} samples, first at {both[0]}"
-    assert len(c.sampler.samples) > 100 and c.sampler.max_gap() < 0.2, "the sampler did not sample often enough"
+    gap, at = c.sampler.max_gap()
+    assert len(c.sampler.samples) > 100 and gap < 0.2, f"the sampler did not sample for {gap:.3f}s from {at:.3f}"
 
 
 def served_by(c: Cluster, node: str, after: float, timeout: float) -> float:
