@@ -85,6 +85,11 @@ class IpSampler:
         """Every node that had the address in some sample from `after` on."""
         return {h for s in list(self.samples) if s.at >= after for h in s.holders}
 
+    def missing(self, holder: str, after: float, until: float | None = None) -> list[Sample]:
+        """The samples from `after` (to `until`) in which `holder` did not have the address (a lapse)."""
+        end = until if until is not None else float("inf")
+        return [s for s in list(self.samples) if after <= s.at <= end and holder not in s.holders]
+
     def max_gap(self) -> tuple[float, float]:
         """The longest time between two samples, and when it began."""
         times = [s.at for s in list(self.samples)]
