@@ -65,7 +65,8 @@ class IpSampler:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=5)
-        self._reader.join(timeout=5)
+        if self._reader.is_alive():
+            self._reader.join(timeout=5)
 
     def both_bound(self) -> list[Sample]:
         return [s for s in self.samples if len(s.holders) > 1]
@@ -151,24 +152,28 @@ class Cluster:
         self.client = lan.add_host("client")
         self.vip, self.family = (VIP6, AF_INET6) if ipv6 else (VIP, AF_INET)
         self.db_server: dbservers.DbServer | None = None
-        if db_kind == "postgresql":
-            self.db = lan.add_host("db")
-            self.db_server = dbservers.start_postgresql(host=self.db.ip, netns=self.db.ns)
-            dsn = self.db_server.dsn(KeepaliveTime="2", KeepaliveInterval="1")
-        else:
-            dsn = f"Driver=SQLite3;Database={self.work}/lease.db;Timeout=500"
+        self.sampler = IpSampler(list(self.hosts.values()), self.vip, family=self.family)  # started below
         self.config = os.path.join(self.work, "fos.toml")
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Any] = {}
-        init_as = name if init_db_as is None else init_db_as
-        if init_as:
-            self._write_config(dsn, ttl, heartbeat, extra, init_as)
-            out = self.m1.run(sys.executable, "-m", "agent", "init-db", "--config", self.config, timeout=60)
-            assert "ready" in out.stdout
-        self._write_config(dsn, ttl, heartbeat, extra, name)
-        self.sampler = IpSampler(list(self.hosts.values()), self.vip, family=self.family)
-        self.sampler.start()
-        self.prober = Prober(self.client, self.vip)
+        try:  # whatever was started is stopped again if a later step fails
+            if db_kind == "postgresql":
+                self.db = lan.add_host("db")
+                self.db_server = dbservers.start_postgresql(host=self.db.ip, netns=self.db.ns)
+                dsn = self.db_server.dsn(KeepaliveTime="2", KeepaliveInterval="1")
+            else:
+                dsn = f"Driver=SQLite3;Database={self.work}/lease.db;Timeout=500"
+            init_as = name if init_db_as is None else init_db_as
+            if init_as:
+                self._write_config(dsn, ttl, heartbeat, extra, init_as)
+                out = self.m1.run(sys.executable, "-m", "agent", "init-db", "--config", self.config, timeout=60)
+                assert "ready" in out.stdout
+            self._write_config(dsn, ttl, heartbeat, extra, name)
+            self.sampler.start()
+            self.prober = Prober(self.client, self.vip)
+        except BaseException:
+            self.close()
+            raise
 
     def _write_config(self, dsn: str, ttl: float, heartbeat: float, extra: dict[str, Any], name: str) -> None:
         app = extra.get("app", f'command = "{sys.executable} {WEBAPP} --port 8080"')
