@@ -25,6 +25,7 @@ class CommonIp:
         self.cfg, self.binder, self.clock, self.metrics = cfg, binder, clock, metrics
         self.log = log  # the agent rebinds it with role and epoch at every transition
         self.bound = False
+        self.expires_at: float | None = None  # no later than when the kernel will remove the address we wrote
         self._wanted = False  # the promotion's probe passed: from then until drop(), the address must be up
         self._lock = asyncio.Lock()
         self._up = asyncio.Event()
@@ -66,7 +67,10 @@ class CommonIp:
                 return
             try:
                 not_after = holding.fence_at if lifetime is not None else None
+                before = self.clock.now()
                 added = await self.binder.bind(lifetime, force=True, not_after=not_after)
+                written = self.binder.written_lifetime
+                self.expires_at = None if written is None else before + written
                 self._set_bound(True)
                 if added:
                     if rebinding_is_news:
@@ -102,6 +106,8 @@ class CommonIp:
                 except NetopsError:
                     gone = False
             self._set_bound(not gone)
+            if gone:
+                self.expires_at = None
             return gone
 
     def _set_bound(self, bound: bool) -> None:

@@ -51,6 +51,7 @@ from .roles import (
     after_renewal,
     plan_retry,
     plan_standby,
+    renewal_due,
 )
 
 CLEANUP_TIMEOUT_S = 5.0  # each step of the emergency clean-up after an internal error
@@ -354,9 +355,12 @@ class Agent:
                 if "app" in tasks and tasks["app"].done():
                     self.metrics.app_healthy.set(0)
                     return HoldEvent.APP_FAILED, str(tasks["app"].result())
-                if "renew" not in tasks and self.clock.now() >= next_renew:
+                due = renewal_due(
+                    next_renew, self.holding.last_sent, self.ip.expires_at, self.cfg.lease.heartbeat, self.call_timeout
+                )
+                if "renew" not in tasks and self.clock.now() >= due:
                     tasks["renew"] = asyncio.create_task(self._renew(self.holding.epoch))
-                deadline = self.holding.fence_at if "renew" in tasks else min(self.holding.fence_at, next_renew)
+                deadline = self.holding.fence_at if "renew" in tasks else min(self.holding.fence_at, due)
                 timer = asyncio.create_task(self.clock.sleep_until(deadline))
                 try:
                     await asyncio.wait([*tasks.values(), timer], return_when=asyncio.FIRST_COMPLETED)

@@ -57,11 +57,10 @@ def make_cluster(lan: Lan) -> Iterator[Callable[..., Cluster]]:
         yield make
 
 
-# Fails on today's agent (seeded pauses, failed in every run here): with ttl 3 / heartbeat 1 the kernel lifetime
-# is 1 s, floor(T(1-rho) - M - G), the same as the renewal period, so a renewal answered later than the one before
-# it by more than the kernel's own lateness leaves the address absent until the refresh. With ttl 4 (lifetime 2 s)
-# the same pauses cause no lapse. Remove the marker with the fix (strict: an unexpected pass fails).
-@pytest.mark.xfail(strict=True, reason="agent: the 1 s kernel lifetime at ttl 3 lapses between renewals")
+# Failed before the fix in every run (seeded pauses): with ttl 3 / heartbeat 1 the kernel lifetime is 1 s,
+# floor(T(1-rho) - M - G), the same as the renewal period, so a renewal answered later than the one before it left
+# the address absent until the refresh. The agent now renews early enough for the answer to land before the
+# lifetime ends (roles.renewal_due).
 def test_the_active_nodes_common_ip_does_not_lapse_when_renewals_are_answered_late_within_the_call_timeout(
     make_cluster: Callable[..., Cluster],
 ) -> None:
