@@ -10,8 +10,8 @@ bootstrap:
 	scripts/bootstrap.sh
 
 lint: bootstrap
-	$(VENV)/bin/ruff check agent lease netops tests bench examples
-	$(VENV)/bin/ruff format --check agent lease netops tests bench examples
+	$(VENV)/bin/ruff check agent lease netops tests bench examples docker
+	$(VENV)/bin/ruff format --check agent lease netops tests bench examples docker
 	$(VENV)/bin/mypy
 
 test: lint

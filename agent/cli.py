@@ -230,21 +230,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logs(args.log_level, args.log_json)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack: for a stuck agent
     cfg = load(args.config)
-    check(cfg)
-    check_listen(cfg)
     node = select_node(cfg, args.node)
-    check_state_dir(args.state_dir)
-    return asyncio.run(serve(cfg, node, args.state_dir))
-
-
-def check_state_dir(path: str) -> None:
-    """--state-dir is a writable directory, or can be created (its nearest existing parent is writable)."""
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        what = "is not a directory" if not os.path.isdir(probe) else "is not writable by this user"
-        raise ConfigError(f"--state-dir {path}: {probe} {what}: choose a directory the agent can write")
+    return asyncio.run(serve(cfg, node, args.state_dir))  # serve() checks timing, http.listen, the state dir first
 
 
 def _probe_seconds(text: str) -> float:

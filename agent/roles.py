@@ -20,6 +20,8 @@ from lease.model import LeaseState, NodeRecord
 
 from .timing import MIN_RETRY_S, RHO, fence_deadline
 
+RENEW_LEAD_S = 0.05  # time to reconcile the address once a renewal answered
+
 
 class Role(enum.StrEnum):
     STANDBY = "standby"  # not holding; watching the lease and waiting for its expiry
@@ -127,6 +129,19 @@ def after_renewal(
             return RenewStep(holding, now + min(heartbeat / 4, 0.5), failing=True, lost=False)
         case _:
             assert_never(outcome)
+
+
+def renewal_due(
+    planned: float, last_sent: float, ip_expires_at: float | None, heartbeat: float, call_timeout: float
+) -> float:
+    """When to send the next renewal: at the heartbeat, or sooner, so that its answer (at most `call_timeout`
+    after sending) can extend the common IP's kernel lifetime before the kernel removes it. With a short ttl the
+    lifetime is a single second, and a renewal answered a little later than the previous one would otherwise
+    leave a healthy holder without its address for a moment. Never more often than four times a heartbeat."""
+    due = planned
+    if ip_expires_at is not None:
+        due = min(due, ip_expires_at - call_timeout - RENEW_LEAD_S)
+    return max(due, last_sent + heartbeat / 4)
 
 
 class HoldEvent(enum.Enum):

@@ -31,11 +31,12 @@ from lease import (
     StoreConfigError,
     StoreError,
 )
-from netops import KERNEL_LATENESS_S, AddressBinder, AddressConflict, DeadlinePassed, NetopsError
+from netops import AddressBinder
 
 from . import __version__
 from .app import AppError, Application
 from .clock import Clock, wait_event
+from .common_ip import CommonIp
 from .config import Config, NodeConfig
 from .health import HealthCheck
 from .metrics import Metrics
@@ -50,8 +51,8 @@ from .roles import (
     after_renewal,
     plan_retry,
     plan_standby,
+    renewal_due,
 )
-from .timing import address_lifetime
 
 CLEANUP_TIMEOUT_S = 5.0  # each step of the emergency clean-up after an internal error
 # A database that misreports row counts (SET NOCOUNT ON, a trigger) cannot judge any compare-and-set, and a name
@@ -98,19 +99,16 @@ class Agent:
         self.holding: Holding | None = None
         self.lease_view: LeaseState | None = None  # the lease as last read or acquired, for /status
         self.renew_failing = False
-        self.ip_bound = False
         self.last_tick = clock.now()
         self.stop_requested = asyncio.Event()
         self.stop_reason = ""
         self.transition_reason = "starting"
         self._not_before = 0.0
-        self._ip_wanted = False  # the promotion's probe passed: from now until letting go, the IP must be up
-        self._ip_lock = asyncio.Lock()
-        self._ip_up = asyncio.Event()
         self._report_now = asyncio.Event()
         self._db_down_logged = False
         self._base_log = structlog.get_logger("fos.agent").bind(node=node.name, cluster=cfg.cluster)
         self.log = self._base_log.bind(role=self.role.value)
+        self.ip = CommonIp(cfg, binder, clock, self.metrics, self.log)
 
     # ---- shorthands --------------------------------------------------------------------------------------
 
@@ -130,8 +128,12 @@ class Agent:
     def call_timeout(self) -> float:
         return self.cfg.call_timeout
 
+    @property
+    def ip_bound(self) -> bool:
+        return self.ip.bound
+
     def ip_bound_or_unmanaged(self) -> bool:
-        return self.ip_bound or self.cfg.address_driver == "none"
+        return self.ip.bound or not self.ip.managed
 
     def _tick(self) -> None:
         self.last_tick = self.clock.now()
@@ -182,7 +184,7 @@ class Agent:
     def _enter(self, decision: Decision) -> None:
         self.transition_reason = decision.reason
         previous, self.role = self.role, decision.role
-        self.log = self._base_log.bind(role=decision.role.value, epoch=self.epoch)
+        self.log = self.ip.log = self._base_log.bind(role=decision.role.value, epoch=self.epoch)
         log = self.log.warning if "promotion failed" in decision.reason else self.log.info
         log("transition", previous=previous.value, reason=decision.reason)
         self.metrics.set_role(decision.role)
@@ -211,7 +213,7 @@ class Agent:
             except StoreError as exc:
                 self._db_down(exc)
                 if not leftovers_checked:
-                    leftovers_checked = await self._drop_ip()
+                    leftovers_checked = await self.ip.drop()
                 await self._sleep_until(self.clock.now() + poll)
                 continue
             self._db_up()
@@ -219,7 +221,7 @@ class Agent:
             plan = plan_standby(state, self.node.name, self.instance, self.clock.now(), poll, self._not_before)
             if plan.action is StandbyAction.WAIT:
                 if not leftovers_checked:
-                    leftovers_checked = await self._drop_ip()
+                    leftovers_checked = await self.ip.drop()
                 await self._sleep_until(plan.wake_at)
                 continue
             sent = self.clock.now()
@@ -342,7 +344,7 @@ class Agent:
                     ip.result()  # an unexpected error (not NetopsError) ends the agent through run()'s handler
                 if renewed and "ip" not in tasks:
                     # As a task: a slow netlink call must not hold up the fence timer or the next renewal.
-                    tasks["ip"] = asyncio.create_task(self._reconcile_ip())
+                    tasks["ip"] = asyncio.create_task(self.ip.reconcile(self.holding))
                 if tasks["stop"].done():
                     return HoldEvent.STOP_REQUESTED, self.stop_reason
                 if "work" in tasks and tasks["work"].done():
@@ -353,9 +355,12 @@ class Agent:
                 if "app" in tasks and tasks["app"].done():
                     self.metrics.app_healthy.set(0)
                     return HoldEvent.APP_FAILED, str(tasks["app"].result())
-                if "renew" not in tasks and self.clock.now() >= next_renew:
+                due = renewal_due(
+                    next_renew, self.holding.last_sent, self.ip.expires_at, self.cfg.lease.heartbeat, self.call_timeout
+                )
+                if "renew" not in tasks and self.clock.now() >= due:
                     tasks["renew"] = asyncio.create_task(self._renew(self.holding.epoch))
-                deadline = self.holding.fence_at if "renew" in tasks else min(self.holding.fence_at, next_renew)
+                deadline = self.holding.fence_at if "renew" in tasks else min(self.holding.fence_at, due)
                 timer = asyncio.create_task(self.clock.sleep_until(deadline))
                 try:
                     await asyncio.wait([*tasks.values(), timer], return_when=asyncio.FIRST_COMPLETED)
@@ -370,70 +375,12 @@ class Agent:
             if unwinding:
                 await asyncio.wait(unwinding)
 
-    async def _reconcile_ip(self) -> None:
-        """Make the common IP match the lease: bound, with a kernel lifetime that ends before the fence deadline.
-
-        The lifetime is computed right before the netlink write and checked right after it: if the agent was
-        delayed (descheduled, frozen) in between, the address is shortened or dropped at once, and announced
-        only once it passed that check. When not even a second fits, nothing is written: the lifetime the
-        kernel already has was computed against an earlier, smaller deadline and ends before F anyway."""
-        managed = self.cfg.address_driver == "netlink"  # else the binder only records the state (NoneBinder)
-        async with self._ip_lock:
-            holding = self.holding
-            if not self._ip_wanted or holding is None:
-                return
-            lifetime = address_lifetime(holding.fence_at, self.clock.now()) if managed else None
-            if managed and lifetime is None:
-                return
-            try:
-                # The binder cuts the lifetime again right before the netlink write, in its worker thread, so
-                # that write time + lifetime + G <= F however long we were delayed on the way (DeadlinePassed if
-                # not even 1 s fits). A delay after the write is harmless: the kernel counts from the write.
-                not_after = holding.fence_at if lifetime is not None else None
-                added = await self.binder.bind(lifetime, force=True, not_after=not_after)
-                self._set_ip_bound(True)
-                if added:
-                    if self.role is Role.ACTIVE:
-                        self.log.warning("ip_rebound", lifetime=lifetime)  # the kernel had let it lapse
-                    await self.binder.announce()
-            except DeadlinePassed as exc:
-                # Delayed between computing the lifetime and the write: nothing was added or extended; what
-                # the kernel has ends before F anyway. The next renewal reconciles again.
-                self.log.warning("ip_not_extended", error=str(exc))
-            except NetopsError as exc:
-                self.log.warning("ip_reconcile_failed", error=str(exc))
-
-    def _set_ip_bound(self, bound: bool) -> None:
-        self.ip_bound = bound
-        self.metrics.ip_bound.set(1 if bound else 0)
-        if bound:
-            self._ip_up.set()
-        else:
-            self._ip_up.clear()
-
     # ---- promoting / active -----------------------------------------------------------------------------
-
-    async def _claim_ip(self, holding: Holding) -> None:
-        """Probe for another owner of the common IP, then bind it. Right after taking over an expired lease the
-        old holder's address may still be up for up to G (the kernel's lateness): probe again until it is gone
-        before calling it a conflict."""
-        if self.cfg.address_driver == "netlink" and self.cfg.probe_conflict:
-            window = KERNEL_LATENESS_S if holding.took_over else 0.0
-            mac = await self.binder.probe_until_clear(window)
-            if mac:
-                raise AddressConflict(str(self.cfg.common_ip.ip if self.cfg.common_ip else ""), mac)
-        self._ip_wanted = True
-        await self._reconcile_ip()
-        if not self.ip_bound:
-            # Not even a 1 s lifetime fits before F any more (a slow acquisition, a long probe): wait for the next
-            # successful renewal, which reconciles the address. The fence deadline bounds this wait (_hold).
-            self.log.info("ip_waits_for_renewal")
-            await self._ip_up.wait()
 
     async def _promote(self) -> str:
         holding = self.holding
         assert holding is not None
-        await self._claim_ip(holding)
+        await self.ip.claim(holding)
         env = {"FOS_NODE": self.node.name, "FOS_CLUSTER": self.cfg.cluster, "FOS_EPOCH": str(holding.epoch)}
         await self.app.start(env)
         ok, detail = await self.health.wait_healthy(self.cfg.app.health.start_grace)
@@ -463,36 +410,13 @@ class Agent:
     async def _announce_loop(self) -> None:
         while True:
             await self.clock.sleep(self.cfg.announce.refresh)
-            holding = self.holding
-            # Only while a renewal sent less than F ago succeeded: after a freeze this timer may fire before the
-            # hold loop notices the deadline, and an announcement then would pull traffic to a fenced node.
-            if self.ip_bound and holding is not None and self.clock.now() < holding.fence_at:
-                async with self._ip_lock:
-                    with contextlib.suppress(NetopsError):
-                        await self.binder.announce()
+            await self.ip.announce(self.holding)
 
     # ---- letting go ---------------------------------------------------------------------------------------
 
-    async def _drop_ip(self) -> bool:
-        """Remove the common IP; True once it is confirmed absent (removed now, or not there)."""
-        async with self._ip_lock:
-            self._ip_wanted = False
-            try:
-                if await self.binder.unbind():
-                    self.log.info("ip_unbound")
-                gone = True
-            except NetopsError as exc:
-                self.log.error("ip_unbind_failed", error=str(exc))
-                try:
-                    gone = not await self.binder.is_bound()
-                except NetopsError:
-                    gone = False
-            self._set_ip_bound(not gone)
-            return gone
-
     async def _let_go(self, kind: EventKind, decision: Decision) -> None:
         """IP first (from then on no user traffic reaches this node), then the app, then the lease."""
-        ip_gone = await self._drop_ip()
+        ip_gone = await self.ip.drop()
         await self.app.stop()
         self.metrics.app_healthy.set(0)
         self.health.forget("the application is stopped on this node")
@@ -525,7 +449,7 @@ class Agent:
         ip_gone = False
         try:
             async with asyncio.timeout(CLEANUP_TIMEOUT_S):
-                ip_gone = await self._drop_ip()
+                ip_gone = await self.ip.drop()
         except Exception as exc:
             self.log.error("cleanup_failed", step="ip", error=f"{type(exc).__name__}: {exc}")
         try:

@@ -57,7 +57,12 @@ class AddressBinder(Protocol):
     """The common IP on this node. Every method is idempotent and raises only NetopsError (AddressConflict when
     another host answers for the address). Every method is safe to cancel: a cancelled call returns (raising
     CancelledError) only after its netlink or raw-socket work ended, so the address is then in a settled state
-    and no packet is sent any more on that call's behalf."""
+    and no packet is sent any more on that call's behalf.
+
+    `written_lifetime` is the kernel lifetime (whole seconds) of the last successful bind or refresh as it was
+    written, after any cut by `not_after`; None for no limit, or before the first write."""
+
+    written_lifetime: int | None
 
     async def is_bound(self) -> bool:
         """True when the common IP is on the interface and fos added it (an operator's address: False)."""
@@ -147,6 +152,7 @@ class NetlinkBinder:
         self._announce = announce or Announce()
         self.probe_timeout = probe_timeout
         self._label = fos_label(interface) if address.version == 4 else None
+        self.written_lifetime: int | None = None
 
     # ---- netlink, run in a worker thread (each call opens its own socket) ----------------------------------
 
@@ -205,6 +211,7 @@ class NetlinkBinder:
                 life = min(life, math.floor(room))
                 attrs["IFA_CACHEINFO"] = {"ifa_preferred": life, "ifa_valid": life, "cstamp": 0, "tstamp": 0}
             ipr.addr(command, **attrs)
+        self.written_lifetime = None if life == FOREVER else life
 
     def _delete(self) -> bool:
         with IPRoute() as ipr:
@@ -304,6 +311,7 @@ class NoneBinder:
 
     def __init__(self) -> None:
         self._bound = False
+        self.written_lifetime: int | None = None
 
     async def is_bound(self) -> bool:
         return self._bound

@@ -16,6 +16,7 @@ from agent.roles import (
     live_namesake,
     plan_retry,
     plan_standby,
+    renewal_due,
 )
 from agent.timing import MIN_RETRY_S, RHO, fence_deadline
 from lease import LeaseState, NodeRecord
@@ -120,3 +121,23 @@ def _row(node: str, instance: str | None, role: str = "active", age: float | Non
 )
 def test_a_live_agent_with_our_name_is_found_by_its_row(rows: list[NodeRecord], found: bool) -> None:
     assert (live_namesake(rows, "m1", "i1", heartbeat=1.0, call_timeout=0.5) is not None) is found
+
+
+@pytest.mark.parametrize(
+    ("planned", "ip_expires_at", "due"),
+    [
+        # a long lifetime: the heartbeat decides
+        (101.0, 250.0, 101.0),
+        # no kernel lifetime (address_driver = "none"): the heartbeat decides
+        (101.0, None, 101.0),
+        # a 1 s lifetime written at 100.1: renew so that an answer within call_timeout (0.5 s) lands before it ends
+        (101.0, 101.1, 101.1 - 0.5 - 0.05),
+        # never more often than four times a heartbeat after the last send
+        (101.0, 100.3, 100.25),
+    ],
+)
+def test_a_renewal_comes_early_enough_to_extend_the_address_before_it_lapses(
+    planned: float, ip_expires_at: float | None, due: float
+) -> None:
+    got = renewal_due(planned, last_sent=100.0, ip_expires_at=ip_expires_at, heartbeat=1.0, call_timeout=0.5)
+    assert got == pytest.approx(due)

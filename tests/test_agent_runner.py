@@ -388,3 +388,26 @@ async def test_a_schema_missing_for_a_moment_at_run_time_is_an_outage_not_an_exi
     assert m1.task is not None and not m1.task.done(), "the agent must not exit"
     assert m1.agent.role is Role.ACTIVE and store.rows["c1"].epoch == 1
     await m1.kill()
+
+
+async def test_a_healthy_holder_keeps_its_address_when_renewals_answer_with_jitter(store: MemoryLeaseStore) -> None:
+    # ttl 3 leaves a kernel lifetime of one second: a renewal answered later than the one before must still come
+    # in time to extend it. Latencies alternate between fast and nearly the call timeout (0.5 s).
+    m1 = Node(config(ttl=3, heartbeat=1, driver="netlink"), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE and m1.binder.bound)
+    original_renew = store.renew
+    latencies = iter([0.02, 0.4] * 100)
+
+    async def jittery_renew(*args: Any, **kwargs: Any) -> bool:
+        await asyncio.sleep(next(latencies))
+        return await original_renew(*args, **kwargs)
+
+    store.renew = jittery_renew  # type: ignore[method-assign]
+    lapsed = 0
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        lapsed += not m1.binder.bound
+        await asyncio.sleep(0.01)
+    assert m1.agent.role is Role.ACTIVE and store.rows["c1"].epoch == 1
+    assert lapsed == 0, f"the address was missing in {lapsed} samples of a healthy holder"
+    await m1.kill()

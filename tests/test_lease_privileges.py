@@ -4,10 +4,17 @@ and the operator commands use, sends no DDL, and is refused DDL by the server.""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyodbc
@@ -19,7 +26,8 @@ from tests.support.dbservers import DbServer
 
 _runs = itertools.count(1)
 _DDL = re.compile(r"^\s*(CREATE|ALTER|DROP|GRANT|TRUNCATE)\b", re.IGNORECASE)
-DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "database-setup.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, "docs", "database-setup.md")
 
 
 def _doc_blocks(section: str) -> list[str]:
@@ -132,3 +140,77 @@ async def test_the_agent_login_sees_and_refuses_a_trigger_the_owner_did_not_crea
     with pytest.raises(UnsafeSchema, match="fos_audit"):
         await agent.preflight("c1")
     await agent.close()
+
+
+def _fos(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT
+    )
+
+
+async def _init_db(dsn: str, schema: str | None) -> None:
+    owner = SqlLeaseStore(dsn, schema=schema, call_timeout=10)
+    try:
+        await owner.init_schema()
+    finally:
+        await owner.close()
+
+
+def test_fos_run_and_fos_status_work_with_only_the_agent_logins_grants(
+    server: DbServer, logins: dict[str, str], tmp_path: Path
+) -> None:
+    schema = "fos" if server.kind == "postgresql" else None
+    asyncio.run(_init_db(logins["owner"], schema))
+    server.admin_sql(logins["grants"], database=logins["database"] if server.kind == "postgresql" else "mysql")
+    # The password comes from the environment, as in production; the cluster's row does not exist yet: `fos run`
+    # creates it with the INSERT it is granted.
+    dsn = logins["agent"].replace("agent-secret", "${FOS_DB_PASSWORD}")
+    config = tmp_path / "fos.toml"
+    config.write_text(
+        f"""
+[cluster]
+name = "least-{os.getpid()}"
+address_driver = "none"
+
+[[nodes]]
+name = "m1"
+
+[database]
+dsn = "{dsn}"
+{f'schema = "{schema}"' if schema else ""}
+
+[lease]
+ttl = 3
+heartbeat = 1
+
+[http]
+listen = ""
+"""
+    )
+    env = {**os.environ, "FOS_DB_PASSWORD": "agent-secret"}
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(config), "--node", "m1", "--state-dir", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        holder = None
+        while holder != "m1" and time.monotonic() < deadline and agent.poll() is None:
+            out = _fos("status", "--config", str(config), "--json", env=env)
+            assert out.returncode == 0, out.stderr
+            holder = (json.loads(out.stdout)["lease"] or {}).get("holder")
+            if holder != "m1":
+                time.sleep(0.2)  # the poll interval of a wait with a deadline
+        assert holder == "m1", f"the agent did not take the lease with the agent login: {agent.stderr}"
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(10) == 0
+        err = agent.stderr.read() if agent.stderr else ""
+        assert "permission denied" not in err.lower() and "denied" not in err.lower(), err
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()

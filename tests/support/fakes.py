@@ -28,6 +28,10 @@ class FakeBinder:
         self.freeze_before_write = 0.0  # the next bind/refresh stops the whole process this long before writing
 
     @property
+    def written_lifetime(self) -> int | None:
+        return self.lifetime
+
+    @property
     def bound(self) -> bool:
         return self._expires_at is not None and time.monotonic() < self._expires_at
 

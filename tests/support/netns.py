@@ -168,3 +168,17 @@ def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.0
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def holds_for(condition: Callable[[], Any], duration: float, interval: float = 0.1, what: str = "condition") -> int:
+    """Poll `condition()` for `duration` seconds and fail at the first falsy answer (an observation window: what
+    must *stay* true, e.g. a standby that must not take over); return how many times it was checked."""
+    deadline = time.monotonic() + duration
+    checks = 0
+    while True:
+        if not condition():
+            raise AssertionError(f"{what} stopped holding after {checks} checks")
+        checks += 1
+        if time.monotonic() >= deadline:
+            return checks
+        time.sleep(interval)
