@@ -24,6 +24,7 @@ from . import __version__, cli_ops
 from .config import Config, ConfigError, NodeConfig, check_listen, load
 from .logs import configure as configure_logs
 from .node import select_node
+from .replication_schedule import freshness
 from .service import serve
 from .timing import check
 
@@ -133,12 +134,15 @@ async def _status(cfg: Config) -> dict[str, Any]:
         row = await store.status_row(cfg.cluster)
         nodes = await store.list_nodes(cfg.cluster)
         events = await store.list_events(cfg.cluster, limit=10)
+        holder = (row or {}).get("holder")
+        copy = (await freshness(store, cfg.cluster, holder)).as_dict() if cfg.replication.enabled and holder else None
     finally:
         await store.close()
     return {
         "cluster": cfg.cluster,
         "alias_url": cfg.alias_url,
         "lease": row,
+        "holder_copy": copy,
         "nodes": [
             {
                 "node": n.node,
@@ -168,6 +172,13 @@ def _print_status(status: dict[str, Any]) -> None:
         f"cluster {status['cluster']}{alias}: holder {holder}, epoch {lease.get('epoch', 0)}, "
         f"lease left {left_text}{' (expired)' if lease.get('expired') and lease.get('holder') else ''}"
     )
+    copy = status.get("holder_copy")
+    if copy is not None:
+        age = copy.get("age_s")
+        print(
+            f"installation copy on {copy['node']}: "
+            + ("no good fos mirror on record" if age is None else f"last good fos mirror {age:.0f}s ago")
+        )
     print(f"{'NODE':<16} {'ROLE':<10} {'APP':<8} {'SEEN':>8}  URL")
     for n in status["nodes"]:
         seen = "-" if n["last_seen_age_s"] is None else f"{n['last_seen_age_s']:.1f}s"

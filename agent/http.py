@@ -38,7 +38,16 @@ def status(agent: Agent) -> dict[str, Any]:
         "app_detail": agent.health.last_detail,
         "loop_age_s": round(now - agent.last_tick, 3),
         **lease_seen(agent),
+        "replication": replication_seen(agent),
     }
+
+
+def replication_seen(agent: Agent) -> dict[str, object] | None:
+    """How old this node's installation copy was when it last took over (fos mirror), if replication is on."""
+    schedule = agent.replication
+    if schedule is None or schedule.last_freshness is None:
+        return None
+    return schedule.last_freshness.as_dict()
 
 
 def lease_seen(agent: Agent) -> dict[str, Any]:

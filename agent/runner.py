@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol, assert_never
+from typing import TYPE_CHECKING, Any, Protocol, assert_never
 
 import structlog
 
@@ -53,6 +53,9 @@ from .roles import (
     plan_standby,
     renewal_due,
 )
+
+if TYPE_CHECKING:
+    from .replication_schedule import ReplicationSchedule
 
 CLEANUP_TIMEOUT_S = 5.0  # each step of the emergency clean-up after an internal error
 # A database that misreports row counts (SET NOCOUNT ON, a trigger) cannot judge any compare-and-set, and a name
@@ -98,6 +101,7 @@ class Agent:
         self.role = Role.STANDBY
         self.holding: Holding | None = None
         self.lease_view: LeaseState | None = None  # the lease as last read or acquired, for /status
+        self.replication: ReplicationSchedule | None = None  # scheduled fos mirror, when configured (/status)
         self.renew_failing = False
         self.last_tick = clock.now()
         self.stop_requested = asyncio.Event()

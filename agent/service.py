@@ -8,6 +8,7 @@ live agent with our name, the HTTP port) is checked before anything is changed o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 
@@ -31,7 +32,8 @@ from .app import Application, NoApplication, StartStopCommands, SupervisedComman
 from .clock import SystemClock
 from .config import Config, ConfigError, NodeConfig, check_listen
 from .http import start_server
-from .roles import live_namesake
+from .replication_schedule import ReplicationSchedule
+from .roles import Role, live_namesake
 from .runner import FATAL_STORE_ERRORS, Agent, AgentFailed
 from .statedir import StateDir
 from .timing import check
@@ -64,6 +66,30 @@ def build_store(cfg: Config) -> SqlLeaseStore:
     return SqlLeaseStore(
         cfg.database.dsn, dialect=cfg.database.dialect, schema=cfg.database.schema, call_timeout=cfg.call_timeout
     )
+
+
+class Replication:
+    """Scheduled `fos mirror` while this node holds the lease, on a store (connection) of its own: a copy's
+    database calls never queue in front of a renewal. Cancelling it ends a running rsync."""
+
+    def __init__(self, schedule: ReplicationSchedule, store: SqlLeaseStore) -> None:
+        self.schedule, self.store = schedule, store
+        self.task = asyncio.create_task(schedule.run())
+
+    @classmethod
+    def start(cls, cfg: Config, node: NodeConfig, agent: Agent) -> Replication:
+        store = build_store(cfg)
+        schedule = ReplicationSchedule(
+            cfg, store, node.name, lambda: agent.epoch if agent.role is Role.ACTIVE else None
+        )
+        agent.replication = schedule
+        return cls(schedule, store)
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.store.close()
 
 
 def _dump_tasks() -> None:
@@ -127,6 +153,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
             await _check_database(store, cfg, node, instance)
             app = build_app(cfg, node, state)
             agent = Agent(cfg, node, store, binder, app, SystemClock(), instance=instance)
+            replication = Replication.start(cfg, node, agent) if cfg.replication.enabled else None
             runner: web.AppRunner | None = None
             if cfg.http_listen:  # before reaping an orphan: a port in use must refuse with nothing changed
                 try:
@@ -159,6 +186,8 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
                     print(f"fos: {exc}", file=sys.stderr)
                 return EXIT_FAILED
             finally:
+                if replication is not None:
+                    await replication.stop()
                 if runner is not None:
                     await runner.cleanup()
         finally:

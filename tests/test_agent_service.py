@@ -3,6 +3,7 @@ on the database (a live agent with our name, a store that misreports row counts)
 
 from __future__ import annotations
 
+import dataclasses
 import pwd
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,13 @@ from typing import Any
 import pytest
 
 from agent.app import StartStopCommands, SupervisedCommand
-from agent.config import Config, parse
+from agent.config import Config, ReplicationConfig, parse
+from agent.http import status
 from agent.roles import Role
 from agent.runner import AgentFailed
-from agent.service import build_app, build_binder, build_store
+from agent.service import Replication, build_app, build_binder, build_store
 from agent.statedir import StateDir
-from lease import ProtocolViolation
+from lease import ProtocolViolation, SqlLeaseStore
 from lease.memory import MemoryLeaseStore
 from netops import NetlinkBinder
 from tests.support.agents import Node, boottime, config, until
@@ -96,3 +98,30 @@ async def test_an_agent_records_its_instance_in_its_node_row() -> None:
     assert store.nodes[("c1", "m1")].instance == "host-a:1234abcd:deadbeef"
     assert store.rows["c1"].instance == "host-a:1234abcd:deadbeef"
     await m1.kill()
+
+
+async def test_a_configured_replication_schedule_runs_beside_the_agent_and_reports_the_copy(tmp_path: Path) -> None:
+    db = tmp_path / "lease.db"
+    owner = SqlLeaseStore(f"Driver=SQLite3;Database={db};Timeout=2000")
+    await owner.init_schema()
+    await owner.close()
+    base = config()
+    cfg = dataclasses.replace(
+        base,
+        database=dataclasses.replace(base.database, dsn=f"Driver=SQLite3;Database={db};Timeout=2000"),
+        replication=ReplicationConfig(paths=(str(tmp_path / "install"),), stale_after=1.0),
+    )
+    m1 = Node(cfg, "m1", MemoryLeaseStore(clock=boottime))
+    replication = Replication.start(cfg, cfg.nodes[0], m1.agent)
+    try:
+        m1.start()
+        await until(lambda: m1.agent.role is Role.ACTIVE)
+        await until(lambda: status(m1.agent)["replication"] is not None, 5, "the copy's age in /status")
+        assert status(m1.agent)["replication"] == {"node": "m1", "at": None, "epoch": None, "age_s": None}
+        check = SqlLeaseStore(f"Driver=SQLite3;Database={db};Timeout=2000")
+        events = await check.list_events(cfg.cluster)
+        await check.close()
+        assert [e.kind for e in events] == ["replication_stale"], "no good copy on record is stale"
+    finally:
+        await replication.stop()
+        await m1.kill()
