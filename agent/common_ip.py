@@ -9,6 +9,7 @@ go. All changes of the address go through one lock, so a reconciliation and a dr
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from netops import KERNEL_LATENESS_S, AddressBinder, AddressConflict, DeadlinePassed, NetopsError
@@ -46,20 +47,24 @@ class CommonIp:
             if mac:
                 raise AddressConflict(str(self.cfg.common_ip.ip if self.cfg.common_ip else ""), mac)
         self._wanted = True
-        await self.reconcile(holding, rebinding_is_news=False)
+        await self.reconcile(lambda: holding, rebinding_is_news=False)  # a NetopsError fails the promotion
         if not self.bound:
             self.log.info("ip_waits_for_renewal")
             await self._up.wait()
 
-    async def reconcile(self, holding: Holding | None, rebinding_is_news: bool = True) -> None:
+    async def reconcile(self, holding_now: Callable[[], Holding | None], rebinding_is_news: bool = True) -> None:
         """Make the address match the lease: present, with a lifetime that ends before F.
 
         The binder cuts the lifetime again in its worker thread right before the netlink write (`not_after`), so
         that write time + lifetime + G <= F however long we were delayed on the way; if not even a second fits,
         nothing is written (DeadlinePassed) and what the kernel has, computed against an earlier and smaller F,
-        ends in time anyway. A delay after the write is harmless: the kernel counts from the write. The address is
-        announced only after a successful write."""
+        ends in time anyway; after the write the binder checks the clock again and shortens or removes the address
+        if it was delayed between the cut and the write. The Holding is read once the lock is ours (a reconcile
+        queued behind another must use the newest renewal). The address is announced only after a successful
+        write, and only while F is still ahead. Raises NetopsError (not DeadlinePassed, which only means "not
+        extended this time") when the address cannot be managed: the caller decides to step down."""
         async with self._lock:
+            holding = holding_now()
             if not self._wanted or holding is None:
                 return
             lifetime = address_lifetime(holding.fence_at, self.clock.now()) if self.managed else None
@@ -75,21 +80,21 @@ class CommonIp:
                 if added:
                     if rebinding_is_news:
                         self.log.warning("ip_rebound", lifetime=lifetime)  # the kernel had let it lapse
-                    await self.binder.announce()
+                    if self.clock.now() < holding.fence_at:
+                        await self.binder.announce()
             except DeadlinePassed as exc:
                 self.log.warning("ip_not_extended", error=str(exc))
-            except NetopsError as exc:
-                self.log.warning("ip_reconcile_failed", error=str(exc))
 
     async def announce(self, holding: Holding | None) -> None:
         """A periodic gratuitous announcement, only while a renewal sent less than F ago succeeded: after a
         freeze the announcer's timer may fire before the hold loop notices the deadline."""
+        # Not under the lock: an announcement may take count x interval, and a reconciliation must not wait for
+        # it. No packet follows a drop: the agent cancels and awaits the announcer before dropping the address.
         if self.bound and holding is not None and self.clock.now() < holding.fence_at:
-            async with self._lock:
-                try:
-                    await self.binder.announce()
-                except NetopsError as exc:
-                    self.log.debug("announce_failed", error=str(exc))
+            try:
+                await self.binder.announce()
+            except NetopsError as exc:
+                self.log.debug("announce_failed", error=str(exc))
 
     async def drop(self) -> bool:
         """Remove the address; True once it is confirmed absent (removed now, or not there)."""

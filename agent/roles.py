@@ -20,7 +20,7 @@ from lease.model import LeaseState, NodeRecord
 
 from .timing import MIN_RETRY_S, RHO, fence_deadline
 
-RENEW_LEAD_S = 0.05  # time to reconcile the address once a renewal answered
+RENEW_LEAD_S = 0.2  # time to reconcile the address once a renewal answered (two netlink calls, a loaded host)
 
 
 class Role(enum.StrEnum):
@@ -132,16 +132,18 @@ def after_renewal(
 
 
 def renewal_due(
-    planned: float, last_sent: float, ip_expires_at: float | None, heartbeat: float, call_timeout: float
+    planned: float, last_attempt: float, ip_expires_at: float | None, heartbeat: float, call_timeout: float
 ) -> float:
-    """When to send the next renewal: at the heartbeat, or sooner, so that its answer (at most `call_timeout`
-    after sending) can extend the common IP's kernel lifetime before the kernel removes it. With a short ttl the
-    lifetime is a single second, and a renewal answered a little later than the previous one would otherwise
-    leave a healthy holder without its address for a moment. Never more often than four times a heartbeat."""
+    """When to send the next renewal: at the planned time (a heartbeat after the last success, or the retry after
+    a failure), or sooner, so that its answer (at most `call_timeout` after sending) can extend the common IP's
+    kernel lifetime before the kernel removes it. With a short ttl the lifetime is a single second, and a renewal
+    answered a little later than the previous one would otherwise leave a healthy holder without its address for
+    a moment. Never sooner than min(heartbeat/4, 0.5 s) after the last attempt, success or not: a database that
+    fails at once must not be hammered."""
     due = planned
     if ip_expires_at is not None:
         due = min(due, ip_expires_at - call_timeout - RENEW_LEAD_S)
-    return max(due, last_sent + heartbeat / 4)
+    return max(due, last_attempt + min(heartbeat / 4, 0.5))
 
 
 class HoldEvent(enum.Enum):
@@ -151,6 +153,7 @@ class HoldEvent(enum.Enum):
     FENCE_DEADLINE = "fence_deadline"
     LEASE_LOST = "lease_lost"
     SUSPENDED = "suspended"
+    IP_FAILED = "ip_failed"  # the common IP could not be managed (bound or extended) several times in a row
     STOP_REQUESTED = "stop_requested"
     APP_FAILED = "app_failed"
     WORK_FAILED = "work_failed"
@@ -171,6 +174,10 @@ def after_holding(event: HoldEvent, detail: str, hold_off: float, min_hold: floa
             return Decision(Role.DEMOTING, f"stop requested ({detail})", 0.0, then_stop=True)
         case HoldEvent.APP_FAILED:
             return Decision(Role.DEMOTING, f"the application failed ({detail}): stepping down", max(hold_off, min_hold))
+        case HoldEvent.IP_FAILED:
+            return Decision(
+                Role.DEMOTING, f"the common IP cannot be managed ({detail}): stepping down", max(hold_off, min_hold)
+            )
         case HoldEvent.WORK_FAILED:
             return Decision(Role.DEMOTING, f"promotion failed ({detail}): stepping down", max(hold_off, min_hold))
         case _:

@@ -31,7 +31,7 @@ from lease import (
     StoreConfigError,
     StoreError,
 )
-from netops import AddressBinder
+from netops import AddressBinder, NetopsError
 
 from . import __version__
 from .app import AppError, Application
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from .replication_schedule import ReplicationSchedule
 
 CLEANUP_TIMEOUT_S = 5.0  # each step of the emergency clean-up after an internal error
+IP_FAILURES_TO_STEP_DOWN = 2  # reconciliations in a row that could not manage the address (a lapse is not one)
 # A database that misreports row counts (SET NOCOUNT ON, a trigger) cannot judge any compare-and-set, and a name
 # the store refuses will be refused again: no retry cures either, and going on could let two nodes hold. Stop the
 # agent (exit 2 with the reason). A missing schema or driver at run time (a restore, a package upgrade) is only an
@@ -319,6 +320,9 @@ class Agent:
         """Keep the lease while `work` runs (or, without work, until something happens)."""
         assert self.holding is not None
         next_renew = self.holding.last_sent + self.cfg.lease.heartbeat
+        last_attempt = self.holding.last_sent
+        ip_failures = 0
+        reconcile_again = False
         tasks: dict[str, asyncio.Task[Any]] = {"stop": asyncio.create_task(self.stop_requested.wait())}
         if work is not None:
             tasks["work"] = asyncio.create_task(work)
@@ -345,10 +349,22 @@ class Agent:
                 ip = tasks.get("ip")
                 if ip is not None and ip.done():
                     del tasks["ip"]
-                    ip.result()  # an unexpected error (not NetopsError) ends the agent through run()'s handler
-                if renewed and "ip" not in tasks:
+                    failure = ip.exception()
+                    if isinstance(failure, NetopsError):
+                        ip_failures += 1
+                        self.log.warning("ip_reconcile_failed", error=str(failure), failures=ip_failures)
+                        if ip_failures >= IP_FAILURES_TO_STEP_DOWN:
+                            return HoldEvent.IP_FAILED, str(failure)
+                    elif failure is not None:
+                        raise failure  # unexpected: ends the agent through run()'s handler
+                    else:
+                        ip_failures = 0
+                if (renewed or reconcile_again) and "ip" not in tasks:
                     # As a task: a slow netlink call must not hold up the fence timer or the next renewal.
-                    tasks["ip"] = asyncio.create_task(self.ip.reconcile(self.holding))
+                    tasks["ip"] = asyncio.create_task(self.ip.reconcile(lambda: self.holding))
+                    reconcile_again = False
+                elif renewed:
+                    reconcile_again = True  # one is running with an older Holding: go again when it ends
                 if tasks["stop"].done():
                     return HoldEvent.STOP_REQUESTED, self.stop_reason
                 if "work" in tasks and tasks["work"].done():
@@ -360,9 +376,10 @@ class Agent:
                     self.metrics.app_healthy.set(0)
                     return HoldEvent.APP_FAILED, str(tasks["app"].result())
                 due = renewal_due(
-                    next_renew, self.holding.last_sent, self.ip.expires_at, self.cfg.lease.heartbeat, self.call_timeout
+                    next_renew, last_attempt, self.ip.expires_at, self.cfg.lease.heartbeat, self.call_timeout
                 )
                 if "renew" not in tasks and self.clock.now() >= due:
+                    last_attempt = self.clock.now()
                     tasks["renew"] = asyncio.create_task(self._renew(self.holding.epoch))
                 deadline = self.holding.fence_at if "renew" in tasks else min(self.holding.fence_at, due)
                 timer = asyncio.create_task(self.clock.sleep_until(deadline))

@@ -114,7 +114,6 @@ async def _check_database(store: SqlLeaseStore, cfg: Config, node: NodeConfig, i
             # A recent row may be the last words of this machine's previous life (a fast reboot changes the
             # instance): only an agent that keeps writing its row is alive. Watch it for 1.5 heartbeats.
             seen = namesake.last_seen_age_s or 0.0
-            log.warning("namesake_seen", instance=namesake.instance, age=seen)
             waited = 1.5 * cfg.lease.heartbeat + cfg.call_timeout
             await asyncio.sleep(waited)
             again = await namesake_now()
@@ -153,7 +152,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
             await _check_database(store, cfg, node, instance)
             app = build_app(cfg, node, state)
             agent = Agent(cfg, node, store, binder, app, SystemClock(), instance=instance)
-            replication = Replication.start(cfg, node, agent) if cfg.replication.enabled else None
+            replication: Replication | None = None
             runner: web.AppRunner | None = None
             if cfg.http_listen:  # before reaping an orphan: a port in use must refuse with nothing changed
                 try:
@@ -175,6 +174,8 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
                 heartbeat=cfg.lease.heartbeat,
             )
             try:
+                if cfg.replication.enabled:  # last: nothing after it can refuse the start
+                    replication = Replication.start(cfg, node, agent)
                 await agent.run()
             except AgentFailed as exc:
                 cause = exc.__cause__

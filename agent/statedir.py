@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import secrets
 import socket
@@ -20,18 +21,23 @@ from .config import ConfigError
 INSTANCE_ID_MAX = 64
 
 
-def _boot_id() -> str:
+def _machine_tag() -> str:
+    """8 hex digits for this boot of this machine and this mount namespace: a cloned VM boots with another boot
+    id, and containers (which share the host's boot id) each have their own mount namespace."""
+    parts = []
     with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id") as f:
-        return f.read().strip().replace("-", "")[:8]
-    return "noboot"
+        parts.append(f.read().strip())
+    with contextlib.suppress(OSError):
+        parts.append(str(os.stat("/proc/self/ns/mnt").st_ino))
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:8]
 
 
 def instance_id(token: str | None = None) -> str:
-    """The id of an agent process, "<host>_<boot>_<token>", at most 64 characters (the host name is shortened to
+    """The id of an agent process, "<host>_<machine tag>_<token>", at most 64 characters (the host name is shortened to
     fit). With the state dir's token, an agent restarted on the same machine since its last boot keeps its id
     (and may resume its own unexpired lease); a cloned VM (another boot id), a second process with another state
     dir (another token) or an agent without one (a random token) never shares it."""
-    suffix = f"_{_boot_id()}_{token or secrets.token_hex(4)}"
+    suffix = f"_{_machine_tag()}_{token or secrets.token_hex(4)}"
     host = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-" for c in socket.gethostname())
     return (host.lstrip("._-") or "host")[: INSTANCE_ID_MAX - len(suffix)] + suffix
 

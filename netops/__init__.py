@@ -7,6 +7,7 @@ from .binder import (
     Announce,
     NetlinkBinder,
     NoneBinder,
+    kernel_marks_addresses,
     probe_address,
     validate,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "NoneBinder",
     "find_interface",
     "format_table",
+    "kernel_marks_addresses",
     "list_interfaces",
     "probe_address",
     "validate",

@@ -19,6 +19,7 @@ import asyncio
 import errno
 import ipaddress
 import math
+import platform
 import threading
 import time
 from dataclasses import dataclass
@@ -110,8 +111,25 @@ class Announce:
     interval: float = 0.2
 
 
+def kernel_marks_addresses(release: str) -> bool:
+    """True if this kernel keeps IFA_PROTO on addresses (Linux 6.3 and later). Without it an IPv6 address fos
+    added cannot be told from an operator's (IPv4 still has its label), so fos could neither refresh nor remove it."""
+    parts = release.split(".")
+    try:
+        major, minor = int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return False
+    return (major, minor) >= (6, 3)
+
+
 def validate(interface: str, address: IPInterface) -> Interface:
-    """The interface exists, is up, and is on the common IP's subnet; else a NetopsError saying which."""
+    """The interface exists, is up, and is on the common IP's subnet (and, for IPv6, the kernel can mark fos's
+    address); else a NetopsError saying which."""
+    if address.version == 6 and not kernel_marks_addresses(platform.release()):
+        raise NetopsError(
+            f"an IPv6 common IP needs Linux 6.3 or later (this is {platform.release()}): older kernels drop the "
+            "marker that tells fos's address from an operator's; use an IPv4 common IP or a newer kernel"
+        )
     iface = find_interface(interface)
     if not iface.usable:
         raise NetopsError(
@@ -211,6 +229,19 @@ class NetlinkBinder:
                 life = min(life, math.floor(room))
                 attrs["IFA_CACHEINFO"] = {"ifa_preferred": life, "ifa_valid": life, "cstamp": 0, "tstamp": 0}
             ipr.addr(command, **attrs)
+            if not_after is not None:
+                # A freeze between the cut above and the write would count the lifetime from the thaw: check
+                # again, and shorten or remove the address at once if it could now outlive not_after.
+                room = not_after - time.clock_gettime(time.CLOCK_BOOTTIME) - KERNEL_LATENESS_S
+                if room < life:
+                    if room >= 1:
+                        life = math.floor(room)
+                        attrs["IFA_CACHEINFO"] = {"ifa_preferred": life, "ifa_valid": life, "cstamp": 0, "tstamp": 0}
+                        ipr.addr("replace", **attrs)
+                    else:
+                        ipr.addr("del", index=attrs["index"], address=self.ip, prefixlen=attrs["prefixlen"])
+                        self.written_lifetime = None
+                        raise DeadlinePassed(1 - room)
         self.written_lifetime = None if life == FOREVER else life
 
     def _delete(self) -> bool:

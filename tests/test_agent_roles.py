@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.roles import (
+    RENEW_LEAD_S,
     Decision,
     HoldEvent,
     Holding,
@@ -124,20 +125,23 @@ def test_a_live_agent_with_our_name_is_found_by_its_row(rows: list[NodeRecord], 
 
 
 @pytest.mark.parametrize(
-    ("planned", "ip_expires_at", "due"),
+    ("planned", "last_attempt", "ip_expires_at", "due"),
     [
         # a long lifetime: the heartbeat decides
-        (101.0, 250.0, 101.0),
+        (101.0, 100.0, 250.0, 101.0),
         # no kernel lifetime (address_driver = "none"): the heartbeat decides
-        (101.0, None, 101.0),
-        # a 1 s lifetime written at 100.1: renew so that an answer within call_timeout (0.5 s) lands before it ends
-        (101.0, 101.1, 101.1 - 0.5 - 0.05),
-        # never more often than four times a heartbeat after the last send
-        (101.0, 100.3, 100.25),
+        (101.0, 100.0, None, 101.0),
+        # a 1 s lifetime written at 100.1: renew so that an answer within call_timeout (0.5 s) lands before it ends,
+        # with RENEW_LEAD_S for the netlink write
+        (101.0, 100.0, 101.1, 101.1 - 0.5 - RENEW_LEAD_S),
+        # never sooner than a quarter heartbeat (at most 0.5 s) after the last attempt
+        (101.0, 100.0, 100.3, 100.25),
+        # renewals failing while the address is about to lapse: the retry plan decides, not a back-to-back loop
+        (103.25, 103.0, 101.1, 103.25),
     ],
 )
 def test_a_renewal_comes_early_enough_to_extend_the_address_before_it_lapses(
-    planned: float, ip_expires_at: float | None, due: float
+    planned: float, last_attempt: float, ip_expires_at: float | None, due: float
 ) -> None:
-    got = renewal_due(planned, last_sent=100.0, ip_expires_at=ip_expires_at, heartbeat=1.0, call_timeout=0.5)
+    got = renewal_due(planned, last_attempt, ip_expires_at, heartbeat=1.0, call_timeout=0.5)
     assert got == pytest.approx(due)

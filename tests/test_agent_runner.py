@@ -411,3 +411,43 @@ async def test_a_healthy_holder_keeps_its_address_when_renewals_answer_with_jitt
     assert m1.agent.role is Role.ACTIVE and store.rows["c1"].epoch == 1
     assert lapsed == 0, f"the address was missing in {lapsed} samples of a healthy holder"
     await m1.kill()
+
+
+# ---- found by the second review --------------------------------------------------------------------------------
+
+
+async def _failing_bind(*args: Any, **kwargs: Any) -> bool:
+    raise NetopsError("10.0.0.100 is already configured on eth0 but not by fos: remove it by hand")
+
+
+async def test_a_promotion_whose_bind_keeps_failing_steps_down_and_the_standby_serves(store: MemoryLeaseStore) -> None:
+    cfg = config(ttl=3, heartbeat=0.5, driver="netlink")
+    m1 = Node(cfg, "m1", store)
+    m1.binder.bind = _failing_bind  # type: ignore[method-assign]
+    m1.start()
+    await until(lambda: any(e.kind == EventKind.STEPPED_DOWN for e in store.events), 4, "m1 stepping down")
+    m2 = Node(cfg, "m2", store).start()
+    await until(lambda: m2.agent.role is Role.ACTIVE, 6, "m2 serving")
+    assert m1.app.started_at == [], "m1 never started its app without the address"
+    await m1.kill()
+    await m2.kill()
+
+
+async def test_an_active_node_that_cannot_manage_its_address_steps_down(store: MemoryLeaseStore) -> None:
+    m1 = Node(config(ttl=3, heartbeat=0.5, driver="netlink"), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE and m1.binder.bound)
+    m1.binder.bind = _failing_bind  # type: ignore[method-assign]
+    await until(lambda: any(e.kind == EventKind.STEPPED_DOWN for e in store.events), 4, "stepping down")
+    assert m1.agent.role is Role.STANDBY and store.rows["c1"].holder is None
+    await m1.kill()
+
+
+async def test_renewals_failing_at_once_are_not_retried_back_to_back(store: MemoryLeaseStore) -> None:
+    m1 = Node(config(ttl=3, heartbeat=1, driver="netlink"), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE and m1.binder.bound)
+    calls = store.calls
+    store.available = False  # every call fails at once
+    await until(lambda: m1.agent.role is not Role.ACTIVE, 4, "fenced")
+    # about 2.8 s until the fence at one attempt per quarter heartbeat: a dozen, not thousands
+    assert store.calls - calls < 30, f"{store.calls - calls} calls before the fence"
+    await m1.kill()

@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -149,3 +150,15 @@ async def test_an_instance_id_fits_64_characters_even_with_the_longest_host_name
     iid = out.decode().strip()
     assert len(iid) == 64
     assert re.fullmatch(r"h+_[0-9a-z]{6,8}_[0-9a-f]{8}", iid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace")
+def test_two_containers_on_one_host_with_a_copied_state_dir_are_different_instances() -> None:
+    # Containers share the host's boot id; each has its own mount namespace.
+    code = "from agent.statedir import instance_id; print(instance_id('deadbeef'))"
+    here = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    there = subprocess.run(
+        ["unshare", "--mount", sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert here.stdout.strip() != there.stdout.strip()
+    assert here.stdout.strip() == instance_id("deadbeef"), "the same machine, boot and namespace keep their id"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from netops import KERNEL_LATENESS_S
+from netops import KERNEL_LATENESS_S, kernel_marks_addresses
 from tests.support.netns import SUBNET, SUBNET6, Host, Lan, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -342,3 +342,11 @@ def test_a_write_caps_the_lifetime_at_the_callers_deadline_or_writes_nothing(
     assert capped == {"ok": True, "result": True}, capped
     lifetime = _valid_lft(m1, ip)
     assert lifetime is not None and lifetime <= 3
+
+
+@pytest.mark.parametrize(
+    ("release", "marks"),
+    [("6.18.0-1-amd64", True), ("6.3.0", True), ("6.1.0-28-amd64", False), ("5.15.0-91-generic", False), ("x", False)],
+)
+def test_an_ipv6_common_ip_needs_a_kernel_that_marks_fos_addresses(release: str, marks: bool) -> None:
+    assert kernel_marks_addresses(release) is marks
