@@ -22,14 +22,13 @@ INSTANCE_ID_MAX = 64
 
 
 def _machine_tag() -> str:
-    """8 hex digits for this boot of this machine and this mount namespace: a cloned VM boots with another boot
-    id, and containers (which share the host's boot id) each have their own mount namespace."""
-    parts = []
+    """8 hex digits for this boot of this machine: a cloned VM boots with another boot id. (Not the mount
+    namespace: `ip netns exec` and systemd's PrivateTmp= give every start a new one, and a restarted agent must
+    keep its id to resume its own lease.)"""
+    boot = ""
     with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id") as f:
-        parts.append(f.read().strip())
-    with contextlib.suppress(OSError):
-        parts.append(str(os.stat("/proc/self/ns/mnt").st_ino))
-    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:8]
+        boot = f.read().strip()
+    return hashlib.sha256(boot.encode()).hexdigest()[:8]
 
 
 def instance_id(token: str | None = None) -> str:
