@@ -31,12 +31,6 @@ def address_lifetime(deadline: float, now: float) -> int | None:
     return lifetime if lifetime >= MIN_LIFETIME_S else None
 
 
-def lifetime_overruns(deadline: float, now: float, lifetime: int) -> bool:
-    """True if an address given `lifetime` at `now` could outlive the fence deadline (the agent was delayed
-    between computing the lifetime and the kernel applying it)."""
-    return now + lifetime + KERNEL_LATENESS_S > deadline
-
-
 def min_ttl(call_timeout: float, margin: float) -> float:
     """The smallest lease ttl that leaves a 1 s kernel lifetime after a renewal answered at its deadline."""
     return (MIN_LIFETIME_S + margin + call_timeout + KERNEL_LATENESS_S) / (1 - RHO)
