@@ -83,10 +83,6 @@ def within(path: str, allowed: tuple[str, ...]) -> bool:
 
 def _check_option(option: str, max_delete: int) -> int | None:
     """ReceiveRefused for an option not on the allow-list; the N of --max-delete=N, else None."""
-    if option in _REFUSED_LONG or (_bundle(option) and "s" in _bundle(option)):
-        raise ReceiveRefused(
-            f"rsync option {option!r} (protect-args) is refused: it would hide the real options from this check"
-        )
     if option in _LONG or _SHORT.fullmatch(option):
         return None
     number = _LONG_NUMBER.fullmatch(option)
@@ -130,6 +126,11 @@ def _server_words(words: list[str], allowed: tuple[str, ...], max_delete: int) -
     if words[:2] != ["rsync", "--server"]:
         shown = " ".join(words)[:60] or "(none)"
         raise ReceiveRefused(f"only rsync may run with this key (asked for {shown!r})")
+    for word in words[2:]:  # first, before anything else: with protect-args the rest comes over the protocol
+        if word in _REFUSED_LONG or "s" in _bundle(word):
+            raise ReceiveRefused(
+                f"rsync option {word!r} (protect-args) is refused: it would hide the real options from this check"
+            )
     if "." not in words[2:]:
         raise ReceiveRefused("the rsync command has no '.' separator before its destination")
     dot = words.index(".", 2)

@@ -324,6 +324,8 @@ SERVER = "rsync --server -ltpre.iLsfxCIvu --delay-updates"
 def test_the_receiver_refuses_protect_args_in_any_form(options: str) -> None:
     with pytest.raises(ReceiveRefused, match="protect-args"):
         server_argv(f"{SERVER} {options} . /opt/app/", ALLOWED, 100)
+    with pytest.raises(ReceiveRefused, match="protect-args"):  # what rsync really sends: no '.', no destination
+        server_argv(f"rsync --server {options}", ALLOWED, 100)
 
 
 def test_capability_letters_after_e_are_not_options() -> None:
