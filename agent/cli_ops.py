@@ -14,9 +14,9 @@ import re
 import sys
 from collections.abc import Callable
 
-from lease import SqlLeaseStore, StoreError
-
 import structlog
+
+from lease import SqlLeaseStore, StoreError
 
 from .config import Config, ConfigError, load
 from .logs import configure as configure_logs

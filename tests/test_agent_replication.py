@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from agent.cli_ops import read_env_file
 from agent.config import ConfigError, ReplicationConfig, parse
+from agent.node import confirm_node, names_this_machine
 from agent.replication import (
     MirrorRefused,
     choose_targets,
@@ -27,8 +29,6 @@ from agent.replication import (
     same_lease,
     ssh_command,
 )
-from agent.cli_ops import read_env_file
-from agent.node import confirm_node, names_this_machine
 from agent.replication_receive import (
     ReceiveRefused,
     check_push,
@@ -180,7 +180,10 @@ def test_the_rsync_command_copies_to_the_same_path_with_the_excludes_and_ssh_set
     assert "/k" in ssh and "UserKnownHostsFile=/kh" in ssh and "BatchMode=yes" in ssh
     file_path = os.path.join(tmp_path, "f.conf")
     open(file_path, "w").close()
-    assert rsync_argv(rep, file_path, "h", False, False, is_dir=False, sender="m1", epoch=4)[-2:] == [file_path, f"h:{file_path}"]
+    assert rsync_argv(rep, file_path, "h", False, False, is_dir=False, sender="m1", epoch=4)[-2:] == [
+        file_path,
+        f"h:{file_path}",
+    ]
 
 
 def test_rsync_stats_and_event_details_are_parsed() -> None:
@@ -218,7 +221,10 @@ ALLOWED = ("/opt/app", "/etc/app.conf")
         ("rsync --server -ltpre.iLsfxCIvu --delay-updates . /opt/application/", "outside replication.paths"),
         ("rsync --server -ltpre.iLsfxCIvu --delay-updates . /opt/app/../../etc", "outside replication.paths"),
         ("rsync --server -ltpre.iLsfxCIvu --delay-updates . /etc/", "outside replication.paths"),
-        ("rsync --server --log-file=/etc/x -ltpre.iLsfxCIvu --delay-updates . /opt/app/", "'--log-file=/etc/x' is not allowed"),
+        (
+            "rsync --server --log-file=/etc/x -ltpre.iLsfxCIvu --delay-updates . /opt/app/",
+            "'--log-file=/etc/x' is not allowed",
+        ),
         ("rsync --server --rsync-path=sh . /opt/app/", "is not allowed"),
         ("rsync --server -ltpre.iLsfxCIvu --delay-updates . /opt/app/ /etc/", "exactly one destination"),
         ("rsync --server -ltpre.iLsfxCIvu /opt/app/", "no '.' separator"),
@@ -346,7 +352,7 @@ def test_the_receiver_resolves_symlinks_before_comparing_with_the_paths(tmp_path
     (tmp_path / "alias").symlink_to(allowed)
     roots = (str(allowed),)
     for dest in (f"{allowed}/link/", f"{allowed}/link/new/dir", f"{allowed}/link"):
-        with pytest.raises(ReceiveRefused, match="outside replication.paths"):
+        with pytest.raises(ReceiveRefused, match=r"outside replication\.paths"):
             server_argv(f"{SERVER} . {dest}", roots, 100)
     assert server_argv(f"{SERVER} . {allowed}/new/", roots, 100)[-1] == f"{allowed}/new/"
     # an allowed root that is itself reached through a symlink still matches
@@ -430,7 +436,9 @@ def test_the_sender_names_itself_and_its_epoch_and_never_sends_owners_or_devices
     argv = rsync_argv(rep, str(tmp_path), "h", True, False, is_dir=True, sender="m1", epoch=9)
     assert "--rsync-path=fos-mirror-push m1 9 rsync" in argv and "-rlpt" in argv and "-a" not in argv
     # what the receiver will see must pass its own checks (the server command rsync builds from this argv)
-    push = parse_push(f"fos-mirror-push m1 9 {SERVER} --delete-delay --max-delete=100 . {tmp_path}/", (str(tmp_path),), 100)
+    push = parse_push(
+        f"fos-mirror-push m1 9 {SERVER} --delete-delay --max-delete=100 . {tmp_path}/", (str(tmp_path),), 100
+    )
     assert push.epoch == 9
 
 
@@ -441,7 +449,9 @@ def test_ipv6_peer_hosts_are_bracketed_in_the_destination(tmp_path: Any) -> None
 
 
 @pytest.mark.parametrize("key", ["ssh_key", "known_hosts"])
-@pytest.mark.parametrize("value", ['/tmp/k" -oProxyCommand=touch${IFS}/tmp/pwn "x', "/tmp/it's/key", "/a b", "/a\\b", "/a\tb"])
+@pytest.mark.parametrize(
+    "value", ['/tmp/k" -oProxyCommand=touch${IFS}/tmp/pwn "x', "/tmp/it's/key", "/a b", "/a\\b", "/a\tb"]
+)
 def test_ssh_key_and_known_hosts_refuse_what_could_inject_ssh_options(key: str, value: str) -> None:
     with pytest.raises(ConfigError) as err:
         config(paths=["/opt/app"], **{key: value})
@@ -507,7 +517,16 @@ class FakeMirrorStore:
     async def read(self, cluster: str, *, timeout: float | None = None) -> LeaseState:
         return self.state
 
-    async def record_event(self, cluster: str, node: str | None, kind: str, epoch: int | None, detail: str | None, *, timeout: float | None = None) -> None:
+    async def record_event(
+        self,
+        cluster: str,
+        node: str | None,
+        kind: str,
+        epoch: int | None,
+        detail: str | None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
         self.events.append(detail)
 
 
@@ -594,7 +613,12 @@ def test_receive_with_env_file_expands_the_dsn_and_the_probe_reads_the_lease(tmp
     env_file.write_text(f"FOS_TEST_DB={db}\n")
     env = {k: v for k, v in os.environ.items() if k != "FOS_TEST_DB"}
     fos = [sys.executable, "-m", "agent.cli", "mirror", "receive", "--config", str(conf), "--node", "m2"]
-    subprocess.run([sys.executable, "-m", "agent.cli", "init-db", "--config", str(conf)], env={**env, "FOS_TEST_DB": str(db)}, capture_output=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "agent.cli", "init-db", "--config", str(conf)],
+        env={**env, "FOS_TEST_DB": str(db)},
+        capture_output=True,
+        timeout=60,
+    )
     env["SSH_ORIGINAL_COMMAND"] = "fos-mirror-probe"
     without = subprocess.run(fos, env=env, capture_output=True, text=True, timeout=60)
     assert without.returncode == 2 and "FOS_TEST_DB" in without.stderr

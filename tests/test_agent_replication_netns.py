@@ -122,9 +122,7 @@ async def hold_epoch(store: SqlLeaseStore) -> int:
     return (await store.read("rp")).epoch
 
 
-def raw_push(
-    bed: ReplicationBed, destination: str, epoch: int = 1, *options: str
-) -> subprocess.CompletedProcess[str]:
+def raw_push(bed: ReplicationBed, destination: str, epoch: int = 1, *options: str) -> subprocess.CompletedProcess[str]:
     """rsync from m1 to m2 with the mirror key, naming m1 and `epoch`, bypassing fos mirror's own checks."""
     rep = load(bed.config).replication
     ssh = " ".join(ssh_command(rep))
