@@ -563,6 +563,28 @@ async def test_replication_checks_ssh_and_the_forced_command_and_a_healthy_pair_
         assert "fos mirror receive did not answer" in checks["replication.m2"]["message"]
         assert 'command="fos mirror receive' in checks["replication.m2"]["fix"]
 
+        # The forced command runs without the agent's environment: a DSN needing ${VAR} fails there, and the
+        # doctor says so (not "install the forced command"); --env-file makes the same set-up pass.
+        env_config = os.path.join(bed.work, "env.toml")
+        with open(bed.config) as f:
+            text = f.read()
+        with open(env_config, "w") as f:
+            f.write(text.replace(bed.dsn, "Driver=SQLite3;Database=${FOS_DOCTOR_DB}"))
+        receive = f"{bed.fos_argv_text()} mirror receive --config {env_config} --node m2"
+        with open(bed.sshd["m2"].authorized_keys, "w") as f:
+            f.write(f'command="{receive}",restrict {bed.public_key}\n')
+        code, checks = doctor_in(host, bed.config, "m1")
+        assert code == 1 and "cannot read the lease" in checks["replication.m2"]["message"], checks["replication.m2"]
+        assert "/etc/fos/fos.env" in checks["replication.m2"]["fix"]
+        env_file = os.path.join(bed.work, "fos.env")
+        with open(env_file, "w") as f:
+            f.write(f"FOS_DOCTOR_DB={bed.dsn.split('Database=')[1].split(';')[0]}\n")
+        with open(bed.sshd["m2"].authorized_keys, "w") as f:
+            f.write(f'command="{receive} --env-file {env_file}",restrict {bed.public_key}\n')
+        code, checks = doctor_in(host, bed.config, "m1")
+        assert checks["replication.m2"]["status"] == "pass", checks["replication.m2"]
+        assert "lease read: holder m1" in checks["replication.m2"]["message"]
+
         code, checks = doctor_in(host, bed.config, "m1", path="/nonexistent")
         assert code == 1 and checks["replication.rsync"]["status"] == "fail"
     finally:
