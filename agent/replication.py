@@ -380,8 +380,13 @@ async def _remote_only(
     if is_local is None:
         from .node import names_this_machine
 
-        async with asyncio.timeout(STAT_TIMEOUT):
-            local = await asyncio.to_thread(lambda: [names_this_machine(peer_host(t)) for t in targets])
+        try:
+            async with asyncio.timeout(STAT_TIMEOUT):
+                local = await asyncio.to_thread(lambda: [names_this_machine(peer_host(t)) for t in targets])
+        except TimeoutError:
+            raise MirrorRefused(
+                f"resolving the peers' hosts took over {STAT_TIMEOUT:g}s: check this machine's resolver"
+            ) from None
     else:
         local = [is_local(peer_host(t)) for t in targets]
     kept = []

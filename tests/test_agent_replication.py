@@ -37,7 +37,7 @@ from agent.replication_receive import (
     server_argv,
     within,
 )
-from agent.replication_schedule import Freshness, deletions_paused, freshness, is_stale
+from agent.replication_schedule import Freshness, ReplicationSchedule, deletions_paused, freshness, is_stale
 from lease import Event, LeaseState
 
 
@@ -625,3 +625,35 @@ def test_receive_with_env_file_expands_the_dsn_and_the_probe_reads_the_lease(tmp
     probe = subprocess.run([*fos, "--env-file", str(env_file)], env=env, capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0, probe.stderr
     assert "node m2 ready" in probe.stdout and "lease read: holder nobody" in probe.stdout
+
+
+class FakeScheduleStore(FakeMirrorStore):
+    """FakeMirrorStore with the event history the schedule reads."""
+
+    def __init__(self, state: LeaseState, history: list[Event]) -> None:
+        super().__init__(state)
+        self.history = history
+
+    async def list_events(self, cluster: str, limit: int = 50, *, timeout: float | None = None) -> list[Event]:
+        return self.history[:limit]
+
+
+async def test_the_schedule_copies_without_deletions_to_a_peer_whose_last_run_hit_max_delete(
+    monkeypatch: Any, tmp_path: Any
+) -> None:
+    (tmp_path / ".fos-sentinel").write_text("")
+    seen: dict[str, list[str]] = {}
+
+    async def fake_run(argv: list[str], timeout: float) -> tuple[int, str, str]:
+        seen[argv[-1].split(":")[0]] = argv
+        return 0, "", ""
+
+    monkeypatch.setattr("agent.replication.run_command", fake_run)
+    monkeypatch.setattr("agent.node.names_this_machine", lambda host: False)
+    cfg = config(paths=[str(tmp_path)])
+    store = FakeScheduleStore(lease("m1"), [mirror_event("to=m2 result=max_delete files=0")])
+    schedule = ReplicationSchedule(cfg, store, "m1", lambda: 4, poll=0.05)  # type: ignore[arg-type]
+    await schedule._run_while_holding(4)
+    assert not any(a.startswith("--delete") for a in seen["10.0.0.2"])  # m2: paused
+    assert "--delete-delay" in seen["m3"]  # m3: deletes as usual
+    assert "deletes=paused" in store.events[0] and "to=m2" in store.events[0]

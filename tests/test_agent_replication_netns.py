@@ -144,6 +144,7 @@ async def test_the_receiver_refuses_a_push_while_it_holds_the_lease(bed: Replica
     await store.release("rp", "m2", (await store.read("rp")).epoch)
     out = raw_push(bed, bed.app + "/")
     assert out.returncode != 0 and "nobody holds the lease" in out.stderr
+    assert "mirror_receive_refused" in out.stderr and "node=m2" in out.stderr  # logged on the receiving node
     epoch = await hold(store, "m1")
     out = raw_push(bed, bed.app + "/", epoch - 1)
     assert out.returncode != 0 and f"held by m1 epoch {epoch}" in out.stderr
