@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent.cli_ops import read_env_file
+from agent.cli_ops import read_env_file, receive_env
 from agent.config import ConfigError, ReplicationConfig, parse
 from agent.node import confirm_node, names_this_machine
 from agent.replication import (
@@ -657,3 +657,15 @@ async def test_the_schedule_copies_without_deletions_to_a_peer_whose_last_run_hi
     assert not any(a.startswith("--delete") for a in seen["10.0.0.2"])  # m2: paused
     assert "--delete-delay" in seen["m3"]  # m3: deletes as usual
     assert "deletes=paused" in store.events[0] and "to=m2" in store.events[0]
+
+
+def test_the_receiver_reads_the_default_env_file_only_when_it_exists(monkeypatch: Any, tmp_path: Any) -> None:
+    default = tmp_path / "fos.env"
+    monkeypatch.setattr("agent.cli_ops.DEFAULT_ENV_FILE", str(default))
+    monkeypatch.delenv("FOS_DB_PASSWORD", raising=False)
+    assert "FOS_DB_PASSWORD" not in receive_env(None)  # no default file: the process environment only
+    default.write_text("FOS_DB_PASSWORD=from-default\n")
+    assert receive_env(None)["FOS_DB_PASSWORD"] == "from-default"
+    other = tmp_path / "other.env"
+    other.write_text("FOS_DB_PASSWORD=from-flag\n")
+    assert receive_env(str(other))["FOS_DB_PASSWORD"] == "from-flag"  # --env-file wins over the default
