@@ -3,8 +3,10 @@
 Safety rules (each one a test in tests/test_agent_replication*.py):
 - Only the lease holder sends, and only to nodes that do not hold the lease: the sender reads the lease before
   the run and again after it; a different holder or epoch afterwards makes the run a failure (`lost_lease`).
-- The receiving side runs `fos mirror receive` as an ssh forced command (agent/replication_receive.py): it
-  refuses while its own node holds the lease and restricts rsync's server side to the configured paths.
+- The receiving side runs `fos mirror receive` as an ssh forced command (agent/replication_receive.py): the
+  sender names itself and its epoch in the remote command (--rsync-path); the receiver accepts only that holder
+  in that epoch, never while its own node holds the lease, and restricts rsync's server side to the paths.
+- A target whose host is this machine is dropped; `fos mirror --node` must name this machine (agent/node.py).
 - Deletions on the receiver only with the sentinel file present in the source directory (an unmounted or
   emptied source never wipes the standby), and at most max_delete per run (rsync --max-delete; exit 25).
 - --delay-updates: changed files are renamed into place together at the end, so a half copy is never live.

@@ -6,10 +6,11 @@ In the fos user's ~/.ssh/authorized_keys on every node (one line, see README "Re
 
 sshd then runs this command for every connection with that key, whatever the client asked for, and puts the
 client's command in SSH_ORIGINAL_COMMAND. Like rsync's rrsync script it lets only rsync's receiving server side
-run, with options from a short allow-list, into one of the configured replication paths; unlike rrsync it first
-asks the lease database and refuses while this node holds the lease (a push must never overwrite the active
-node's installation), and refuses when the database cannot be asked (fail closed); while rsync runs it keeps
-asking, and kills rsync if this node takes the lease meanwhile.
+run, with options from a short allow-list (never protect-args), into one of the configured replication paths
+(symlinks resolved); unlike rrsync it first asks the lease database and accepts only a push from the node that
+holds the lease, in the epoch the sender names (`fos-mirror-push NODE EPOCH rsync --server ...`), never while
+this node holds it, and refuses when the database cannot be asked (fail closed); while rsync runs it keeps
+asking, and kills rsync if the lease stops showing that sender and epoch.
 """
 
 from __future__ import annotations
