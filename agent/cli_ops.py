@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import syslog
 from collections.abc import Callable
 
 import structlog
@@ -141,14 +142,20 @@ def cmd_mirror_receive(args: argparse.Namespace) -> int:
         rep = cfg.replication
         return asyncio.run(_receive(cfg, me, parse_push(command, rep.paths, rep.max_delete)))
     except ReceiveRefused as exc:
-        log.warning("mirror_receive_refused", node=me, why=str(exc), client=os.environ.get("SSH_CLIENT", ""))
-        print(f"fos mirror receive on {me}: refused: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _refused(me, str(exc))
     except StoreError as exc:
-        why = f"the lease database cannot be asked ({exc})"
-        log.warning("mirror_receive_refused", node=me, why=why, client=os.environ.get("SSH_CLIENT", ""))
-        print(f"fos mirror receive on {me}: refused: {why}", file=sys.stderr)
-        return EXIT_FAILED
+        return _refused(me, f"the lease database cannot be asked ({exc})")
+
+
+def _refused(me: str, why: str) -> int:
+    """Log a refused push on this node (syslog, i.e. the journal, and a structlog line on stderr, which ssh
+    passes back to the sender) and tell the sender in one line."""
+    client = os.environ.get("SSH_CLIENT", "").split(" ")[0]
+    log.warning("mirror_receive_refused", node=me, why=why, client=client)
+    syslog.openlog("fos-mirror-receive", 0, syslog.LOG_AUTH)
+    syslog.syslog(syslog.LOG_WARNING, f"refused a push to node {me} from {client or 'unknown'}: {why}")
+    print(f"fos mirror receive on {me}: refused: {why}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 async def _ages(cfg: Config) -> list[dict[str, object]]:
