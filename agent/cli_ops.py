@@ -10,19 +10,24 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
+import syslog
 from collections.abc import Callable
+
+import structlog
 
 from lease import SqlLeaseStore, StoreError
 
-from .config import Config, load
+from .config import Config, ConfigError, load
 from .logs import configure as configure_logs
-from .node import select_node
+from .node import confirm_node, select_node
 from .replication import MirrorRefused, TargetResult, mirror
-from .replication_receive import ReceiveRefused, is_probe, receive, server_argv
+from .replication_receive import Push, ReceiveRefused, is_probe, parse_push, receive
 from .replication_schedule import freshness
 
 EXIT_OK, EXIT_FAILED = 0, 1
+log = structlog.get_logger("fos.replication")
 
 
 def open_store(cfg: Config) -> SqlLeaseStore:
@@ -37,7 +42,7 @@ def open_store(cfg: Config) -> SqlLeaseStore:
 async def _mirror(cfg: Config, me: str, to: str | None, dry_run: bool) -> list[TargetResult]:
     store = open_store(cfg)
     try:
-        return await mirror(cfg, store, me, to=to, dry_run=dry_run)
+        return await mirror(cfg, store, me, to=to, dry_run=dry_run, by_operator=True)
     finally:
         await store.close()
 
@@ -45,7 +50,7 @@ async def _mirror(cfg: Config, me: str, to: str | None, dry_run: bool) -> list[T
 def cmd_mirror(args: argparse.Namespace) -> int:
     configure_logs("warning")  # warnings (a missing sentinel) on stderr; stdout is the result
     cfg = load(args.config)
-    me = select_node(cfg, args.node).name
+    me = (confirm_node(cfg, args.node) if args.node else select_node(cfg, None)).name
     try:
         results = asyncio.run(_mirror(cfg, me, args.to, args.dry_run))
     except MirrorRefused as exc:
@@ -59,11 +64,11 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.good or r.result == "dry_run" for r in results) else EXIT_FAILED
 
 
-async def _receive(cfg: Config, me: str, argv: list[str]) -> int:
+async def _receive(cfg: Config, me: str, push: Push) -> int:
     store = open_store(cfg)
     try:
         return await receive(
-            argv,
+            push,
             lambda: store.read(cfg.cluster, timeout=cfg.call_timeout),
             me,
             poll=min(1.0, cfg.lease.heartbeat / 2),
@@ -72,23 +77,85 @@ async def _receive(cfg: Config, me: str, argv: list[str]) -> int:
         await store.close()
 
 
+async def _probe(cfg: Config, me: str) -> str:
+    """The doctor's probe: a real lease read, so a DSN that cannot be expanded or reached shows here."""
+    store = open_store(cfg)
+    try:
+        lease = await store.read(cfg.cluster, timeout=cfg.call_timeout)
+    finally:
+        await store.close()
+    holder = lease.holder if lease.held else "nobody"
+    return (
+        f"fos mirror receive: node {me} ready for {', '.join(cfg.replication.paths) or 'no paths'}; "
+        f"lease read: holder {holder}, epoch {lease.epoch}"
+    )
+
+
+DEFAULT_ENV_FILE = "/etc/fos/fos.env"
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """KEY=VALUE lines (systemd EnvironmentFile's plain form): blank lines and # comments skipped, one pair of
+    matching surrounding quotes removed, nothing evaluated. A one-line ConfigError (file and line) otherwise;
+    the values are never shown (they are secrets)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"--env-file {path} does not exist: give the agent's EnvironmentFile") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--env-file {path} cannot be read ({type(exc).__name__}): check its mode") from None
+    env = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith(("#", ";")):
+            continue
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not _ENV_KEY.fullmatch(key):
+            raise ConfigError(f"--env-file {path} line {number} is not KEY=VALUE: write it like FOS_DB_PASSWORD=...")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key] = value
+    return env
+
+
+def receive_env(env_file: str | None) -> dict[str, str]:
+    """This process's environment plus --env-file (default DEFAULT_ENV_FILE when it exists): sshd runs the
+    forced command without the agent's systemd environment."""
+    path = env_file if env_file is not None else (DEFAULT_ENV_FILE if os.path.exists(DEFAULT_ENV_FILE) else None)
+    return {**os.environ, **(read_env_file(path) if path else {})}
+
+
 def cmd_mirror_receive(args: argparse.Namespace) -> int:
     """The ssh forced command: nothing may reach stdout except rsync's (it is rsync's protocol channel)."""
-    configure_logs("warning")  # on stderr, which ssh passes back to the sender
-    cfg = load(args.config)
+    configure_logs("warning")  # on stderr, which ssh passes back to the sender (and sshd's log keeps)
+    cfg = load(args.config, env=receive_env(args.env_file))
     me = select_node(cfg, args.node).name
     command = os.environ.get("SSH_ORIGINAL_COMMAND", "")
-    if is_probe(command):
-        print(f"fos mirror receive: node {me} ready for {', '.join(cfg.replication.paths) or 'no paths'}")
-        return EXIT_OK
     try:
-        return asyncio.run(_receive(cfg, me, server_argv(command, cfg.replication.paths)))
+        if is_probe(command):
+            print(asyncio.run(_probe(cfg, me)))
+            return EXIT_OK
+        rep = cfg.replication
+        return asyncio.run(_receive(cfg, me, parse_push(command, rep.paths, rep.max_delete)))
     except ReceiveRefused as exc:
-        print(f"fos mirror receive on {me}: refused: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _refused(me, str(exc))
     except StoreError as exc:
-        print(f"fos mirror receive on {me}: refused: the lease database cannot be asked ({exc})", file=sys.stderr)
-        return EXIT_FAILED
+        return _refused(me, f"the lease database cannot be asked ({exc})")
+
+
+def _refused(me: str, why: str) -> int:
+    """Log a refused push on this node (syslog, i.e. the journal, and a structlog line on stderr, which ssh
+    passes back to the sender) and tell the sender in one line."""
+    client = os.environ.get("SSH_CLIENT", "").split(" ")[0]
+    log.warning("mirror_receive_refused", node=me, why=why, client=client)
+    syslog.openlog("fos-mirror-receive", 0, syslog.LOG_AUTH)
+    syslog.syslog(syslog.LOG_WARNING, f"refused a push to node {me} from {client or 'unknown'}: {why}")
+    print(f"fos mirror receive on {me}: refused: {why}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 async def _ages(cfg: Config) -> list[dict[str, object]]:
@@ -127,6 +194,11 @@ def register(
     msub = p.add_subparsers(dest="mirror_command", required=False, parser_class=type(p))
     r = with_config(msub.add_parser("receive", help="the ssh forced command on a receiving node (authorized_keys)"))
     r.add_argument("--node", help="this machine's [[nodes]] name")
+    r.add_argument(
+        "--env-file",
+        metavar="PATH",
+        help=f"KEY=VALUE lines for the DSN's ${{VARS}} (default: {DEFAULT_ENV_FILE} if it exists)",
+    )
     r.set_defaults(func=cmd_mirror_receive)
     s = with_config(msub.add_parser("status", help="how old each node's copy is (last good fos mirror)"))
     s.add_argument("--json", action="store_true", help="print JSON")

@@ -398,6 +398,10 @@ def _replication(r: TableReader) -> ReplicationConfig:
     for key in ("ssh_key", "known_hosts"):
         if (value := r.get(key, str)) is not None:
             _absolute(f"replication.{key}", value)
+            if any(c.isspace() or c in "\"'\\" for c in value):  # rsync's -e is one string split on these
+                raise ConfigError(
+                    f"replication.{key} holds whitespace, a quote or a backslash: give a path without them"
+                )
     cfg = ReplicationConfig(
         paths=paths,
         excludes=_strings(r, "excludes", "an rsync pattern"),

@@ -344,8 +344,18 @@ async def _probe_peer(node: NodeConfig, cfg: Config) -> Check:
     except FileNotFoundError:
         return Check(name, FAIL, "ssh is not installed", "apt-get install openssh-client")
     if code == 0 and f"node {node.name} ready" in stdout:
-        return Check(name, PASS, f"ssh to {host} works and runs fos mirror receive")
+        lease = stdout.partition("lease read: ")[2].strip()
+        return Check(name, PASS, f"ssh to {host} works and runs fos mirror receive (its lease read: {lease})")
     err = " ".join(stderr.split())[-200:]
+    if code == 2 or "lease database cannot be asked" in err:  # the forced command itself cannot read the lease
+        return Check(
+            name,
+            FAIL,
+            f"fos mirror receive on {node.name} answers but cannot read the lease: {err}",
+            f"on {node.name}, put the DSN's variables (FOS_DB_PASSWORD=...) in /etc/fos/fos.env, which the forced "
+            "command reads (or add --env-file PATH to its command= in authorized_keys), and check the database "
+            "is reachable from there",
+        )
     if code == 255:
         return Check(
             name,

@@ -74,3 +74,40 @@ def select_node(
         f"cannot tell which node this machine is (hostname {host!r} matches no [[nodes]] name, and no node url "
         f"names a local address): pass --node with one of {cfg.node_names()}"
     )
+
+
+def names_this_machine(
+    host: str, addresses: set[str] | None = None, resolve: Callable[[str], set[str]] = resolve_host
+) -> bool:
+    """`host` resolves to an address of this machine (loopback included: a url naming localhost is us too).
+    Blocking (resolver, netlink): async callers run it in a worker thread."""
+    resolved = resolve(host)
+    if not resolved:
+        return False
+    if any(ipaddress.ip_address(a).is_loopback for a in resolved):
+        return True
+    return bool(resolved & (addresses if addresses is not None else local_addresses()))
+
+
+def confirm_node(
+    cfg: Config,
+    name: str,
+    hostname: str | None = None,
+    addresses: set[str] | None = None,
+    resolve: Callable[[str], set[str]] = resolve_host,
+) -> NodeConfig:
+    """The [[nodes]] entry `name`, only if it identifies this machine: its name is this machine's hostname (or
+    its short form), or its url's host resolves to a non-loopback address of this machine. A ConfigError
+    otherwise: commands that act as a node (fos mirror) must not trust --node alone."""
+    node = cfg.node(name)
+    host = hostname if hostname is not None else socket.gethostname()
+    if name in (host, host.split(".")[0]):
+        return node
+    url_host = urlsplit(node.url).hostname if node.url else None
+    local = identifies(addresses if addresses is not None else local_addresses())
+    if url_host and identifies(resolve(url_host)) & local:
+        return node
+    raise ConfigError(
+        f"--node {name} is not this machine (hostname {host!r}, and node {name}'s url names no address of this "
+        f"machine): run this command on {name}, or set its url to an address of {name}"
+    )

@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
 
-from lease import HistoryStore, StoreError
+from lease import Event, HistoryStore, StoreError
 
 from .config import Config, ConfigError
 from .replication import EVENT_MIRROR, EVENT_STALE, MirrorRefused, MirrorStore, mirror, parse_detail
@@ -68,6 +68,20 @@ async def freshness(
     return Freshness(node, None, None, None)
 
 
+def deletions_paused(events: Sequence[Event], node: str) -> bool:
+    """Scheduled runs to `node` copy without deletions while its newest mirror event (newest first in `events`)
+    stopped at max_delete or ran paused (deletes=paused); a run by hand (by=operator) that did not stop at
+    max_delete lifts the pause."""
+    for e in events:
+        fields = parse_detail(e.detail)
+        if e.kind != EVENT_MIRROR or fields.get("to") != node or fields.get("result") in (None, "dry_run"):
+            continue
+        if fields["result"] == "max_delete":
+            return True
+        return fields.get("deletes") == "paused" and fields.get("by") != "operator"
+    return False
+
+
 def is_stale(f: Freshness, stale_after: float) -> bool:
     """Past stale_after (0: never stale), or never copied at all."""
     if stale_after <= 0:
@@ -111,7 +125,7 @@ class ReplicationSchedule:
             elif epoch is None:
                 tenure = None
             if tenure is not None and rep.interval > 0 and time.monotonic() >= next_run:
-                await self._run_while_holding(tenure)
+                await self._guarded(self._run_while_holding(tenure))
                 self.runs += 1
                 next_run = time.monotonic() + rep.interval
             await asyncio.sleep(self.poll)
@@ -119,7 +133,10 @@ class ReplicationSchedule:
     async def _run_while_holding(self, tenure: int) -> None:
         """One mirror run, cancelled (its rsync killed) as soon as holding_epoch() is no longer `tenure`: a node
         that steps down or fences stops pushing within `poll` seconds, not at the end of the copy."""
-        task = asyncio.create_task(self._guarded(mirror(self.cfg, self.store, self.node, expected_epoch=tenure)))
+        events = await self.store.list_events(self.cfg.cluster, limit=EVENT_SCAN, timeout=self.cfg.call_timeout)
+        paused = frozenset(n.name for n in self.cfg.nodes if deletions_paused(events, n.name))
+        run = mirror(self.cfg, self.store, self.node, expected_epoch=tenure, paused=paused)
+        task = asyncio.create_task(self._guarded(run))
         try:
             while not task.done():
                 await asyncio.wait({task}, timeout=self.poll)

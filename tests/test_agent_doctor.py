@@ -537,6 +537,25 @@ def bed(lan: Lan) -> Iterator[ReplicationBed]:
             b.close()
 
 
+def install_receiver_needing_env(bed: ReplicationBed, env_file: str | None = None) -> str:
+    """m2's forced command with a config whose DSN needs ${FOS_DOCTOR_DB} (unset for sshd's child), with
+    --env-file env_file if given; returns the path of an env file that sets it."""
+    env_config = os.path.join(bed.work, "env.toml")
+    with open(bed.config) as f:
+        text = f.read()
+    with open(env_config, "w") as f:
+        f.write(text.replace(bed.dsn, "Driver=SQLite3;Database=${FOS_DOCTOR_DB}"))
+    receive = f"{bed.fos_argv_text()} mirror receive --config {env_config} --node m2"
+    if env_file:
+        receive += f" --env-file {env_file}"
+    with open(bed.sshd["m2"].authorized_keys, "w") as f:
+        f.write(f'command="{receive}",restrict {bed.public_key}\n')
+    path = os.path.join(bed.work, "fos.env")
+    with open(path, "w") as f:
+        f.write(f"FOS_DOCTOR_DB={bed.dsn.split('Database=')[1].split(';')[0]}\n")
+    return path
+
+
 @pytest.mark.netns
 async def test_replication_checks_ssh_and_the_forced_command_and_a_healthy_pair_exits_0(bed: ReplicationBed) -> None:
     store = SqlLeaseStore(bed.dsn, dialect="sqlite", call_timeout=5.0)
@@ -562,6 +581,17 @@ async def test_replication_checks_ssh_and_the_forced_command_and_a_healthy_pair_
         assert code == 1 and checks["replication.m2"]["status"] == "fail"
         assert "fos mirror receive did not answer" in checks["replication.m2"]["message"]
         assert 'command="fos mirror receive' in checks["replication.m2"]["fix"]
+
+        # The forced command runs without the agent's environment: a DSN needing ${VAR} fails there, and the
+        # doctor says so (not "install the forced command"); --env-file makes the same set-up pass.
+        env_file = install_receiver_needing_env(bed)
+        code, checks = doctor_in(host, bed.config, "m1")
+        assert code == 1 and "cannot read the lease" in checks["replication.m2"]["message"], checks["replication.m2"]
+        assert "/etc/fos/fos.env" in checks["replication.m2"]["fix"]
+        install_receiver_needing_env(bed, env_file)
+        code, checks = doctor_in(host, bed.config, "m1")
+        assert checks["replication.m2"]["status"] == "pass", checks["replication.m2"]
+        assert "lease read: holder m1" in checks["replication.m2"]["message"]
 
         code, checks = doctor_in(host, bed.config, "m1", path="/nonexistent")
         assert code == 1 and checks["replication.rsync"]["status"] == "fail"

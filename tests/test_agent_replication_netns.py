@@ -118,12 +118,18 @@ async def test_a_standby_never_pushes(bed: ReplicationBed, store: SqlLeaseStore)
     assert await mirror_events(store) == []
 
 
-def raw_push(bed: ReplicationBed, destination: str) -> subprocess.CompletedProcess[str]:
-    """rsync from m1 to m2 with the mirror key, bypassing fos mirror's own holder check."""
+async def hold_epoch(store: SqlLeaseStore) -> int:
+    return (await store.read("rp")).epoch
+
+
+def raw_push(bed: ReplicationBed, destination: str, epoch: int = 1, *options: str) -> subprocess.CompletedProcess[str]:
+    """rsync from m1 to m2 with the mirror key, naming m1 and `epoch`, bypassing fos mirror's own checks."""
     rep = load(bed.config).replication
     ssh = " ".join(ssh_command(rep))
     src = bed.app + "/"
-    return bed.fs["m1"].run(["rsync", "-a", "-e", ssh, src, f"{bed.fs['m2'].host.ip}:{destination}"])
+    path = f"--rsync-path=fos-mirror-push m1 {epoch} rsync"
+    argv = ["rsync", "-rlpt", "--delay-updates", path, *options, "-e", ssh, src]
+    return bed.fs["m1"].run([*argv, f"{bed.fs['m2'].host.ip}:{destination}"])
 
 
 async def test_the_receiver_refuses_a_push_while_it_holds_the_lease(bed: ReplicationBed, store: SqlLeaseStore) -> None:
@@ -134,9 +140,20 @@ async def test_the_receiver_refuses_a_push_while_it_holds_the_lease(bed: Replica
     assert out.returncode != 0
     assert "node m2 holds the lease" in out.stderr and "refused" in out.stderr
     assert bed.read("m2", "conf/server.xml") == "<m2/>"
-    # The same push is received once m2 no longer holds the lease: the refusal was the lease, not the set-up.
+    # Nobody holding the lease, or m1 naming an epoch that is not the lease's: refused too.
     await store.release("rp", "m2", (await store.read("rp")).epoch)
     out = raw_push(bed, bed.app + "/")
+    assert out.returncode != 0 and "nobody holds the lease" in out.stderr
+    assert "mirror_receive_refused" in out.stderr and "node=m2" in out.stderr  # logged on the receiving node
+    epoch = await hold(store, "m1")
+    out = raw_push(bed, bed.app + "/", epoch - 1)
+    assert out.returncode != 0 and f"held by m1 epoch {epoch}" in out.stderr
+    # protect-args would hide the real destination from the check: refused before rsync runs.
+    out = raw_push(bed, bed.app + "/", epoch, "--protect-args")
+    assert out.returncode != 0 and "protect-args" in out.stderr
+    assert bed.read("m2", "conf/server.xml") == "<m2/>"
+    # The push naming the holder and its epoch is received: the refusals were the lease, not the set-up.
+    out = raw_push(bed, bed.app + "/", epoch)
     assert out.returncode == 0, out.stderr
     assert bed.read("m2", "conf/server.xml") == "<m1 newer/>"
 
@@ -146,14 +163,24 @@ async def test_the_receiver_refuses_a_destination_outside_the_configured_paths(
 ) -> None:
     bed.put("m1", {"x.txt": "x"})
     await hold(store, "m1")
-    out = raw_push(bed, bed.work + "/elsewhere/")
+    out = raw_push(bed, bed.work + "/elsewhere/", await hold_epoch(store))
     assert out.returncode != 0
     assert "outside replication.paths" in out.stderr
     assert "elsewhere" not in bed.listing()
     # Nor may the key run anything but rsync.
     rep = load(bed.config).replication
     shell = bed.fs["m1"].run([*ssh_command(rep), bed.fs["m2"].host.ip, "touch /tmp/fos-should-not-exist"])
-    assert shell.returncode != 0 and "only rsync may run" in shell.stderr
+    assert shell.returncode != 0 and "only fos mirror may push" in shell.stderr
+
+
+async def test_a_standby_claiming_the_holders_name_is_refused(bed: ReplicationBed, store: SqlLeaseStore) -> None:
+    bed.put("m1", {"conf/server.xml": "<m1/>"})
+    bed.put("m2", {"conf/server.xml": "<m2 stale/>"})
+    await hold(store, "m1")
+    argv = [*bed.fos_argv_text().split(), "mirror", "--config", bed.config, "--node", "m1"]
+    out = bed.fs["m2"].run(argv)  # run on m2, claiming to be m1
+    assert out.returncode == 2 and "--node m1 is not this machine" in out.stderr
+    assert bed.read("m1", "conf/server.xml") == "<m1/>" and await mirror_events(store) == []
 
 
 async def test_dry_run_copies_nothing_and_records_no_event(bed: ReplicationBed, store: SqlLeaseStore) -> None:
