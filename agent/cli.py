@@ -17,18 +17,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lease import SqlLeaseStore, StoreError
+from lease import StoreError
 from netops import NetopsError, find_interface, format_table, list_interfaces, probe_address, validate
 
 from . import __version__, cli_ops
 from .config import Config, ConfigError, NodeConfig, check_listen, load
+from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .logs import configure as configure_logs
 from .node import select_node
 from .replication_schedule import freshness
 from .service import serve
+from .stores import command_store
 from .timing import check
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "/etc/fos/fos.toml"
 DOWN_AFTER_HEARTBEATS = 3  # a node row older than this many heartbeats is shown as DOWN, not its last role
 
@@ -38,15 +39,6 @@ class _Parser(argparse.ArgumentParser):
         # One line, not argparse's usage block, and exit 2 like every other bad input.
         print(f"{self.prog}: {message}; see `{self.prog} --help`", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-
-
-def _store(cfg: Config) -> SqlLeaseStore:
-    return SqlLeaseStore(
-        cfg.database.dsn,
-        dialect=cfg.database.dialect,
-        schema=cfg.database.schema,
-        call_timeout=max(cfg.call_timeout, 5.0),
-    )
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -102,7 +94,7 @@ def check_on_node(cfg: Config, node: NodeConfig) -> str:
 
 
 async def _init_db(cfg: Config) -> str:
-    store = _store(cfg)
+    store = command_store(cfg)
     try:
         before, after = await store.init_schema(timeout=15)
         await store.ensure_cluster(cfg.cluster)
@@ -129,7 +121,7 @@ def node_is_down(role: str, last_seen_age_s: float | None, heartbeat: float) -> 
 
 
 async def _status(cfg: Config) -> dict[str, Any]:
-    store = _store(cfg)
+    store = command_store(cfg)
     try:
         row = await store.status_row(cfg.cluster)
         nodes = await store.list_nodes(cfg.cluster)

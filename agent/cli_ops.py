@@ -17,30 +17,22 @@ from collections.abc import Callable
 
 import structlog
 
-from lease import SqlLeaseStore, StoreError
+from lease import StoreError
 
 from .config import Config, ConfigError, load
+from .exits import EXIT_FAILED, EXIT_OK
 from .logs import configure as configure_logs
 from .node import confirm_node, select_node
 from .replication import MirrorRefused, TargetResult, mirror
 from .replication_receive import Push, ReceiveRefused, is_probe, parse_push, receive
 from .replication_schedule import freshness
+from .stores import command_store
 
-EXIT_OK, EXIT_FAILED = 0, 1
 log = structlog.get_logger("fos.replication")
 
 
-def open_store(cfg: Config) -> SqlLeaseStore:
-    return SqlLeaseStore(
-        cfg.database.dsn,
-        dialect=cfg.database.dialect,
-        schema=cfg.database.schema,
-        call_timeout=max(cfg.call_timeout, 5.0),
-    )
-
-
 async def _mirror(cfg: Config, me: str, to: str | None, dry_run: bool) -> list[TargetResult]:
-    store = open_store(cfg)
+    store = command_store(cfg)
     try:
         return await mirror(cfg, store, me, to=to, dry_run=dry_run, by_operator=True)
     finally:
@@ -65,7 +57,7 @@ def cmd_mirror(args: argparse.Namespace) -> int:
 
 
 async def _receive(cfg: Config, me: str, push: Push) -> int:
-    store = open_store(cfg)
+    store = command_store(cfg)
     try:
         return await receive(
             push,
@@ -79,7 +71,7 @@ async def _receive(cfg: Config, me: str, push: Push) -> int:
 
 async def _probe(cfg: Config, me: str) -> str:
     """The doctor's probe: a real lease read, so a DSN that cannot be expanded or reached shows here."""
-    store = open_store(cfg)
+    store = command_store(cfg)
     try:
         lease = await store.read(cfg.cluster, timeout=cfg.call_timeout)
     finally:
@@ -159,7 +151,7 @@ def _refused(me: str, why: str) -> int:
 
 
 async def _ages(cfg: Config) -> list[dict[str, object]]:
-    store = open_store(cfg)
+    store = command_store(cfg)
     try:
         return [(await freshness(store, cfg.cluster, n.name, timeout=cfg.call_timeout)).as_dict() for n in cfg.nodes]
     finally:

@@ -12,7 +12,7 @@ import asyncio
 import json
 import urllib.request
 
-from lease import SqlLeaseStore, StoreError
+from lease import StoreError
 from netops import NetopsError, probe_address, validate
 
 from .config import Config, ConfigError, NodeConfig, load
@@ -35,6 +35,7 @@ from .doctor_checks import (
 from .logs import configure as configure_logs
 from .node import select_node
 from .replication import peer_host, run_command
+from .stores import command_store
 
 PROBE_TIMEOUT_S = 1.0
 
@@ -124,7 +125,7 @@ async def run_checks(path: str, node_name: str | None) -> list[Check]:
     except ConfigError as exc:
         return [*checks, Check("node", FAIL, str(exc), "pass --node, or fix [[nodes]]")]
     checks.append(check_capabilities(cfg))
-    store = SqlLeaseStore(cfg.database.dsn, dialect=cfg.database.dialect, schema=cfg.database.schema, call_timeout=5.0)
+    store = command_store(cfg)
     holder = False
     try:
         db = await check_database(cfg, store)

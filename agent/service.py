@@ -31,14 +31,14 @@ from netops import Announce, NetlinkBinder, NoneBinder, validate
 from .app import Application, NoApplication, StartStopCommands, SupervisedCommand
 from .clock import SystemClock
 from .config import Config, ConfigError, NodeConfig, check_listen
+from .exits import EXIT_FAILED, EXIT_OK
 from .http import start_server
 from .replication_schedule import ReplicationSchedule
 from .roles import Role, live_namesake
 from .runner import FATAL_STORE_ERRORS, Agent, AgentFailed
 from .statedir import StateDir
+from .stores import open_store
 from .timing import check
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def build_app(cfg: Config, node: NodeConfig, state: StateDir) -> Application:
@@ -62,12 +62,6 @@ def build_binder(cfg: Config, node: NodeConfig) -> NetlinkBinder | NoneBinder:
     )
 
 
-def build_store(cfg: Config) -> SqlLeaseStore:
-    return SqlLeaseStore(
-        cfg.database.dsn, dialect=cfg.database.dialect, schema=cfg.database.schema, call_timeout=cfg.call_timeout
-    )
-
-
 class Replication:
     """Scheduled `fos mirror` while this node holds the lease, on a store (connection) of its own: a copy's
     database calls never queue in front of a renewal. Cancelling it ends a running rsync."""
@@ -78,7 +72,7 @@ class Replication:
 
     @classmethod
     def start(cls, cfg: Config, node: NodeConfig, agent: Agent) -> Replication:
-        store = build_store(cfg)
+        store = open_store(cfg)
         schedule = ReplicationSchedule(
             cfg, store, node.name, lambda: agent.epoch if agent.role is Role.ACTIVE else None
         )
@@ -147,7 +141,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
             # NetopsError: interface missing, down, wrong subnet. In a thread: pyroute2 runs its own event loop.
             await asyncio.to_thread(validate, node.interface, cfg.common_ip)
         binder = build_binder(cfg, node)
-        store = build_store(cfg)
+        store = open_store(cfg)
         try:
             await _check_database(store, cfg, node, instance)
             app = build_app(cfg, node, state)

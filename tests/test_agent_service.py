@@ -15,8 +15,9 @@ from agent.config import Config, ReplicationConfig, parse
 from agent.http import status
 from agent.roles import Role
 from agent.runner import AgentFailed
-from agent.service import Replication, build_app, build_binder, build_store
+from agent.service import Replication, build_app, build_binder
 from agent.statedir import StateDir
+from agent.stores import open_store
 from lease import ProtocolViolation, SqlLeaseStore
 from lease.memory import MemoryLeaseStore
 from netops import NetlinkBinder
@@ -51,7 +52,7 @@ def test_announce_settings_reach_the_binder() -> None:
 
 
 def test_database_schema_reaches_the_store() -> None:
-    store = build_store(cluster_file(database={"schema": "ops"}))
+    store = open_store(cluster_file(database={"schema": "ops"}))
     assert store.schema == "ops"
 
 
