@@ -13,13 +13,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 from typing import Any
 
 from common import ROOT, save, table
 
 from netops import KERNEL_LATENESS_S
+from tests.support import lateness
 from tests.support.netns import Lan
 
 
@@ -45,29 +45,7 @@ def main() -> int:
     lan = Lan()
     try:
         host = lan.add_host("m1")
-        procs = {
-            family: subprocess.Popen(
-                host.argv(
-                    [
-                        sys.executable,
-                        "-m",
-                        "tests.support.lateness",
-                        "--family",
-                        str(family),
-                        "--quiet",
-                        str(args.reps),
-                        "--churn",
-                        str(args.reps),
-                        "--seed",
-                        str(args.seed + family),
-                    ]
-                ),
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for family in (4, 6)
-        }
+        procs = {family: lateness.start_in(host, family, args.reps, args.reps, args.seed + family) for family in (4, 6)}
         samples: list[dict[str, Any]] = []
         for family, proc in procs.items():
             out, _ = proc.communicate(timeout=60 + 5 * args.reps)

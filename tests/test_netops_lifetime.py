@@ -6,15 +6,12 @@ lifetime check). A stress test with randomized phases and lifetimes; the seed is
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 
 from netops import KERNEL_LATENESS_S
+from tests.support.lateness import start_in
 from tests.support.netns import Lan
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET, CHURNED = 2, 8
 # The kernel may remove an address up to ADDRCONF_TIMER_FUZZ_MINUS = HZ/50 (20 ms) before its lifetime ends.
 EARLY_S = 0.03
@@ -24,29 +21,8 @@ def test_the_kernel_removes_an_expired_address_within_the_budgeted_lateness(lan:
     host = lan.add_host("m1")
     seed = random.randrange(1 << 30)
     print(f"seed {seed}")
-    procs = {
-        family: subprocess.Popen(
-            host.argv(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.support.lateness",
-                    "--family",
-                    str(family),
-                    "--quiet",
-                    str(QUIET),
-                    "--churn",
-                    str(CHURNED),
-                    "--seed",
-                    str(seed + family),
-                ]
-            ),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for family in (4, 6)  # in parallel: IPv4 and IPv6 lifetimes are checked by separate kernel timers
-    }
+    # in parallel: IPv4 and IPv6 lifetimes are checked by separate kernel timers
+    procs = {family: start_in(host, family, QUIET, CHURNED, seed + family) for family in (4, 6)}
     for family, proc in procs.items():
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, f"IPv{family} measurement failed"

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import select
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +28,10 @@ from dataclasses import asdict, dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+from tests.support.netns import Host
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 IFA_F_NODAD = 0x02
 ADDRESSES = {4: ("10.213.0.200", "10.213.0.201", 24), 6: ("fd00:213::200", "fd00:213::201", 64)}
@@ -106,6 +112,13 @@ def run(interface: str, family: int, quiet: int, churned: int, seed: int) -> lis
     finally:
         monitor.close()
     return samples
+
+
+def start_in(host: Host, family: int, quiet: int, churned: int, seed: int) -> subprocess.Popen[str]:
+    """Run this module's measurement inside a test host (its own namespace); JSON samples on its stdout."""
+    argv = [sys.executable, "-m", "tests.support.lateness", "--family", str(family), "--quiet", str(quiet)]
+    argv += ["--churn", str(churned), "--seed", str(seed)]
+    return subprocess.Popen(host.argv(argv), cwd=_ROOT, stdout=subprocess.PIPE, text=True)
 
 
 def main() -> int:
