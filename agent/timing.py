@@ -3,7 +3,7 @@ settings.
 
 Symbols: T lease ttl, H heartbeat, C per-call DB deadline, RHO clock-rate bound, M fence margin, G how late the
 kernel removes an address whose lifetime ran out (netops.KERNEL_LATENESS_S: the kernel re-arms its lifetime check
-at least a second after each run, so up to about 1 s; budgeted 1.25 s).
+at least a second after each run, so up to about 1 s, plus a late kworker or a held RTNL lock; budgeted 2 s).
 """
 
 from __future__ import annotations

@@ -230,7 +230,7 @@ def keepalived_fault(lan: Lan, fault: str, reps: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--timings", default="2.8/0.6,3/1,10/3")  # ttl 2 leaves no 1 s lifetime with G = 1.25 s
+    parser.add_argument("--timings", default="3.6/0.6,4/1,10/3")  # the ttl floor with G = 2 s is about 3.4 s
     parser.add_argument("--with-default", action="store_true", help="also ttl 180/heartbeat 10 (about 45 min)")
     parser.add_argument("--no-keepalived", action="store_true")
     parser.add_argument("--faults", default=",".join(FAULTS), help="subset of " + ",".join(FAULTS))

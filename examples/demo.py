@@ -20,7 +20,7 @@ sys.path.insert(0, ROOT)
 from tests.support.netns import SUBNET, Host, Lan, wait_for  # noqa: E402
 
 VIP = f"{SUBNET}.100"
-TTL, HEARTBEAT = 3, 1
+TTL, HEARTBEAT = 4, 1
 
 CONFIG = """
 [cluster]

@@ -44,9 +44,11 @@ FOS_ADDR_PROTO = 222
 # Measured by bench/kernel_lateness.py (kernel 6.18, HZ=250, 2 busy cores, 25 repetitions each; upper bounds from
 # an rtnetlink monitor), min/median/max: IPv4 quiet 0.011/0.023/0.427 s, with churn 0.047/0.504/0.987 s; IPv6
 # quiet 0.005/0.017/0.464 s, with churn -0.010/0.468/0.984 s. Worst seen in all runs: 1.008 s (IPv6, churn 27 ms
-# before expiry). 1.25 s covers the kernel's bound (1 s + 80 ms timer granularity at HZ=100) with 0.17 s to spare
-# for a late kworker or a contended RTNL lock.
-KERNEL_LATENESS_S = 1.25
+# before expiry). In CI, with the whole suite running (namespaces of earlier tests still being torn down by the
+# kernel, which holds the RTNL lock meanwhile), one removal came 1.363 s after the address was written: the kworker
+# and the RTNL lock can add a third of a second or more to the kernel's own bound (1 s + 80 ms at HZ=100). 2 s
+# leaves 0.9 s for that; tests/test_netops_lifetime.py checks it under randomized churn.
+KERNEL_LATENESS_S = 2.0
 FOREVER = 0xFFFFFFFF
 IFA_F_NODAD = 0x02
 DEFAULT_PROBE_TIMEOUT_S = 0.2  # the same as cluster.probe_timeout's default in agent/config.py

@@ -39,7 +39,7 @@ def write_config(path: Path, cluster: str, dsn: str, dialect: str | None = None,
     if dialect:
         lines.append(f'dialect = "{dialect}"')
     lines.append("[lease]")
-    lines += [f"{k} = {v}" for k, v in (lease or {"ttl": 3, "heartbeat": 1}).items()]
+    lines += [f"{k} = {v}" for k, v in (lease or {"ttl": 4, "heartbeat": 1}).items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -289,7 +289,7 @@ def test_config_check_on_a_node_names_it_and_checks_its_interface(lan: Any, tmp_
         "[database]",
         'dsn = "Driver=SQLite3;Database=/x.db;Pwd=${FOS_UNSET_SECRET_9}"',
         "[lease]",
-        "ttl = 3",
+        "ttl = 4",
         "heartbeat = 1",
         "[http]",
         'listen = "127.0.0.1:8470"',
@@ -365,7 +365,7 @@ def test_config_check_picks_the_node_whose_url_host_name_resolves_here(lan: Any,
                 '[cluster]\nname = "c1"\ncommon_ip = "10.213.0.100/24"',
                 nodes[0].replace("a.fos.test", "m2.fos.test"),
                 nodes[1].replace("b.fos.test", "m1.fos.test"),
-                '[database]\ndsn = "Driver=SQLite3;Database=/x.db"\n[lease]\nttl = 3\nheartbeat = 1',
+                '[database]\ndsn = "Driver=SQLite3;Database=/x.db"\n[lease]\nttl = 4\nheartbeat = 1',
             ]
         )
         cfg.write_text(text + "\n")

@@ -141,7 +141,7 @@ def fos(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 def write(path: Path, dsn: str, extra: str = "", mode: int = 0o600) -> str:
     path.write_text(
         f'[cluster]\nname = "dc"\naddress_driver = "none"\n[[nodes]]\nname = "m1"\n[[nodes]]\nname = "m2"\n'
-        f'[database]\ndsn = "{dsn}"\n[lease]\nttl = 3\nheartbeat = 1\n[http]\nlisten = ""\n{extra}'
+        f'[database]\ndsn = "{dsn}"\n[lease]\nttl = 4\nheartbeat = 1\n[http]\nlisten = ""\n{extra}'
     )
     path.chmod(mode)
     return str(path)
@@ -182,7 +182,7 @@ def test_missing_network_capabilities_fail(tmp_path: Path) -> None:
     )
     (tmp_path / "fos.toml").write_text(
         '[cluster]\nname = "dc"\ncommon_ip = "10.1.1.1/24"\n[[nodes]]\nname = "m1"\ninterface = "eth0"\n'
-        '[database]\ndsn = "Driver=SQLite3;Database=/x.db"\n[lease]\nttl = 3\nheartbeat = 1\n'
+        '[database]\ndsn = "Driver=SQLite3;Database=/x.db"\n[lease]\nttl = 4\nheartbeat = 1\n'
     )
     held = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert held.stdout.startswith("pass"), held.stdout
@@ -317,7 +317,7 @@ async def test_the_app_health_check_of_each_kind(tmp_path: Path, health: str, st
 
 def test_the_alias_must_resolve_to_the_common_ip(tmp_path: Path) -> None:
     base = '[cluster]\nname = "dc"\ncommon_ip = "10.1.2.3/24"\nalias_url = "http://{host}/"\n[[nodes]]\nname = "m1"\n'
-    rest = 'interface = "lo"\n[database]\ndsn = "Driver=SQLite3;Database=/x.db"\n[lease]\nttl = 3\nheartbeat = 1\n'
+    rest = 'interface = "lo"\n[database]\ndsn = "Driver=SQLite3;Database=/x.db"\n[lease]\nttl = 4\nheartbeat = 1\n'
     (tmp_path / "a.toml").write_text(base.format(host="10.1.2.3") + rest)
     assert check_alias_resolves(load(str(tmp_path / "a.toml"))).status == "pass"
     (tmp_path / "a.toml").write_text(base.format(host="localhost") + rest)
@@ -429,7 +429,7 @@ def test_the_alias_certificate_must_be_ca_signed_for_the_name_and_not_expiring(
         (tmp_path / "a.toml").write_text(
             f'[cluster]\nname = "dc"\naddress_driver = "none"\nalias_url = "https://localhost:{port}/"\n'
             '[[nodes]]\nname = "m1"\n[database]\ndsn = "Driver=SQLite3;Database=/x.db"\n'
-            "[lease]\nttl = 3\nheartbeat = 1\n"
+            "[lease]\nttl = 4\nheartbeat = 1\n"
         )
         check = check_alias_certificate(load(str(tmp_path / "a.toml")))
     finally:
@@ -471,7 +471,7 @@ async def test_network_checks_find_a_host_answering_for_the_common_ip_and_a_wron
         f'[cluster]\nname = "dc"\ncommon_ip = "{VIP}/24"\n'
         f'[[nodes]]\nname = "m1"\ninterface = "eth0"\nurl = "http://{m1.ip}:8080/"\n'
         f'[[nodes]]\nname = "m2"\ninterface = "eth0"\nurl = "http://{m2.ip}:8080/"\n'
-        f'[database]\ndsn = "{dsn}"\n[lease]\nttl = 3\nheartbeat = 1\n[http]\nlisten = ""\n'
+        f'[database]\ndsn = "{dsn}"\n[lease]\nttl = 4\nheartbeat = 1\n[http]\nlisten = ""\n'
     )
     path.write_text(text)
     config = str(path)

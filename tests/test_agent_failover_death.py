@@ -21,7 +21,7 @@ from tests.support.cluster import (
 )
 from tests.support.netns import Lan, wait_for
 
-TTL, HEARTBEAT = 3, 1
+TTL, HEARTBEAT = 4, 1
 APP_GONE_WITHIN = 1.0
 # A shell that starts the web app as its child and waits: the application has a process of its own besides the
 # one fos started, as a start script or a daemon has.

@@ -13,7 +13,7 @@ import pytest
 from tests.support.cluster import VIP6, Cluster, assert_never_two_holders, clusters, served_by
 from tests.support.netns import Lan
 
-TTL, HEARTBEAT = 3, 1
+TTL, HEARTBEAT = 4, 1
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from tests.support.cluster import Cluster, assert_never_two_holders, clusters, served_by
 from tests.support.netns import Lan
 
-TTL, HEARTBEAT = 3, 1
+TTL, HEARTBEAT = 4, 1
 WATCH = 8.0  # seconds: eight renewals
 
 

@@ -13,7 +13,7 @@ import pytest
 from tests.support.cluster import Cluster, assert_never_two_holders, clusters, cpu_seconds, served_by
 from tests.support.netns import Lan, wait_for
 
-TTL, HEARTBEAT = 3, 1
+TTL, HEARTBEAT = 4, 1
 CPU_WINDOW = 3.0  # seconds of CPU accounting per agent
 MAX_CPU_SHARE = 0.2  # of one core: an agent that loops without a bounded wait uses nearly all of one
 

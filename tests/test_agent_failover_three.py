@@ -13,7 +13,7 @@ import pytest
 from tests.support.cluster import Cluster, assert_never_two_holders, clusters, served_by
 from tests.support.netns import Lan, holds_for, wait_for
 
-TTL, HEARTBEAT = 3, 1
+TTL, HEARTBEAT = 4, 1
 
 
 @pytest.fixture

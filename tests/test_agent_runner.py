@@ -149,7 +149,7 @@ async def test_a_restarted_agent_resumes_its_own_lease_without_a_failover(store:
 
 
 async def test_a_conflicting_address_aborts_promotion_and_releases_the_lease(store: MemoryLeaseStore) -> None:
-    m1 = Node(config(ttl=3, heartbeat=0.5, driver="netlink"), "m1", store, binder=FakeBinder(conflict=True)).start()
+    m1 = Node(config(ttl=4, heartbeat=0.5, driver="netlink"), "m1", store, binder=FakeBinder(conflict=True)).start()
     await until(lambda: any(e.kind == EventKind.STEPPED_DOWN for e in store.events), 3, "step-down")
     assert not m1.binder.bound and m1.app.started_at == []
     assert store.rows["c1"].holder is None
@@ -168,7 +168,7 @@ async def test_a_standby_removes_a_common_ip_left_bound_by_a_crash(store: Memory
 
 
 async def test_the_kernel_lifetime_always_ends_before_the_fence_deadline(store: MemoryLeaseStore) -> None:
-    cfg = config(ttl=3, heartbeat=0.5, driver="netlink")
+    cfg = config(ttl=4, heartbeat=0.5, driver="netlink")
     m1 = Node(cfg, "m1", store).start()
     await until(lambda: m1.agent.role is Role.ACTIVE)
     await until(lambda: len(m1.binder.times("bind")) >= 3, 5, "re-binds")
@@ -209,7 +209,7 @@ async def test_a_standby_never_retries_a_failed_acquisition_without_waiting() ->
 
 
 async def test_an_active_node_whose_address_was_dropped_late_binds_it_again(store: MemoryLeaseStore) -> None:
-    m1 = Node(config(ttl=3, heartbeat=0.5, driver="netlink"), "m1", store).start()
+    m1 = Node(config(ttl=4, heartbeat=0.5, driver="netlink"), "m1", store).start()
     await until(lambda: m1.agent.role is Role.ACTIVE and m1.binder.bound)
     # One netlink write delayed 1.4 s: the lifetime it carried would now outlive the fence deadline, so the
     # agent drops the address...
@@ -223,7 +223,7 @@ async def test_an_active_node_whose_address_was_dropped_late_binds_it_again(stor
 
 async def test_the_address_lifetime_is_computed_after_the_conflict_probe(store: MemoryLeaseStore) -> None:
     binder = FakeBinder(probe_seconds=0.6)
-    m1 = Node(config(ttl=3, heartbeat=0.5, driver="netlink"), "m1", store, binder=binder)
+    m1 = Node(config(ttl=4, heartbeat=0.5, driver="netlink"), "m1", store, binder=binder)
     overruns: list[float] = []
     original_bind = binder.bind
 
@@ -244,7 +244,7 @@ async def test_the_address_lifetime_is_computed_after_the_conflict_probe(store: 
 
 
 async def test_a_holder_frozen_past_its_deadline_never_re_adds_or_announces_the_ip(store: MemoryLeaseStore) -> None:
-    m1 = Node(config(ttl=3, heartbeat=0.5, driver="netlink"), "m1", store).start()
+    m1 = Node(config(ttl=4, heartbeat=0.5, driver="netlink"), "m1", store).start()
     await until(lambda: m1.agent.role is Role.ACTIVE and m1.binder.bound)
     first_expiry = store.rows["c1"].expires_at
     await until(lambda: store.rows["c1"].expires_at > first_expiry, 2, "a renewal")
@@ -254,7 +254,7 @@ async def test_a_holder_frozen_past_its_deadline_never_re_adds_or_announces_the_
     async def freezing_renew(*args: Any, **kwargs: Any) -> bool:
         store.renew = original_renew  # type: ignore[method-assign]
         sent_ok = await original_renew(*args, **kwargs)
-        time.sleep(3.5)  # noqa: ASYNC251 -- the whole process stops (SIGSTOP) with the renewal's answer in hand, then resumes
+        time.sleep(4.5)  # noqa: ASYNC251 -- the whole process stops (SIGSTOP) with the renewal's answer in hand, then resumes
         return sent_ok
 
     store.renew = freezing_renew  # type: ignore[method-assign]
@@ -266,14 +266,14 @@ async def test_a_holder_frozen_past_its_deadline_never_re_adds_or_announces_the_
 
 
 async def test_a_holder_frozen_inside_a_netlink_write_never_re_adds_the_ip_on_thaw(store: MemoryLeaseStore) -> None:
-    m1 = Node(config(ttl=3, heartbeat=0.5, driver="netlink"), "m1", store).start()
+    m1 = Node(config(ttl=4, heartbeat=0.5, driver="netlink"), "m1", store).start()
     await until(lambda: m1.agent.role is Role.ACTIVE and m1.binder.bound)
     first_expiry = store.rows["c1"].expires_at
     await until(lambda: store.rows["c1"].expires_at > first_expiry, 2, "a renewal")
     frozen_at = time.monotonic()
     # The next write of the address stops the process after it read the address's state and before it wrote:
     # the kernel's lifetime runs out meanwhile, and by the database's clock the lease expires too.
-    m1.binder.freeze_before_write = 3.5
+    m1.binder.freeze_before_write = 4.5
     await until(lambda: m1.agent.role is Role.STANDBY, 8, "fenced after the thaw")
     after = [(op, round(t - frozen_at, 3)) for op, t, _ in m1.binder.ops if t > frozen_at and op != "unbind"]
     assert after == [], f"after the freeze the agent still did {after}"
@@ -296,7 +296,7 @@ async def test_a_holder_fences_at_once_when_the_machine_resumes_from_suspend() -
 
 
 async def test_an_unexpected_error_drops_the_ip_stops_the_app_and_releases(store: MemoryLeaseStore) -> None:
-    m1 = Node(config(ttl=3, heartbeat=0.5, driver="netlink"), "m1", store).start()
+    m1 = Node(config(ttl=4, heartbeat=0.5, driver="netlink"), "m1", store).start()
     await until(lambda: m1.agent.role is Role.ACTIVE and m1.binder.bound)
     m1.binder.fail_with = RuntimeError("netlink said something unexpected")
     assert m1.task is not None
@@ -333,7 +333,7 @@ async def test_a_node_that_let_go_no_longer_reports_failing_renewals(store: Memo
 
 
 async def test_a_lease_is_not_released_while_the_ip_could_not_be_removed(store: MemoryLeaseStore) -> None:
-    m1 = Node(config(ttl=3, heartbeat=0.5, driver="netlink"), "m1", store).start()
+    m1 = Node(config(ttl=4, heartbeat=0.5, driver="netlink"), "m1", store).start()
     await until(lambda: m1.agent.role is Role.ACTIVE and m1.binder.bound)
 
     async def failing_unbind() -> bool:
@@ -352,7 +352,7 @@ async def test_a_lease_is_not_released_while_the_ip_could_not_be_removed(store: 
 async def test_a_promotion_without_room_for_a_lifetime_waits_for_the_next_renewal(store: MemoryLeaseStore) -> None:
     # The probe takes so long that not even a 1 s lifetime fits before the acquisition's fence deadline.
     binder = FakeBinder(probe_seconds=0.7)  # ends before the first renewal (heartbeat 1 s)
-    m1 = Node(config(ttl=3, heartbeat=1, driver="netlink"), "m1", store, binder=binder).start()
+    m1 = Node(config(ttl=4, heartbeat=1, driver="netlink"), "m1", store, binder=binder).start()
     await until(lambda: m1.agent.role is Role.ACTIVE, 4, "active after the next renewal made room")
     assert binder.bound and not any(e.kind == EventKind.STEPPED_DOWN for e in store.events)
     await m1.kill()
@@ -393,7 +393,7 @@ async def test_a_schema_missing_for_a_moment_at_run_time_is_an_outage_not_an_exi
 async def test_a_healthy_holder_keeps_its_address_when_renewals_answer_with_jitter(store: MemoryLeaseStore) -> None:
     # ttl 3 leaves a kernel lifetime of one second: a renewal answered later than the one before must still come
     # in time to extend it. Latencies alternate between fast and nearly the call timeout (0.5 s).
-    m1 = Node(config(ttl=3, heartbeat=1, driver="netlink"), "m1", store).start()
+    m1 = Node(config(ttl=4, heartbeat=1, driver="netlink"), "m1", store).start()
     await until(lambda: m1.agent.role is Role.ACTIVE and m1.binder.bound)
     original_renew = store.renew
     latencies = iter([0.02, 0.4] * 100)
@@ -421,7 +421,7 @@ async def _failing_bind(*args: Any, **kwargs: Any) -> bool:
 
 
 async def test_a_promotion_whose_bind_keeps_failing_steps_down_and_the_standby_serves(store: MemoryLeaseStore) -> None:
-    cfg = config(ttl=3, heartbeat=0.5, driver="netlink")
+    cfg = config(ttl=4, heartbeat=0.5, driver="netlink")
     m1 = Node(cfg, "m1", store)
     m1.binder.bind = _failing_bind  # type: ignore[method-assign]
     m1.start()
@@ -434,7 +434,7 @@ async def test_a_promotion_whose_bind_keeps_failing_steps_down_and_the_standby_s
 
 
 async def test_an_active_node_that_cannot_manage_its_address_steps_down(store: MemoryLeaseStore) -> None:
-    m1 = Node(config(ttl=3, heartbeat=0.5, driver="netlink"), "m1", store).start()
+    m1 = Node(config(ttl=4, heartbeat=0.5, driver="netlink"), "m1", store).start()
     await until(lambda: m1.agent.role is Role.ACTIVE and m1.binder.bound)
     m1.binder.bind = _failing_bind  # type: ignore[method-assign]
     await until(lambda: any(e.kind == EventKind.STEPPED_DOWN for e in store.events), 4, "stepping down")
@@ -443,7 +443,7 @@ async def test_an_active_node_that_cannot_manage_its_address_steps_down(store: M
 
 
 async def test_renewals_failing_at_once_are_not_retried_back_to_back(store: MemoryLeaseStore) -> None:
-    m1 = Node(config(ttl=3, heartbeat=1, driver="netlink"), "m1", store).start()
+    m1 = Node(config(ttl=4, heartbeat=1, driver="netlink"), "m1", store).start()
     await until(lambda: m1.agent.role is Role.ACTIVE and m1.binder.bound)
     calls = store.calls
     store.available = False  # every call fails at once

@@ -180,7 +180,7 @@ dsn = "{dsn}"
 {f'schema = "{schema}"' if schema else ""}
 
 [lease]
-ttl = 3
+ttl = 4
 heartbeat = 1
 
 [http]

@@ -28,9 +28,12 @@ def test_the_kernel_removes_an_expired_address_within_the_budgeted_lateness(lan:
         assert proc.returncode == 0, f"IPv{family} measurement failed"
         samples = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         for s in samples:
-            print(f"IPv{family} lifetime {s['lifetime']} s churn {s['churn']} late {s['late']:.3f} s")
+            print(f"IPv{family} lifetime {s['lifetime']} s churn {s['churn']} late {s['late_min']:.3f} {s['late']:.3f}")
         assert len(samples) == QUIET + CHURNED
-        worst = max(s["late"] for s in samples)
+        # The binder counts the lifetime from the moment its write returned (it re-checks the room after the write:
+        # netops/binder.py _write), so G must cover the removal measured from there: late_min. `late`, measured from
+        # before the write, adds the time the write itself waited for the RTNL lock.
+        worst = max(s["late_min"] for s in samples)
         assert worst <= KERNEL_LATENESS_S, f"IPv{family}: removed {worst:.3f} s late, over G = {KERNEL_LATENESS_S}"
         assert min(s["late_min"] for s in samples) >= -EARLY_S, f"IPv{family}: removed before its lifetime ran out"
         # The churn must have hit: otherwise this test would not have measured the worst case at all.

@@ -132,7 +132,7 @@ class Cluster:
         self,
         lan: Lan,
         db_kind: str,
-        ttl: float = 3,
+        ttl: float = 4,
         heartbeat: float = 1,
         health_interval: float = 0.2,
         nodes: int = 2,

@@ -148,7 +148,7 @@ class ReplicationBed:
         with open(self.config, "w") as f:
             f.write(
                 f'[cluster]\nname = "rp"\naddress_driver = "none"\n{nodes}[database]\ndsn = "{self.dsn}"\n'
-                f'[lease]\nttl = 3\nheartbeat = 1\n[http]\nlisten = ""\n[replication]\n{lines}'
+                f'[lease]\nttl = 4\nheartbeat = 1\n[http]\nlisten = ""\n[replication]\n{lines}'
             )
 
     def fos(self, node: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
