@@ -20,16 +20,7 @@ import pytest
 
 from agent.app import AppError, NoApplication, StartStopCommands, SupervisedCommand
 from agent.config import ConfigError
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split()[2] != "Z"
-
+from tests.support.procs import alive
 
 # --- shared helpers for the tests below -------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from tests.support.cluster import (
     session_members,
 )
 from tests.support.netns import Lan, wait_for
+from tests.support.procs import alive
 
 TTL, HEARTBEAT = 4, 1
 APP_GONE_WITHIN = 1.0
@@ -32,14 +33,6 @@ APP_WITH_CHILD = f'command = "{sys.executable} {WEBAPP} --port 8080 & wait"'
 def make_cluster(lan: Lan) -> Iterator[Callable[..., Cluster]]:
     with clusters(lan, ttl=TTL, heartbeat=HEARTBEAT) as make:
         yield make
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
 
 
 def test_sigkill_of_the_active_agent_ends_its_application_and_its_child_within_a_second(
