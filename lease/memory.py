@@ -22,6 +22,7 @@ from .model import (
     switchover_detail,
 )
 from .names import check_name
+from .statements import BY_MAX, REASON_MAX
 
 
 @dataclass
@@ -190,9 +191,11 @@ class MemoryLeaseStore:
     ) -> bool:
         self._check()
         check_name("node", to)
+        by = by[:BY_MAX]
         row = self._row(cluster)
         pending = row.switchover_requested_at is not None
-        if pending or row.disabled_since is not None or row.maintenance_since is not None:
+        gated = row.disabled_since is not None or row.maintenance_since is not None
+        if pending or gated or row.failover_off_since is not None:
             return False
         now = self.clock()
         row.switchover_to, row.switchover_by = to, by
@@ -210,6 +213,7 @@ class MemoryLeaseStore:
         timeout: float | None = None,
     ) -> bool:
         self._check()
+        by = by[:BY_MAX]
         row = self.rows.get(check_name("cluster", cluster))
         if row is None or row.switchover_requested_at is None:
             return False
@@ -220,8 +224,11 @@ class MemoryLeaseStore:
 
     async def set_maintenance(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
         self._check()
+        by = by[:BY_MAX]
         row = self._row(cluster)
         if (row.maintenance_since is not None) == on:
+            return False
+        if on and (row.switchover_requested_at is not None or self._state(cluster).reserved_for is not None):
             return False
         row.maintenance_since, row.maintenance_by = (self.clock(), by) if on else (None, None)
         kind = EventKind.MAINTENANCE_ON if on else EventKind.MAINTENANCE_OFF
@@ -230,6 +237,7 @@ class MemoryLeaseStore:
 
     async def set_disabled(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
         self._check()
+        by = by[:BY_MAX]
         row = self._row(cluster)
         if on:
             if row.disabled_since is not None:
@@ -248,7 +256,7 @@ class MemoryLeaseStore:
         row = self._row(cluster)
         if row.failover_off_since is not None:
             return False
-        row.failover_off_since, row.failover_off_reason = self.clock(), reason
+        row.failover_off_since, row.failover_off_reason = self.clock(), reason[:REASON_MAX]
         self._event(cluster, node, EventKind.FLAPPING, None, reason)
         return True
 

@@ -189,3 +189,24 @@ async def test_a_pending_switchover_reads_as_a_switchover(store: SqlLeaseStore) 
     assert await store.request_switchover(c, "m2", 0, "failback")
     pending = (await store.read(c)).control.switchover
     assert isinstance(pending, Switchover) and pending.by == "failback" and pending.due_in_ms <= 0
+
+
+async def test_maintenance_cannot_start_during_a_switchover_and_failover_off_refuses_one(store: SqlLeaseStore) -> None:
+    # Either would keep the target out of the handed-over lease (the acquire gates), and nobody would serve.
+    c = unique("race")
+    got = await store.try_acquire(c, "m1", 30_000, instance="i1")
+    assert await store.request_switchover(c, "m2", 0, "op@h")
+    assert not await store.set_maintenance(c, True, "op@h")  # pending
+    assert await store.handover(c, "m1", got.epoch, "m2", 300)
+    assert not await store.set_maintenance(c, True, "op@h")  # the reservation runs
+    await _expire(store)(c)
+    assert await store.set_maintenance(c, True, "op@h")  # the reservation is over: a plain free lease
+    assert await store.set_maintenance(c, False, "op@h")
+    assert await store.set_failover_off(c, "m1", "flapping")
+    assert not await store.request_switchover(c, "m2", 0, "op@h")
+    assert [e.kind for e in await store.list_events(c, limit=4)] == [
+        "flapping",
+        "maintenance_off",
+        "maintenance_on",
+        "handover",
+    ]
