@@ -83,7 +83,7 @@ class SqlControl(LeaseRows):
         failover off. Two round trips (three when the cluster had no row)."""
         check_name("cluster", cluster)
         check_name("node", to)
-        _ms(due_in_ms, "due_in_ms")
+        _ms(due_in_ms, "due_in_ms", low=-MAX_MS)  # negative: already overdue (the holder then drops it as stale)
         by = by[:BY_MAX]
         params = (to, due_in_ms, by, cluster)
         event = (None, str(EventKind.SWITCHOVER_REQUESTED), None, switchover_detail(to, due_in_ms, by))

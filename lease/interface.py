@@ -158,7 +158,7 @@ class ControlStore(Protocol):
     async def request_switchover(
         self, cluster: str, to: str, due_in_ms: int, by: str, *, timeout: float | None = None
     ) -> bool:
-        """Record a switchover to `to`, due at the database's now + due_in_ms (0: at once; at most 2**31 - 1),
+        """Record a switchover to `to`, due at the database's now + due_in_ms (0: at once; |due_in_ms| < 2**31),
         only if none is pending and the cluster is neither disabled, in maintenance, nor with automatic failover
         off (the target could not acquire the handed-over lease then). Event SWITCHOVER_REQUESTED. False: one of
         those held (the caller reads the row to say which). The target is the caller's to check."""

@@ -65,7 +65,9 @@ async def test_a_switchover_request_is_stored_on_the_database_clock_and_only_one
 
 async def test_the_holder_drops_a_stale_request_with_its_own_kind_and_reason(store: SqlLeaseStore) -> None:
     c = unique("sw")
-    assert await store.request_switchover(c, "m2", 0, "alice@db1")
+    assert await store.request_switchover(c, "m2", -5000, "alice@db1")  # overdue, as a stopped holder finds it
+    pending = (await store.read(c)).control.switchover
+    assert pending is not None and pending.due and -6000 < pending.due_in_ms <= -5000
     reason = "due 5.2 s ago, more than two heartbeats"
     assert await store.cancel_switchover(c, "m1", kind=EventKind.SWITCHOVER_STALE, detail=reason)
     (event, _) = await store.list_events(c)
