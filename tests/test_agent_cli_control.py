@@ -401,13 +401,13 @@ async def test_maintenance_wait_returns_when_every_live_agent_acknowledged(wait_
 
 async def test_maintenance_wait_names_the_agent_that_did_not_acknowledge(tmp_path: Path) -> None:
     dsn = sqlite_dsn(str(tmp_path / "ack.db"))
-    config = write_config(tmp_path / "fos.toml", dsn, heartbeat=0.25)
+    config = write_config(tmp_path / "fos.toml", dsn, heartbeat=0.5)
     store = await _init(dsn)
     nodes = {"m1": Node("active", True, "maintenance"), "m2": Node(sees=None)}  # m2: an agent older than 0.3
     async with agents(dsn, nodes, lambda s: asyncio.sleep(0)):
         started = time.monotonic()
         code, _, err = await fos_process(config, "maintenance", "on", "--wait")
-    assert code == 1 and "fos maintenance: not acknowledged within 1 s: no acknowledgement from m2" in err
+    assert code == 1 and "fos maintenance: not acknowledged within 2 s: no acknowledgement from m2" in err
     assert time.monotonic() - started < 20
     await store.close()
 
