@@ -43,7 +43,12 @@ class Store(LeaseStore, HistoryStore, ControlStore, Protocol):
 
 def operator() -> str:
     """Who runs the command: user@host, the user who ran sudo if there is one."""
-    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    user = os.environ.get("SUDO_USER")
+    if not user:
+        try:
+            user = getpass.getuser()
+        except OSError:  # no login name in the environment and no passwd entry (a bare container)
+            user = f"uid{os.getuid()}"
     return f"{user}@{socket.gethostname()}"
 
 

@@ -125,6 +125,8 @@ class MemoryLeaseStore:
         check_name("node", node)
         row = self._row(cluster)
         seen = expected if expected is not None else self._state(cluster)
+        if seen.acquire_refusal(node, instance) is not None:  # as SqlLeaseStore: no round trip that cannot win
+            return AcquireResult(False, seen.epoch, seen)
         current = self._state(cluster)
         if row.epoch != seen.epoch or current.acquire_refusal(node, instance) is not None:
             return AcquireResult(False, row.epoch, current)
