@@ -179,14 +179,12 @@ async def _switchover(cfg: Config, store: Store, args: argparse.Namespace, by: s
     if not args.wait:
         return EXIT_OK
     bound = due_ms / 1000 + cfg.lease.ttl + DOWN_AFTER_HEARTBEATS * cfg.lease.heartbeat + cfg.app.health.start_grace
-    outcome = await wait_for_switchover(store, cfg.cluster, target, state.holder, requested, bound)
+    outcome = await wait_for_switchover(store, cfg.cluster, target, requested, bound)
     print(outcome.message, file=sys.stdout if outcome.code == EXIT_OK else sys.stderr)
     return outcome.code
 
 
-async def wait_for_switchover(
-    store: Store, cluster: str, target: str, old: str | None, since: float, bound_s: float
-) -> Outcome:
+async def wait_for_switchover(store: Store, cluster: str, target: str, since: float, bound_s: float) -> Outcome:
     """Poll until `target` holds the lease and its node row says active (done), or the request is gone while
     another node holds (failed), or `bound_s` passed since `since` (monotonic)."""
     while True:
