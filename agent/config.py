@@ -18,6 +18,7 @@ from typing import Any
 from lease.dialects import ALIASES, DIALECTS
 from netops.binder import DEFAULT_PROBE_TIMEOUT_S
 
+from .config_notify import NotifyConfig, parse_http_token, parse_notify
 from .config_values import (
     ACCOUNT,
     DAY,
@@ -168,6 +169,10 @@ class Config:
     probe_conflict: bool = True
     probe_timeout: float = _bounded(DEFAULT_PROBE_TIMEOUT_S, high=60)
     unset_env: tuple[str, ...] = ()  # ${VAR}s replaced by DEFERRED_SECRET (only when parsed with defer_env)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)  # [notify] (agent/config_notify.py)
+    http_token: str | None = field(
+        default=None, repr=False
+    )  # http.token: GET /, /status and /metrics need it (agent/page.py)
 
     @property
     def call_timeout(self) -> float:
@@ -319,7 +324,9 @@ def parse(
     listen = hp.get("listen", str, default_of(Config, "http_listen")) or None  # "" turns the endpoint off
     if listen is not None:
         parse_listen(listen)
+    http_token, token_unset = parse_http_token(hp, env, defer_env)
     hp.done()
+    notify, notify_unset = parse_notify(top.table("notify"), env, defer_env)
     top.done()
 
     if health.interval < health.timeout:
@@ -342,7 +349,9 @@ def parse(
         http_listen=listen,
         probe_conflict=probe,
         probe_timeout=probe_timeout,
-        unset_env=unset,
+        unset_env=tuple(dict.fromkeys((*unset, *token_unset, *notify_unset))),
+        notify=notify,
+        http_token=http_token,
     )
 
 

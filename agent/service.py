@@ -33,6 +33,7 @@ from .clock import SystemClock
 from .config import Config, ConfigError, NodeConfig, check_listen
 from .exits import EXIT_FAILED, EXIT_OK
 from .http import start_server
+from .notifier import Notifier, start_notifier
 from .replication_schedule import ReplicationSchedule
 from .roles import Role, live_namesake
 from .runner import FATAL_STORE_ERRORS, Agent, AgentFailed
@@ -147,6 +148,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
             app = build_app(cfg, node, state)
             agent = Agent(cfg, node, store, binder, app, SystemClock(), instance=instance)
             replication: Replication | None = None
+            notifier: Notifier | None = None
             runner: web.AppRunner | None = None
             if cfg.http_listen:  # before reaping an orphan: a port in use must refuse with nothing changed
                 try:
@@ -170,6 +172,8 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
             try:
                 if cfg.replication.enabled:  # last: nothing after it can refuse the start
                     replication = Replication.start(cfg, node, agent)
+                holder_epoch = lambda: agent.epoch if agent.role is Role.ACTIVE else None  # noqa: E731
+                notifier = start_notifier(cfg, node.name, holder_epoch, agent.stop_requested)
                 await agent.run()
             except AgentFailed as exc:
                 cause = exc.__cause__
@@ -181,6 +185,8 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
                     print(f"fos: {exc}", file=sys.stderr)
                 return EXIT_FAILED
             finally:
+                if notifier is not None:
+                    await notifier.stop()
                 if replication is not None:
                     await replication.stop()
                 if runner is not None:

@@ -8,8 +8,9 @@ change the rowcount that every compare-and-set is judged by.
 from __future__ import annotations
 
 from .dialects import Dialect, qualify
+from .outbox import OUTBOX_VERSION, outbox_v4
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4  # 3: operations (h-store); 4: the notification outbox (lease/outbox.py)
 
 # Name columns per table: (column, NOT NULL?) — typed by the dialect's case-sensitive name type.
 _NAME_COLUMNS = {
@@ -95,6 +96,7 @@ def migrations(d: Dialect, schema: str | None = None) -> dict[int, list[str]]:
     return {
         1: _v1(d, schema),
         2: [*_v2(d, schema), *d.create_view(qualify("fos_lease_status", schema), _status_view_select(d, schema))],
+        OUTBOX_VERSION: outbox_v4(d, schema),
     }
 
 
