@@ -66,6 +66,10 @@ class Bed:
         self.notifiers: list[Notifier] = []
         self.holder: dict[str, int | None] = {"m1": None, "m2": None}
 
+    def hang_mail(self) -> None:
+        with open(self.hang, "w"):
+            pass
+
     def notifier(self, node: str) -> Notifier:
         n = Notifier(self.cfg, node, open_outbox_store(self.cfg), lambda: self.holder[node], promotion_wait=3)
         n.start()
@@ -119,7 +123,7 @@ async def test_a_message_whose_sender_died_mid_way_is_taken_over_and_each_channe
     bed: tuple[Bed, SqlLeaseStore],
 ) -> None:
     b, store = bed
-    open(b.hang, "w").close()  # the mail server accepts and never answers
+    b.hang_mail()  # the mail server accepts and never answers
     n1 = b.notifier("m1")
     await asyncio.sleep(1.5)
     await b.event(store, "m1", "stepped_down", 3, "the application failed its health check")
@@ -147,7 +151,7 @@ async def test_stop_returns_within_a_second_while_a_delivery_hangs_and_the_messa
     bed: tuple[Bed, SqlLeaseStore],
 ) -> None:
     b, store = bed
-    open(b.hang, "w").close()
+    b.hang_mail()
     n1 = b.notifier("m1")
     await asyncio.sleep(1.5)
     await b.event(store, "m1", "fenced", 4, "could not renew in time")
