@@ -91,6 +91,7 @@ class Notifier:
         self._active: set[str] = set()  # keys this node is delivering now
         self._unoffered: list[Notice] = []
         self._missing = False
+        self._holding_since: float | None = None
         self._db_down_since: float | None = None
         self._db_down_told = False
         self.log = log.bind(node=node, cluster=cfg.cluster)
@@ -156,9 +157,11 @@ class Notifier:
             for notice in [*self._unoffered, *notices]:
                 await self._offer(notice)
             if self.holder_epoch() is not None and len(self.cfg.nodes) > 1:
-                await self._watch_standby()
+                if self._holding_since is None:
+                    self._holding_since = now
+                await self._watch_standby(now - self._holding_since)
             else:
-                self._missing = False  # the holder watches; a new holder starts afresh
+                self._missing, self._holding_since = False, None  # the holder watches; a new holder starts afresh
             if len(events) < EVENTS_PER_READ:
                 await asyncio.sleep(self.poll)
 
@@ -193,12 +196,12 @@ class Notifier:
         except asyncio.QueueFull:  # the scan takes it from the outbox later (this node or another)
             self.log.warning("notify_queue_full", key=job.notice.key)
 
-    async def _watch_standby(self) -> None:
+    async def _watch_standby(self, holding_for: float) -> None:
         epoch = self.holder_epoch()
         after = self.ncfg.missing_after(self.cfg.lease.ttl)
         try:
             nodes = await self.store.list_nodes(self.cluster, timeout=self.timeout)
-            missing = standby_missing(nodes, self.node, after)
+            missing = standby_missing(nodes, self.node, after, holding_for)
             if missing == self._missing:
                 return
             kind = "standby_missing" if missing else "standby_back"

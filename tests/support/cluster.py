@@ -211,6 +211,8 @@ count = 2
 interval = 0.05
 [http]
 listen = "0.0.0.0:8470"
+{extra.get("http", "")}
+{extra.get("toml", "")}
 """
         with open(self.config, "w") as f:
             f.write(text)
