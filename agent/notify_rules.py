@@ -210,9 +210,8 @@ def standby_missing(nodes: list[NodeRecord], me: str, after_s: float, holding_fo
     """True when no node but `me` wrote its row within `after_s` seconds (a stopped agent's last row counts from
     when it stopped): nobody could take over if this holder died. Never before this node has held the lease for
     `after_s` itself (a standby that starts a moment after the first holder has not written its row yet)."""
-    return holding_for_s >= after_s and not any(
-        n.node != me and n.last_seen_age_s is not None and n.last_seen_age_s <= after_s for n in nodes
-    )
+    alive = any(n.node != me and n.last_seen_age_s is not None and n.last_seen_age_s <= after_s for n in nodes)
+    return holding_for_s >= after_s and not alive
 
 
 def missing_detail(nodes: list[NodeRecord], me: str) -> str:
