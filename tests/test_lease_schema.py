@@ -179,4 +179,5 @@ async def test_a_configured_schema_holds_every_object(pg_server: DbServer) -> No
         found = {(r[0], r[1]) for r in rows.fetchall()}
     finally:
         conn.close()
-    assert found == {("fosx", t) for t in ("fos_event", "fos_lease", "fos_lease_status", "fos_node", "fos_schema")}
+    tables = ("fos_event", "fos_lease", "fos_lease_status", "fos_node", "fos_outbox", "fos_schema")
+    assert found == {("fosx", t) for t in tables}
