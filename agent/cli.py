@@ -20,7 +20,7 @@ from typing import Any
 from lease import StoreError
 from netops import NetopsError, find_interface, format_table, list_interfaces, probe_address, validate
 
-from . import __version__, cli_ops
+from . import __version__, cli_notify, cli_ops
 from .config import Config, ConfigError, NodeConfig, check_listen, load
 from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .logs import configure as configure_logs
@@ -288,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_probe_seconds, default=1.0, help="seconds to wait for an answer (default 1)")
     p.set_defaults(func=cmd_check_ip)
     cli_ops.register(sub, with_config)
+    cli_notify.register(sub, with_config)
     return parser
 
 
