@@ -184,3 +184,40 @@ async def test_secrets_never_reach_logs_the_outbox_or_the_messages(bed: tuple[Be
     assert b.cfg.notify.smtp_password == PASSWORD  # it was configured, and is nowhere below
     assert HOOK_TOKEN not in everything and PASSWORD not in everything and "/hook/" not in text
     assert "webhook http://127.0.0.1:" in text  # the channel is named, without its path
+
+
+@pytest.mark.parametrize("bed", [{"min_interval": 600, "events": ["stepped_down", "fenced"]}], indirect=True)
+async def test_min_interval_merges_repeats_of_a_kind_and_events_chooses_the_kinds(
+    bed: tuple[Bed, SqlLeaseStore],
+) -> None:
+    b, store = bed
+    b.notifier("m1")
+    b.notifier("m2")
+    await asyncio.sleep(1.5)
+    await b.event(store, "m1", "stepped_down", 3, "first")
+    await b.event(store, "m1", "takeover", 4, "m1 (epoch 3) expired 10 ms before the read")  # not chosen
+    await b.event(store, "m2", "stepped_down", 4, "second, within the interval")
+    await b.event(store, "m2", "fenced", 4, "could not renew in time")
+    await wait_until(lambda: len(b.peers.hooks()) >= 2, 10, "two webhooks")
+    await asyncio.sleep(5)  # the held take-over would be sent after promotion_wait (3 s) if it were chosen
+    kinds = sorted(h["body"]["kind"] for h in b.peers.hooks())
+    assert kinds == ["fenced", "stepped_down"] and len(b.peers.mails()) == 2
+    assert next(h for h in b.peers.hooks() if h["body"]["kind"] == "stepped_down")["body"]["summary"].endswith("first")
+
+
+async def test_a_delivery_attempt_is_cut_at_notify_timeout(bed: tuple[Bed, SqlLeaseStore]) -> None:
+    b, store = bed
+    b.hang_mail()
+    with structlog.testing.capture_logs() as logs:
+        n1 = b.notifier("m1")
+        await asyncio.sleep(1.5)
+        await b.event(store, "m1", "fenced", 4, "could not renew in time")
+        await wait_until(lambda: n1._active, 10, "the delivery to start")
+        started = time.monotonic()
+        failures = await wait_until(
+            lambda: [e for e in logs if e["event"] == "notification_attempt_failed"], 5, "the first attempt to fail"
+        )
+    took = time.monotonic() - started
+    failure = failures[0]
+    assert failure["channel"].startswith("mail to ") and "Timeout" in failure["error"]
+    assert took < 1.6, f"notify.timeout is 1 s, the attempt took {took:.1f}s"
