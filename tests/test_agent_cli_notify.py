@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from tests.support.peers import Peers
+from tests.support.peers import Peers, make_cert
 from tests.test_agent_notifier import free_port
 
 TOKEN = "hook-Token-5521"
@@ -22,7 +22,7 @@ def write_config(path: Path, notify: str) -> str:
     return str(path)
 
 
-async def fos(*args: str) -> tuple[int, str, str]:
+async def fos(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -30,7 +30,7 @@ async def fos(*args: str) -> tuple[int, str, str]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "HOOK_TOKEN": TOKEN},
+        env={**os.environ, "HOOK_TOKEN": TOKEN, **(env or {})},
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return int(proc.returncode or 0), out.decode(), err.decode()
@@ -76,3 +76,28 @@ async def test_notify_test_without_any_path_or_with_a_bad_address_exits_2(tmp_pa
     assert code == 2 and "notify has no email_to and no webhooks" in err
     code, _, err = await fos("notify", "test", "--config", config, "--to", "not an address")
     assert code == 2 and "--to 'not an address' is not a mail address" in err
+
+
+async def test_notify_test_over_implicit_ssl_with_auth_verifies_the_certificate(tmp_path: Path) -> None:
+    smtp, web = free_port(), free_port()
+    cert, key = make_cert(str(tmp_path), "127.0.0.1")
+    notify = (
+        f'[notify]\nemail_to = "ops@example.com"\nsmtp_host = "127.0.0.1"\nsmtp_port = {smtp}\nsmtp_security = "ssl"\n'
+        'smtp_user = "fos"\nsmtp_password = "${SMTP_PW}"\n'
+    )
+    config = write_config(tmp_path / "fos.toml", notify)
+    peers = Peers(str(tmp_path), "127.0.0.1", smtp, web, tls=(cert, key), auth=("fos", "pw-9s8d7f"), implicit_tls=True)
+    async with peers:
+        code, out, err = await fos("notify", "test", "--config", config, env={"SMTP_PW": "pw-9s8d7f"})
+        assert code == 1 and "certificate verify failed" in out.lower(), "an unknown certificate is refused"
+        code, out, err = await fos(
+            "notify", "test", "--config", config, env={"SMTP_PW": "pw-9s8d7f", "SSL_CERT_FILE": cert}
+        )
+        assert code == 0, out + err
+        code2, out2, _ = await fos(
+            "notify", "test", "--config", config, env={"SMTP_PW": "wrong-pw", "SSL_CERT_FILE": cert}
+        )
+    assert f"delivered mail to ops@example.com via 127.0.0.1:{smtp} (ssl)" in out
+    [mail] = peers.mails()
+    assert mail["tls"] and mail["auth"]
+    assert code2 == 1 and "535" in out2 and "wrong-pw" not in out2 and "pw-9s8d7f" not in out + out2

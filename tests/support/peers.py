@@ -15,6 +15,7 @@ import os
 import ssl
 import subprocess
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +41,7 @@ class _Recorder:
                 "from": envelope.mail_from,
                 "to": list(envelope.rcpt_tos),
                 "data": text,
-                "tls": session.ssl is not None,
+                "tls": session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None,
                 "auth": bool(session.authenticated),
             },
         )
@@ -100,19 +101,24 @@ class Peers:
         tls: tuple[str, str] | None = None,
         auth: tuple[str, str] | None = None,
         hang_file: str | None = None,
+        implicit_tls: bool = False,
     ) -> None:
         self.out, self.host, self.smtp_port, self.web_port = out, host, smtp_port, web_port
-        self.tls, self.auth, self.hang_file = tls, auth, hang_file
+        self.tls, self.auth, self.hang_file, self.implicit_tls = tls, auth, hang_file, implicit_tls
         self.mail_path, self.hooks_path = os.path.join(out, "mail.jsonl"), os.path.join(out, "hooks.jsonl")
         self._closers: list[Callable[[], Any]] = []
+
+    def _context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(*self.tls)
+        return ctx
 
     def _smtp(self) -> asyncio.Protocol:
         if self.hang_file and os.path.exists(self.hang_file):
             return _Silent()
-        ctx = None
-        if self.tls:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(*self.tls)
+        ctx = None if self.implicit_tls else self._context()  # implicit TLS: the server socket does it
         auth = self.auth
 
         def authenticator(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
@@ -123,19 +129,25 @@ class Peers:
             )
             return AuthResult(success=ok, handled=False)
 
+        with warnings.catch_warnings():  # implicit TLS: AUTH over TLS that aiosmtpd cannot see
+            warnings.simplefilter("ignore", UserWarning)
+            return self._make_smtp(ctx, auth, authenticator)
+
+    def _make_smtp(self, ctx: ssl.SSLContext | None, auth: tuple[str, str] | None, authenticator: Any) -> SMTP:
         return SMTP(
             _Recorder(self.mail_path),
             hostname="mail.test",
             tls_context=ctx,
             require_starttls=ctx is not None,
             auth_required=auth is not None,
-            auth_require_tls=ctx is not None,
+            auth_require_tls=ctx is not None,  # implicit TLS: aiosmtpd cannot tell, the socket is TLS anyway
             authenticator=authenticator if auth else None,
         )
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(self._smtp, self.host, self.smtp_port)
+        server_ssl = self._context() if self.implicit_tls else None
+        server = await loop.create_server(self._smtp, self.host, self.smtp_port, ssl=server_ssl)
         self._closers.append(server.close)
 
         async def hook(request: web.Request) -> web.Response:
