@@ -75,14 +75,14 @@ def _iso_ts(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def test_kill_9_of_the_active_mails_and_posts_master_node_down_once_then_standby_missing_and_back(
+def test_kill_9_of_the_active_mails_and_posts_master_node_down_once_then_standby_missing_back_and_database(
     make_cluster: Callable[..., Cluster], lan: Lan, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     os.chmod(tmp_path, 0o755)
     mail = MailHost(lan, str(tmp_path), tls=True)
     assert mail.cert is not None
     monkeypatch.setenv("SSL_CERT_FILE", mail.cert)  # the agents trust the test's certificate, nothing else changes
-    c = make_cluster(toml=mail.notify_toml("starttls", standby_missing_after=3))
+    c = make_cluster(toml=mail.notify_toml("starttls", standby_missing_after=3, database_unreachable_after=3))
     c.active_pair()
     served_by(c, "m1", 0, 10)
     killed = time.monotonic()
@@ -97,6 +97,7 @@ def test_kill_9_of_the_active_mails_and_posts_master_node_down_once_then_standby
     assert body["facts"]["previous_epoch"] == status["epoch"] - 1
     assert mails[0]["tls"] and mails[0]["auth"], "STARTTLS and AUTH were used"
     assert sorted(mails[0]["to"]) == ["oncall@example.com", "ops@example.com"]
+    assert mails[0]["from"] == "fos@cluster.test"
     assert f"m2 took over from m1 (epoch {status['epoch']})" in mails[0]["data"]
     served_at = _iso_ts(body["facts"]["served_again_at"])
     print(
@@ -109,9 +110,20 @@ def test_kill_9_of_the_active_mails_and_posts_master_node_down_once_then_standby
     c.start("m1")
     c.wait_role("m1", "standby", 20)
     wait_for(lambda: mail.hooks("standby_back") and mail.mails("standby_back"), 20, 0.1, "standby_back")
+    # the standby m1 loses the database: it says so itself past the threshold, and database_back once it is back
+    cut = time.monotonic()
+    c.cut_db("m1")
+    unreachable = wait_for(lambda: mail.hooks("database_unreachable"), 20, 0.1, "database_unreachable")
+    assert unreachable[0]["body"]["node"] == "m1" and time.monotonic() - cut >= 3
+    c.restore_db("m1")
+    back = wait_for(lambda: mail.hooks("database_back"), 20, 0.1, "database_back")
+    assert back[0]["body"]["node"] == "m1" and "could not reach the database" in back[0]["body"]["summary"]
+    # a standby that cannot reach the database could not take over either: the holder said so meanwhile
+    wait_for(lambda: len(mail.hooks("standby_back")) == 2, 20, 0.1, "the second standby_back")
     time.sleep(2 * HEARTBEAT + 1)  # a duplicate from either node would have arrived by now
-    for kind in ("master_node_down", "standby_missing", "standby_back"):
-        assert len(mail.hooks(kind)) == 1 and len(mail.mails(kind)) == 1, kind
+    expected = {"master_node_down": 1, "standby_missing": 2, "standby_back": 2, "database_unreachable": 1}
+    for kind, count in {**expected, "database_back": 1}.items():
+        assert len(mail.hooks(kind)) == count and len(mail.mails(kind)) == count, kind
     for name in ("m1", "m2"):
         log = c.log_text(name)
         assert PASSWORD not in log and HOOK_TOKEN not in log
