@@ -77,15 +77,15 @@ class Notice:
     def text(self, sent_by: str) -> str:
         """The mail body (plain text)."""
         lines = [f"fos cluster {self.cluster}: {self.summary}", ""]
-        lines.append(f"{'event':<18} {self.kind} ({self.severity})")
-        lines.append(f"{'at (UTC)':<18} {self.at}")
+        lines.append(f"{'event':<20} {self.kind} ({self.severity})")
+        lines.append(f"{'at (UTC)':<20} {self.at}")
         if self.node:
-            lines.append(f"{'node':<18} {self.node}")
+            lines.append(f"{'node':<20} {self.node}")
         if self.epoch is not None:
-            lines.append(f"{'epoch':<18} {self.epoch}")
+            lines.append(f"{'epoch':<20} {self.epoch}")
         for k, v in self.facts.items():
-            lines.append(f"{k.replace('_', ' '):<18} {v}")
-        lines += ["", f"Sent once for the cluster by fos on {sent_by}. History: fos history --config FILE"]
+            lines.append(f"{k.replace('_', ' '):<20} {v}")
+        lines += ["", f"Sent once for the cluster by fos on {sent_by}. More: fos status --config FILE"]
         return "\n".join(lines) + "\n"
 
     def webhook_body(self, sent_by: str) -> dict[str, Any]:
