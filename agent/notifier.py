@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,7 +37,12 @@ from .notify_rules import EventFolder, Notice, missing_detail, standby_missing
 from .notify_send import Channel, DeliveryFailed, channels
 
 QUEUE_SIZE = 100  # messages waiting for the worker; beyond it they wait in the outbox for the scan
-EVENTS_PER_READ = 100
+EVENTS_PER_READ = 200
+# Ids are handed out at INSERT and become visible at COMMIT: an event with a lower id can appear after a higher
+# one was read. Each read reaches this many ids back, and ids already seen are skipped.
+ID_OVERLAP = 20
+SEEN_IDS = 1000
+UNOFFERED_MAX = 1000  # notices whose INSERT failed (database down), offered again on the next pass
 MAX_AGE_MS = 24 * 3600 * 1000  # an unsent message older than a day is not taken over any more
 KEEP_SENT_MS = 7 * 24 * 3600 * 1000  # sent messages are deleted after a week
 STOP_WITHIN_S = 0.9
@@ -84,7 +90,8 @@ class Notifier:
         self.folder = EventFolder(cfg.cluster, cfg.lease.ttl, n.events, n.min_interval, wait)
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(QUEUE_SIZE)
         self.channels: list[Channel] = []
-        self.delivered: list[tuple[str, str, float]] = []  # (key, channel, seconds from queued) for tests, status
+        # (key, channel, seconds from queued): the last deliveries, for tests and status
+        self.delivered: deque[tuple[str, str, float]] = deque(maxlen=100)
         self._stop_when = stop_when
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -139,19 +146,24 @@ class Notifier:
     # ---- tail: events -> outbox ----------------------------------------------------------------------------
 
     async def _tail(self) -> None:
-        last = await self._newest_event_id()
+        start = last = await self._newest_event_id()  # nothing up to `start` is ever notified
+        seen: deque[int] = deque(maxlen=SEEN_IDS)
         while True:
             try:
                 events = await self.store.list_events(
-                    self.cluster, limit=EVENTS_PER_READ, since_id=last, timeout=self.timeout
+                    self.cluster, limit=EVENTS_PER_READ, since_id=max(0, last - ID_OVERLAP), timeout=self.timeout
                 )
             except StoreError as exc:
                 self._db_failed(str(exc))
                 await asyncio.sleep(self.poll)
                 continue
             await self._db_ok()
+            if len(events) == EVENTS_PER_READ:  # newest first: a burst this large hides older events
+                self.log.warning("notify_events_skipped", read=len(events), after_id=last)
             now = time.monotonic()
-            notices = [n for ev in reversed(events) for n in self.folder.feed(ev, now)]
+            fresh = [ev for ev in reversed(events) if ev.id > start and ev.id not in seen]
+            seen.extend(ev.id for ev in fresh)
+            notices = [n for ev in fresh for n in self.folder.feed(ev, now)]
             last = max([last, *(ev.id for ev in events)])
             notices += self.folder.due(now)
             for notice in [*self._unoffered, *notices]:
@@ -162,8 +174,7 @@ class Notifier:
                 await self._watch_standby(now - self._holding_since)
             else:
                 self._missing, self._holding_since = False, None  # the holder watches; a new holder starts afresh
-            if len(events) < EVENTS_PER_READ:
-                await asyncio.sleep(self.poll)
+            await asyncio.sleep(self.poll)
 
     async def _newest_event_id(self) -> int:
         """Only events from now on are notified: a restarted agent does not repeat history."""
@@ -184,7 +195,8 @@ class Notifier:
             )
         except StoreError as exc:
             self.log.warning("notification_not_offered", key=notice.key, error=str(exc))
-            self._unoffered.append(notice)
+            if len(self._unoffered) < UNOFFERED_MAX:
+                self._unoffered.append(notice)
             return
         if mine:
             self.log.info("notification_claimed", kind=notice.kind, key=notice.key)

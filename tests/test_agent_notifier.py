@@ -221,3 +221,34 @@ async def test_a_delivery_attempt_is_cut_at_notify_timeout(bed: tuple[Bed, SqlLe
     failure = failures[0]
     assert failure["channel"].startswith("mail to ") and "Timeout" in failure["error"]
     assert took < 1.6, f"notify.timeout is 1 s, the attempt took {took:.1f}s"
+
+
+def _insert_event_with_id(dsn: str, event_id: int, kind: str) -> None:
+    """An event row with a chosen id, as a commit that became visible after a higher id was read would be."""
+    import pyodbc
+
+    conn = pyodbc.connect(dsn, autocommit=True)
+    try:
+        conn.cursor().execute(
+            "INSERT INTO fos_event (id, cluster_name, at, node_name, kind, epoch, detail) "
+            "VALUES (?, 'nt', strftime('%Y-%m-%d %H:%M:%f', 'now'), 'm1', ?, 5, 'late')",
+            (event_id, kind),
+        )
+    finally:
+        conn.close()
+
+
+async def test_history_before_the_start_is_not_sent_and_a_late_visible_lower_id_is(
+    bed: tuple[Bed, SqlLeaseStore],
+) -> None:
+    b, store = bed
+    await b.event(store, "m1", "fenced", 1, "before the notifier started")
+    [before] = await store.list_events("nt", limit=1)
+    b.notifier("m1")
+    await asyncio.sleep(1.5)
+    _insert_event_with_id(b.cfg.database.dsn, before.id + 10, "stepped_down")
+    await wait_until(lambda: len(b.peers.hooks()) == 1, 10, "the first webhook")
+    _insert_event_with_id(b.cfg.database.dsn, before.id + 5, "flapping")  # a lower id, visible later
+    await wait_until(lambda: len(b.peers.hooks()) == 2, 10, "the late event's webhook")
+    await asyncio.sleep(2)
+    assert [h["body"]["kind"] for h in b.peers.hooks()] == ["stepped_down", "flapping"]
