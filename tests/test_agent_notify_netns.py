@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -138,7 +141,7 @@ def _failover_seconds(c: Cluster) -> float:
     return served_by(c, "m2", killed, TTL + 10) - killed
 
 
-def test_a_mail_server_that_never_answers_leaves_the_failover_time_unchanged_and_gets_the_mail_later(
+def test_a_hung_mail_server_leaves_the_failover_time_unchanged_and_the_mail_outlives_its_stopped_sender(
     make_cluster: Callable[..., Cluster], lan: Lan, tmp_path: Any
 ) -> None:
     os.chmod(tmp_path, 0o755)
@@ -149,14 +152,25 @@ def test_a_mail_server_that_never_answers_leaves_the_failover_time_unchanged_and
             baseline = _failover_seconds(make_plain("sqlite"))
     finally:
         other.close()
-    c = make_cluster("sqlite", toml=mail.notify_toml("none", timeout=2))
+    c = make_cluster("sqlite", toml=mail.notify_toml("none", timeout=2, takeover_after=4))
     with_notify = _failover_seconds(c)
     print(f"kill -9 to served by m2: {baseline:.2f}s without notifications, {with_notify:.2f}s with a hung mail server")
     assert with_notify < baseline + 1.0
     wait_for(lambda: mail.hooks("master_node_down"), 20, 0.1, "the webhook (it does not wait for the mail)")
     assert not mail.mails()
+    # the sender is stopped while the mail still hangs: the message stays in the outbox, unsent
+    c.agents["m2"].send_signal(signal.SIGTERM)
+    assert c.agents["m2"].wait(timeout=15) == 0
+    assert _outbox_rows(c) == [("master_node_down", "m2", None, "webhook.0")]
+    c.start("m1")  # another node comes; the mail server recovers; m1 takes the message over and sends the mail
     recovered = time.monotonic()
     os.unlink(mail.hang)
     wait_for(lambda: mail.mails("master_node_down"), 40, 0.2, "the mail once the server answers")
-    print(f"mail delivered {time.monotonic() - recovered:.1f}s after the mail server recovered")
+    print(f"mail delivered by m1 {time.monotonic() - recovered:.1f}s after the server recovered (takeover_after 4 s)")
+    assert "Sent once for the cluster by fos on m1" in mail.mails("master_node_down")[0]["data"]
     assert len(mail.mails("master_node_down")) == 1 and len(mail.hooks("master_node_down")) == 1
+
+
+def _outbox_rows(c: Cluster) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(os.path.join(c.work, "lease.db"))) as db:
+        return db.execute("SELECT kind, claimed_by, sent_at, delivered FROM fos_outbox").fetchall()
