@@ -8,9 +8,11 @@ dead mail server, webhook or database only delays messages. Its parts, each a ta
   also watches the node rows and records standby_missing / standby_back; a node that cannot read the database
   for database_unreachable_after sends database_unreachable itself (the outbox is out of reach) and records
   database_back when it can again.
-- worker: delivers queued messages on every channel at once, each retried with backoff (tenacity) until it
-  answers, refreshing the claim meanwhile; records each channel that accepted it, then marks the message sent.
-- scan: takes over unsent messages whose claim nobody refreshed for takeover_after (their sender died).
+- workers: deliver queued messages (several at once) on every channel at once, each retried with backoff
+  (tenacity) for up to takeover_after, refreshing the claim meanwhile; record each channel that accepted it,
+  then mark the message sent. A channel still failing then is left to the scan (below) for a later round.
+- scan: takes over unsent messages whose claim nobody refreshed for takeover_after (their sender died, or gave
+  up for a round), for the channels still missing.
 On stop (SIGTERM) every task is cancelled within a second; what was not delivered stays in the outbox.
 """
 
@@ -27,7 +29,7 @@ from typing import Any
 
 import aiohttp
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential, wait_random
 
 from lease import StoreError
 from lease.outbox_store import SqlOutboxStore
@@ -46,6 +48,7 @@ UNOFFERED_MAX = 1000  # notices whose INSERT failed (database down), offered aga
 MAX_AGE_MS = 24 * 3600 * 1000  # an unsent message older than a day is not taken over any more
 KEEP_SENT_MS = 7 * 24 * 3600 * 1000  # sent messages are deleted after a week
 STOP_WITHIN_S = 0.9
+WORKERS = 4  # messages delivered at once: one slow receiver does not hold up the others
 
 log = structlog.get_logger("fos.notify")
 
@@ -112,8 +115,8 @@ class Notifier:
         self.channels = channels(self.ncfg, self._session)
         self._tasks = [
             asyncio.create_task(self._tail(), name="notify-tail"),
-            asyncio.create_task(self._worker(), name="notify-worker"),
             asyncio.create_task(self._scan(), name="notify-scan"),
+            *(asyncio.create_task(self._worker(), name=f"notify-worker-{i}") for i in range(WORKERS)),
         ]
         if self._stop_when is not None:
             self._tasks.append(asyncio.create_task(self._stop_on_request(self._stop_when)))
@@ -291,11 +294,16 @@ class Notifier:
                 self._active.discard(job.notice.key)
 
     async def deliver(self, job: _Job) -> None:
-        """Every channel not yet delivered, at once, each until it answers; then the message is marked sent."""
+        """Every channel not yet delivered, at once, each retried until it answers; then the message is marked sent.
+
+        A channel that has not answered within takeover_after is given up for now: the message stays unsent, its
+        claim is no longer refreshed, and after another takeover_after the scan (of any node) takes it up again
+        for the channels still missing. So a receiver that keeps failing is retried for as long as the message
+        is younger than a day, without holding up the other messages."""
         delivered = set(job.delivered)
         notice = job.notice
         pending = [c for c in self.channels if c.name not in delivered]
-        sending = asyncio.gather(*(self._deliver_one(job, c, delivered) for c in pending))
+        sending = asyncio.gather(*(self._deliver_one(job, c, delivered) for c in pending), return_exceptions=True)
         keeper = asyncio.create_task(self._keep_claim(notice.key)) if job.outbox else None
         try:
             waiting: set[asyncio.Future[Any]] = {sending}
@@ -312,6 +320,16 @@ class Notifier:
                 sending.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sending
+        failed = [r for r in sending.result() if isinstance(r, BaseException)]
+        if failed:
+            self.log.warning(
+                "notification_postponed",
+                key=notice.key,
+                delivered=sorted(delivered),
+                error=str(failed[0])[:200],
+                again_in_s=self.ncfg.takeover_after if job.outbox else None,
+            )
+            return
         if job.outbox:
             await self._mark_sent(notice.key, frozenset(delivered))
 
@@ -319,6 +337,8 @@ class Notifier:
         notice = job.notice
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(DeliveryFailed),
+            stop=stop_after_delay(self.ncfg.takeover_after),
+            reraise=True,
             wait=wait_exponential(multiplier=0.5, max=30) + wait_random(0, 0.5),
             before_sleep=lambda state: self.log.warning(
                 "notification_attempt_failed",

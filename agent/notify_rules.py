@@ -72,7 +72,8 @@ class Notice:
 
     @property
     def subject(self) -> str:
-        return f"[fos {self.cluster}] {self.severity.upper()} {self.kind}: {self.summary}"[:200]
+        """One line: an event detail with line breaks must not break (or inject into) the mail's headers."""
+        return " ".join(f"[fos {self.cluster}] {self.severity.upper()} {self.kind}: {self.summary}".split())[:200]
 
     def text(self, sent_by: str) -> str:
         """The mail body (plain text)."""

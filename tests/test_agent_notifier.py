@@ -252,3 +252,29 @@ async def test_history_before_the_start_is_not_sent_and_a_late_visible_lower_id_
     await wait_until(lambda: len(b.peers.hooks()) == 2, 10, "the late event's webhook")
     await asyncio.sleep(2)
     assert [h["body"]["kind"] for h in b.peers.hooks()] == ["stepped_down", "flapping"]
+
+
+@pytest.mark.parametrize("bed", [{"webhooks": ["http://127.0.0.1:9/never"]}], indirect=True)
+async def test_a_path_that_keeps_failing_does_not_hold_up_later_messages_and_is_retried_later(
+    bed: tuple[Bed, SqlLeaseStore],
+) -> None:
+    b, store = bed
+    with structlog.testing.capture_logs() as logs:
+        b.notifier("m1")
+        await asyncio.sleep(1.5)
+        await b.event(store, "m1", "fenced", 4, "first")
+        await b.event(store, "m1", "flapping", 4, "second")
+        mails = await wait_until(lambda: len(b.peers.mails()) == 2 and b.peers.mails(), 10, "both mails")
+        # both stay unsent (the webhook never answers) and are taken up again after takeover_after (2 s)
+        await wait_until(
+            lambda: len({e["key"] for e in logs if e["event"] == "notification_taken_over"}) == 2, 15, "retries"
+        )
+    assert [" fenced: " in mails[0]["data"], " flapping: " in mails[1]["data"]] == [True, True]
+    outbox = open_outbox_store(b.cfg)
+    rows = await outbox.stale("nt", 0, 60_000)
+    await outbox.close()
+    assert sorted((r.kind, r.delivered, r.sent) for r in rows) == [
+        ("fenced", frozenset({"mail"}), False),
+        ("flapping", frozenset({"mail"}), False),
+    ]
+    assert len(b.peers.mails()) == 2, "the delivered mail is not sent again"
