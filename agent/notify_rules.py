@@ -45,6 +45,7 @@ EVENT_TO_NOTICE = {
     "enabled": "enabled",
     "flapping": "flapping",
 }
+MAX_DETAIL = 1000  # keeps a notice's JSON well inside the outbox's body column (lease/outbox.py MAX_BODY)
 # lease/store.py's TAKEOVER detail: "<previous> (epoch <n>) expired <ms> ms before the read"
 _TAKEOVER = re.compile(r"^(?P<prev>\S+) \(epoch (?P<epoch>\d+)\) expired (?P<ms>-?\d+) ms before the read")
 
@@ -147,12 +148,12 @@ def master_node_down(cluster: str, takeover: Event, promoted: Event | None, ttl_
     summary = f"{takeover.node} took over from {previous or 'the previous holder'} (epoch {takeover.epoch})"
     if down is not None:
         summary += f"; the service was down for at most {down:g}s"
-    facts["detail"] = takeover.detail or ""
+    facts["detail"] = (takeover.detail or "")[:MAX_DETAIL]
     return Notice("master_node_down", key, cluster, takeover.node, takeover.epoch, _iso(takeover.at), summary, facts)
 
 
 def simple_notice(cluster: str, kind: str, event: Event, key: str) -> Notice:
-    detail = (event.detail or "").strip()
+    detail = (event.detail or "").strip()[:MAX_DETAIL]
     who = event.node or "the cluster"
     summaries = {
         "fenced": f"{who} dropped the common IP and fenced itself",

@@ -18,7 +18,6 @@ from .dialects import Dialect, qualify
 
 OUTBOX_VERSION = 4
 MAX_BODY = 3900  # the body column is NVARCHAR(4000) on SQL Server
-MAX_KEY = 64  # typed like a name: case-sensitive, indexable on every dialect
 
 
 def outbox_v4(d: Dialect, schema: str | None) -> list[str]:

@@ -114,3 +114,10 @@ def test_the_standby_is_missing_when_no_other_node_was_seen_within_the_delay(
     nodes: list[NodeRecord], holding_for: float, missing: bool
 ) -> None:
     assert standby_missing(nodes, "m1", 8.0, holding_for) is missing
+
+
+def test_a_huge_event_detail_still_fits_the_outbox_body() -> None:
+    from lease.outbox import MAX_BODY
+
+    [n] = folder().feed(ev(5, "fenced", detail="x" * 20_000), 0)
+    assert len(n.to_json()) < MAX_BODY and Notice.from_json(n.to_json()) == n
