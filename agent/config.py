@@ -170,9 +170,8 @@ class Config:
     probe_timeout: float = _bounded(DEFAULT_PROBE_TIMEOUT_S, high=60)
     unset_env: tuple[str, ...] = ()  # ${VAR}s replaced by DEFERRED_SECRET (only when parsed with defer_env)
     notify: NotifyConfig = field(default_factory=NotifyConfig)  # [notify] (agent/config_notify.py)
-    http_token: str | None = field(
-        default=None, repr=False
-    )  # http.token: GET /, /status and /metrics need it (agent/page.py)
+    # http.token: GET /, /status and /metrics need it (agent/page.py)
+    http_token: str | None = field(default=None, repr=False)
 
     @property
     def call_timeout(self) -> float:
