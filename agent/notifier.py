@@ -96,6 +96,7 @@ class Notifier:
         # (key, channel, seconds from queued): the last deliveries, for tests and status
         self.delivered: deque[tuple[str, str, float]] = deque(maxlen=100)
         self._stop_when = stop_when
+        self.tailing = asyncio.Event()  # set once the tail knows where history ends: later events are notified
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._active: set[str] = set()  # keys this node is delivering now
@@ -150,6 +151,7 @@ class Notifier:
 
     async def _tail(self) -> None:
         start = last = await self._newest_event_id()  # nothing up to `start` is ever notified
+        self.tailing.set()
         seen: deque[int] = deque(maxlen=SEEN_IDS)
         while True:
             try:

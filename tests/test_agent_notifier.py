@@ -70,6 +70,12 @@ class Bed:
         with open(self.hang, "w"):
             pass
 
+    async def tailing(self) -> None:
+        """Every notifier started so far reads new events (their first read of the history is done)."""
+        async with asyncio.timeout(10):
+            for n in self.notifiers:
+                await n.tailing.wait()
+
     def notifier(self, node: str) -> Notifier:
         n = Notifier(self.cfg, node, open_outbox_store(self.cfg), lambda: self.holder[node], promotion_wait=3)
         n.start()
@@ -99,7 +105,7 @@ async def bed(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Bed, SqlLea
 async def test_a_takeover_seen_by_two_nodes_is_mailed_and_posted_exactly_once(bed: tuple[Bed, SqlLeaseStore]) -> None:
     b, store = bed
     n1, n2 = b.notifier("m1"), b.notifier("m2")
-    await asyncio.sleep(1.5)  # both tail from the newest event on
+    await b.tailing()  # both tail from the newest event on
     await b.event(store, "m2", "takeover", 8, "m1 (epoch 7) expired 150 ms before the read")
     await b.event(store, "m2", "promoted", 8, "serving 10.0.0.100/24: healthy")
     mails = await wait_until(b.peers.mails, 10, "the mail")
@@ -125,7 +131,7 @@ async def test_a_message_whose_sender_died_mid_way_is_taken_over_and_each_channe
     b, store = bed
     b.hang_mail()  # the mail server accepts and never answers
     n1 = b.notifier("m1")
-    await asyncio.sleep(1.5)
+    await b.tailing()
     await b.event(store, "m1", "stepped_down", 3, "the application failed its health check")
     await wait_until(b.peers.hooks, 10, "the webhook")  # delivered; the mail hangs
     await asyncio.sleep(0.5)
@@ -138,7 +144,7 @@ async def test_a_message_whose_sender_died_mid_way_is_taken_over_and_each_channe
     n2 = b.notifier("m2")
     mails = await wait_until(b.peers.mails, 15, "the mail sent by the node that took over")
     print(f"taken over and mailed {time.monotonic() - taken:.1f}s after the second node started")
-    await asyncio.sleep(1.5)
+    await b.tailing()
     assert len(b.peers.mails()) == 1 and len(b.peers.hooks()) == 1, "each channel exactly once"
     assert "stepped_down" in mails[0]["data"] and "m2" in mails[0]["data"]  # sent by m2
     assert [c for _, c, _ in n2.delivered] == ["mail"]
@@ -153,7 +159,7 @@ async def test_stop_returns_within_a_second_while_a_delivery_hangs_and_the_messa
     b, store = bed
     b.hang_mail()
     n1 = b.notifier("m1")
-    await asyncio.sleep(1.5)
+    await b.tailing()
     await b.event(store, "m1", "fenced", 4, "could not renew in time")
     await wait_until(lambda: n1._active, 10, "the delivery to start")
     started = time.monotonic()
@@ -171,7 +177,7 @@ async def test_secrets_never_reach_logs_the_outbox_or_the_messages(bed: tuple[Be
     await b.peers.stop()  # nothing listens: every attempt fails and is logged
     with structlog.testing.capture_logs() as logs:
         n1 = b.notifier("m1")
-        await asyncio.sleep(1.5)
+        await b.tailing()
         await b.event(store, "m1", "flapping", 2, "3 take-overs in 3600s")
         await wait_until(lambda: sum(e["event"] == "notification_attempt_failed" for e in logs) >= 2, 10, "failures")
         await n1.stop()
@@ -193,7 +199,7 @@ async def test_min_interval_merges_repeats_of_a_kind_and_events_chooses_the_kind
     b, store = bed
     b.notifier("m1")
     b.notifier("m2")
-    await asyncio.sleep(1.5)
+    await b.tailing()
     await b.event(store, "m1", "stepped_down", 3, "first")
     await b.event(store, "m1", "takeover", 4, "m1 (epoch 3) expired 10 ms before the read")  # not chosen
     await b.event(store, "m2", "stepped_down", 4, "second, within the interval")
@@ -210,7 +216,7 @@ async def test_a_delivery_attempt_is_cut_at_notify_timeout(bed: tuple[Bed, SqlLe
     b.hang_mail()
     with structlog.testing.capture_logs() as logs:
         n1 = b.notifier("m1")
-        await asyncio.sleep(1.5)
+        await b.tailing()
         await b.event(store, "m1", "fenced", 4, "could not renew in time")
         await wait_until(lambda: n1._active, 10, "the delivery to start")
         started = time.monotonic()
@@ -245,7 +251,7 @@ async def test_history_before_the_start_is_not_sent_and_a_late_visible_lower_id_
     await b.event(store, "m1", "fenced", 1, "before the notifier started")
     [before] = await store.list_events("nt", limit=1)
     b.notifier("m1")
-    await asyncio.sleep(1.5)
+    await b.tailing()
     _insert_event_with_id(b.cfg.database.dsn, before.id + 10, "stepped_down")
     await wait_until(lambda: len(b.peers.hooks()) == 1, 10, "the first webhook")
     _insert_event_with_id(b.cfg.database.dsn, before.id + 5, "flapping")  # a lower id, visible later
@@ -261,7 +267,7 @@ async def test_a_path_that_keeps_failing_does_not_hold_up_later_messages_and_is_
     b, store = bed
     with structlog.testing.capture_logs() as logs:
         b.notifier("m1")
-        await asyncio.sleep(1.5)
+        await b.tailing()
         await b.event(store, "m1", "fenced", 4, "first")
         await b.event(store, "m1", "flapping", 4, "second")
         mails = await wait_until(lambda: len(b.peers.mails()) == 2 and b.peers.mails(), 10, "both mails")
