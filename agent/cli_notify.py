@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import aiohttp
 
 from .config import ConfigError, load
+from .config_notify import require_secrets
 from .exits import EXIT_FAILED, EXIT_OK
 from .notify_rules import Notice
 from .notify_send import Channel, DeliveryFailed, channels
@@ -42,6 +43,7 @@ def test_notice(cluster: str) -> Notice:
 async def send_test(cfg_path: str, to: tuple[str, ...] | None) -> list[tuple[str, bool, str]]:
     """(path shown, delivered?, answer or error) for every configured path."""
     cfg = load(cfg_path)
+    require_secrets(cfg.secrets_unset, False, True, "fos notify test")
     if not cfg.notify.enabled and not to:
         raise ConfigError("notify has no email_to and no webhooks: configure [notify] (or pass --to ADDRESS)")
     notice = test_notice(cfg.cluster)

@@ -92,21 +92,25 @@ def webhook_shown(url: str) -> str:
     return f"{parts.scheme}://{host}{port}/***"
 
 
-def _secret(r: TableReader, key: str, env: dict[str, str] | None, defer: bool, unset: list[str]) -> str | None:
-    """A secret value with ${VAR} expanded; with defer, an unset VAR becomes DEFERRED_SECRET (listed in unset)."""
+Unset = list[tuple[str, str]]  # (dotted key, VAR) of ${VAR}s not set in the environment
+
+
+def _secret(r: TableReader, key: str, env: dict[str, str] | None, unset: Unset) -> str | None:
+    """A secret value with ${VAR} expanded; an unset VAR becomes DEFERRED_SECRET and is listed in `unset`."""
     raw: str | None = r.get(key, str)
     if raw is None:
         return None
-    return _expand(raw, r._key(key), env, defer, unset)
+    return _expand(raw, r._key(key), env, unset)
 
 
-def _expand(raw: str, where: str, env: dict[str, str] | None, defer: bool, unset: list[str]) -> str:
-    if defer:
-        environ = os.environ if env is None else env
-        for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", raw):
-            if name not in environ:
-                unset.append(name)
-                raw = raw.replace("${" + name + "}", DEFERRED_SECRET)
+def _expand(raw: str, where: str, env: dict[str, str] | None, unset: Unset) -> str:
+    # Always deferred: only `fos run` (and `fos notify test`) need these, not init-db, status or mirror, which
+    # must keep working where only the DSN's variables are set. require_secrets() refuses them where needed.
+    environ = os.environ if env is None else env
+    for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", raw):
+        if name not in environ:
+            unset.append((where.split("[")[0], name))
+            raw = raw.replace("${" + name + "}", DEFERRED_SECRET)
     return expand_env(raw, where, env)
 
 
@@ -127,7 +131,7 @@ def _addresses(r: TableReader, key: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _webhooks(r: TableReader, env: dict[str, str] | None, defer: bool, unset: list[str]) -> tuple[str, ...]:
+def _webhooks(r: TableReader, env: dict[str, str] | None, unset: Unset) -> tuple[str, ...]:
     raw = r.get("webhooks", (list, str), [])
     items = [raw] if isinstance(raw, str) else raw
     out: list[str] = []
@@ -135,7 +139,7 @@ def _webhooks(r: TableReader, env: dict[str, str] | None, defer: bool, unset: li
         where = f"{r._key('webhooks')}[{i}]"
         if not isinstance(v, str):
             raise ConfigError(f"{where} is not a string: write each webhook URL as a quoted string")
-        url = _expand(v, where, env, defer, unset)
+        url = _expand(v, where, env, unset)
         try:
             parts = urlsplit(url)
             ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
@@ -149,11 +153,9 @@ def _webhooks(r: TableReader, env: dict[str, str] | None, defer: bool, unset: li
     return tuple(out)
 
 
-def parse_notify(
-    r: TableReader, env: dict[str, str] | None = None, defer: bool = False
-) -> tuple[NotifyConfig, tuple[str, ...]]:
-    """[notify] into a NotifyConfig, plus the ${VAR}s left unset (only with defer). ConfigError names the key."""
-    unset: list[str] = []
+def parse_notify(r: TableReader, env: dict[str, str] | None = None) -> tuple[NotifyConfig, tuple[tuple[str, str], ...]]:
+    """[notify] into a NotifyConfig, plus the (key, VAR) of ${VAR}s left unset. ConfigError names the key."""
+    unset: Unset = []
     security = r.get("smtp_security", str, "starttls").lower()
     if security not in SECURITY:
         raise ConfigError(f"notify.smtp_security = {security!r} is unknown: use one of {', '.join(SECURITY)}")
@@ -174,7 +176,7 @@ def parse_notify(
     if len(sender) > 1:
         raise ConfigError("notify.email_from lists several addresses: give one")
     user = r.get("smtp_user", str)
-    password = _secret(r, "smtp_password", env, defer, unset)
+    password = _secret(r, "smtp_password", env, unset)
     if (user is None) != (password is None):
         raise ConfigError("notify.smtp_user and notify.smtp_password go together: set both for AUTH, or neither")
     if security == "none" and password is not None and host not in ("localhost", "127.0.0.1", "::1"):
@@ -190,7 +192,7 @@ def parse_notify(
         smtp_user=user,
         smtp_password=password,
         timeout=r.number(NotifyConfig, "timeout"),
-        webhooks=_webhooks(r, env, defer, unset),
+        webhooks=_webhooks(r, env, unset),
         events=tuple(dict.fromkeys(events)) if events is not None else NOTIFY_KINDS,
         min_interval=r.number(NotifyConfig, "min_interval"),
         standby_missing_after=r.number(NotifyConfig, "standby_missing_after"),
@@ -207,11 +209,19 @@ def parse_notify(
 
 
 def parse_http_token(
-    r: TableReader, env: dict[str, str] | None = None, defer: bool = False
-) -> tuple[str | None, tuple[str, ...]]:
-    """http.token (usually `${ENV}`): when set, GET /, /status and /metrics need it."""
-    unset: list[str] = []
-    token = _secret(r, "token", env, defer, unset)
+    r: TableReader, env: dict[str, str] | None = None
+) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """http.token (usually `${ENV}`): when set, GET /, /status and /metrics need it. Also the unset (key, VAR)."""
+    unset: Unset = []
+    token = _secret(r, "token", env, unset)
     if token is not None and (len(token) < 16 or any(c.isspace() or not c.isprintable() for c in token)):
         raise ConfigError("http.token is shorter than 16 characters or holds spaces: use a long random token")
     return token, tuple(unset)
+
+
+def require_secrets(unset: tuple[tuple[str, str], ...], http: bool, notify: bool, what: str) -> None:
+    """Refuse (ConfigError naming the key) a secret that `what` needs but whose ${VAR} is not set: http.token
+    when `http`, the [notify] ones when `notify`."""
+    for key, name in unset:
+        if (http and key == "http.token") or (notify and key.startswith("notify.")):
+            raise ConfigError(f"{key} uses ${{{name}}}, which is not set in the environment: export it for {what}")

@@ -31,6 +31,7 @@ from netops import Announce, NetlinkBinder, NoneBinder, validate
 from .app import Application, NoApplication, StartStopCommands, SupervisedCommand
 from .clock import SystemClock
 from .config import Config, ConfigError, NodeConfig, check_listen
+from .config_notify import require_secrets
 from .exits import EXIT_FAILED, EXIT_OK
 from .http import start_server
 from .notifier import Notifier, start_notifier
@@ -134,6 +135,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
     log = structlog.get_logger("fos.run").bind(node=node.name, cluster=cfg.cluster)
     check(cfg)
     check_listen(cfg)
+    require_secrets(cfg.secrets_unset, cfg.http_listen is not None, cfg.notify.enabled, "fos run")
     with StateDir(state_dir, cfg.cluster, node.name) as state:  # refuses a second agent for this node here
         instance = state.instance_id()
         check_name("instance", instance)

@@ -3,13 +3,18 @@ time is tested where it acts (tests/test_agent_notifier.py, tests/test_agent_not
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.config import Config, ConfigError, parse
-from agent.config_notify import NOTIFY_KINDS, webhook_shown
+from agent.config_notify import NOTIFY_KINDS, require_secrets, webhook_shown
 
 
 def base(notify: dict[str, Any] | None = None, http: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -108,7 +113,6 @@ def test_defaults_mean_off_all_kinds_starttls_and_twice_the_ttl() -> None:
             {"smtp_user": "u", "smtp_password": "${PW}", "smtp_security": "none", "smtp_host": "mail.example.com"},
             r"would cross the network in clear",
         ),
-        ({"smtp_password": "${NOPE}", "smtp_user": "u"}, r"uses \$\{NOPE\}, which is not set"),
         ({"timeout": 40}, r"^notify\.takeover_after = 60 is shorter than twice notify\.timeout"),
         ({"sms_to": "123"}, r"^notify\.sms_to is not a known setting"),
     ],
@@ -137,6 +141,28 @@ def test_secrets_and_webhook_urls_take_env_references() -> None:
     assert cfg.http_token == ENV["TOKEN"]
 
 
+def test_unset_notify_secrets_are_refused_only_by_the_commands_that_need_them(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    (tmp_path / "fos.toml").write_text(
+        '[cluster]\nname = "c"\naddress_driver = "none"\n[[nodes]]\nname = "m1"\n'
+        f'[database]\ndsn = "Driver=SQLite3;Database={db}"\n[lease]\nttl = 4\nheartbeat = 1\n'
+        '[notify]\nemail_to = "a@example.com"\nsmtp_user = "u"\nsmtp_password = "${FOS_T_NOPE}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FOS_T_NOPE"}
+
+    def fos(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "agent", *args, "--config", str(tmp_path / "fos.toml")]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
+
+    assert fos("init-db").returncode == 0, "init-db needs the DSN, not the SMTP password"
+    assert fos("status").returncode == 0
+    for args, what in ((("run", "--node", "m1", "--state-dir", str(tmp_path)), "fos run"), (("notify", "test"), "")):
+        out = fos(*args)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        assert "notify.smtp_password uses ${FOS_T_NOPE}, which is not set in the environment: export it" in out.stderr
+        assert what in out.stderr
+
+
 def test_unset_secrets_are_deferred_for_config_check() -> None:
     data = base({"email_to": "a@b.c", "smtp_user": "u", "smtp_password": "${PW2}"}, {"token": "${TOK2}"})
     assert set(parse(data, env={}, defer_env=True).unset_env) == {"PW2", "TOK2"}
@@ -158,3 +184,23 @@ def test_secrets_are_not_in_the_configs_repr() -> None:
 )
 def test_webhook_urls_are_shown_without_path_query_or_credentials(url: str, shown: str) -> None:
     assert webhook_shown(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("unset", "http", "notify", "refused"),
+    [
+        ((("http.token", "T"),), True, False, "http.token"),
+        ((("http.token", "T"),), False, True, None),  # no HTTP endpoint, or fos notify test: not needed
+        ((("notify.webhooks", "H"),), True, True, "notify.webhooks"),
+        ((("notify.smtp_password", "P"),), True, False, None),  # notifications off: not needed
+        ((), True, True, None),
+    ],
+)
+def test_require_secrets_refuses_only_what_the_command_needs(
+    unset: tuple[tuple[str, str], ...], http: bool, notify: bool, refused: str | None
+) -> None:
+    if refused is None:
+        require_secrets(unset, http, notify, "fos run")
+    else:
+        with pytest.raises(ConfigError, match=rf"^{re.escape(refused)} uses \$\{{"):
+            require_secrets(unset, http, notify, "fos run")
