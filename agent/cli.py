@@ -20,7 +20,7 @@ from typing import Any
 from lease import StoreError
 from netops import NetopsError, find_interface, format_table, list_interfaces, probe_address, validate
 
-from . import __version__, cli_control, cli_ops
+from . import __version__, cli_control, cli_notify, cli_ops
 from .cli_control import node_is_down
 from .config import Config, ConfigError, NodeConfig, check_listen, load
 from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
@@ -318,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_ip)
     cli_ops.register(sub, with_config)
     cli_control.register(sub, with_config)
+    cli_notify.register(sub, with_config)
     return parser
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from lease.dialects import ALIASES, DIALECTS
 from netops.binder import DEFAULT_PROBE_TIMEOUT_S
 
+from .config_notify import NotifyConfig, parse_http_token, parse_notify
 from .config_values import (
     ACCOUNT,
     DAY,
@@ -184,6 +185,10 @@ class Config:
     probe_conflict: bool = True
     probe_timeout: float = _bounded(DEFAULT_PROBE_TIMEOUT_S, high=60)
     unset_env: tuple[str, ...] = ()  # ${VAR}s replaced by DEFERRED_SECRET (only when parsed with defer_env)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)  # [notify] (agent/config_notify.py)
+    secrets_unset: tuple[tuple[str, str], ...] = ()  # (key, VAR) of notify/http.token secrets: require_secrets()
+    # http.token: GET /, /status and /metrics need it (agent/page.py)
+    http_token: str | None = field(default=None, repr=False)
 
     @property
     def call_timeout(self) -> float:
@@ -349,7 +354,9 @@ def parse(
     listen = hp.get("listen", str, default_of(Config, "http_listen")) or None  # "" turns the endpoint off
     if listen is not None:
         parse_listen(listen)
+    http_token, token_unset = parse_http_token(hp, env)
     hp.done()
+    notify, notify_unset = parse_notify(top.table("notify"), env)
     top.done()
 
     if health.interval < health.timeout:
@@ -373,7 +380,10 @@ def parse(
         http_listen=listen,
         probe_conflict=probe,
         probe_timeout=probe_timeout,
-        unset_env=unset,
+        unset_env=tuple(dict.fromkeys((*unset, *(v for _, v in (*token_unset, *notify_unset))))),
+        secrets_unset=(*token_unset, *notify_unset),
+        notify=notify,
+        http_token=http_token,
     )
 
 

@@ -1,5 +1,6 @@
 """The agent's read-only HTTP endpoint for monitoring and load balancers (aiohttp).
 
+GET /         the status page for people (agent/page.py); with http.token, / /status and /metrics need it
 GET /health   200 while the loop is alive and consistent; 503 if it stalled, or if we hold the lease but
               renewals are failing
 GET /active   200 only on the node that holds the lease, has the common IP bound and a healthy app
@@ -16,6 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import __version__
+from .page import add_page, token_guard
 from .roles import Role
 from .runner import Agent
 
@@ -101,7 +103,8 @@ def make_app(agent: Agent) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=agent.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
+    app = web.Application(middlewares=[token_guard(agent.cfg.http_token)])  # http.token: /, /status, /metrics
+    add_page(app, agent, status)  # GET /: the status page (agent/page.py)
     app.router.add_get("/health", health)
     app.router.add_get("/active", active)
     app.router.add_get("/standby", standby)

@@ -31,8 +31,10 @@ from netops import Announce, NetlinkBinder, NoneBinder, validate
 from .app import Application, NoApplication, StartStopCommands, SupervisedCommand
 from .clock import SystemClock
 from .config import Config, ConfigError, NodeConfig, check_listen
+from .config_notify import require_secrets
 from .exits import EXIT_FAILED, EXIT_OK
 from .http import start_server
+from .notifier import Notifier, start_notifier
 from .replication_schedule import ReplicationSchedule
 from .roles import Role, live_namesake
 from .runner import FATAL_STORE_ERRORS, Agent, AgentFailed
@@ -133,6 +135,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
     log = structlog.get_logger("fos.run").bind(node=node.name, cluster=cfg.cluster)
     check(cfg)
     check_listen(cfg)
+    require_secrets(cfg.secrets_unset, cfg.http_listen is not None, cfg.notify.enabled, "fos run")
     with StateDir(state_dir, cfg.cluster, node.name) as state:  # refuses a second agent for this node here
         instance = state.instance_id()
         check_name("instance", instance)
@@ -147,6 +150,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
             app = build_app(cfg, node, state)
             agent = Agent(cfg, node, store, binder, app, SystemClock(), instance=instance)
             replication: Replication | None = None
+            notifier: Notifier | None = None
             runner: web.AppRunner | None = None
             if cfg.http_listen:  # before reaping an orphan: a port in use must refuse with nothing changed
                 try:
@@ -170,6 +174,8 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
             try:
                 if cfg.replication.enabled:  # last: nothing after it can refuse the start
                     replication = Replication.start(cfg, node, agent)
+                holder_epoch = lambda: agent.epoch if agent.role is Role.ACTIVE else None  # noqa: E731
+                notifier = start_notifier(cfg, node.name, holder_epoch, agent.stop_requested)
                 await agent.run()
             except AgentFailed as exc:
                 cause = exc.__cause__
@@ -181,6 +187,8 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
                     print(f"fos: {exc}", file=sys.stderr)
                 return EXIT_FAILED
             finally:
+                if notifier is not None:
+                    await notifier.stop()
                 if replication is not None:
                     await replication.stop()
                 if runner is not None:

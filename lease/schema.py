@@ -8,9 +8,10 @@ change the rowcount that every compare-and-set is judged by.
 from __future__ import annotations
 
 from .dialects import Dialect, qualify
+from .outbox import OUTBOX_VERSION, outbox_v4
 from .statements import BY_MAX, REASON_MAX
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 3: operations (switchover, maintenance, disable, anti-flap); 4: the notification outbox
 
 # Name columns per table: (column, NOT NULL?) — typed by the dialect's case-sensitive name type.
 _NAME_COLUMNS = {
@@ -125,7 +126,7 @@ def migrations(d: Dialect, schema: str | None = None) -> dict[int, list[str]]:
     column on MySQL and SQLite, fails with a duplicate-column error that init-db tolerates). The view is
     (re)created after the last version only: it names the columns of every version."""
     view = d.create_view(qualify("fos_lease_status", schema), _status_view_select(d, schema))
-    return {1: _v1(d, schema), 2: _v2(d, schema), 3: [*_v3(d, schema), *view]}
+    return {1: _v1(d, schema), 2: _v2(d, schema), 3: [*_v3(d, schema), *view], OUTBOX_VERSION: outbox_v4(d, schema)}
 
 
 def record_version_sql(d: Dialect, schema: str | None = None) -> str:

@@ -9,6 +9,7 @@ APT_PACKAGES=(
   postgresql mariadb-server sqlite3
   iproute2 iputils-arping procps keepalived
   openssh-server openssh-client rsync
+  chromium openssl  # the status page is tested in a real headless browser; the SMTP tests make a certificate
   python3 python3-venv python3-dev gcc
 )
 

@@ -29,6 +29,7 @@ from agent.config import (
     redact_url,
 )
 from lease import quote_odbc_value
+from tests.test_agent_config_notify import NOTIFY_EFFECTS
 
 
 def base(**overrides: Any) -> dict[str, Any]:
@@ -485,6 +486,9 @@ EFFECTS: dict[str, tuple[dict[str, Any], Any, Any]] = {
         )
     },
 }
+
+
+EFFECTS.update(NOTIFY_EFFECTS)  # [notify] and http.token: tests/test_agent_config_notify.py
 
 
 @pytest.mark.parametrize("key", sorted(EFFECTS))

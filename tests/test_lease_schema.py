@@ -101,7 +101,7 @@ def _run(dsn: str, *sql: str) -> None:
 async def test_init_db_upgrades_a_version_1_database_and_keeps_the_lease(dialect_name: str, fresh_dsn: str) -> None:
     _run(fresh_dsn, *_v1_statements_of_release_0_1(DIALECTS[dialect_name]))
     store = SqlLeaseStore(fresh_dsn, dialect=dialect_name, call_timeout=5)
-    with pytest.raises(SchemaMissing, match="version 1, this agent needs 3: run `fos init-db"):
+    with pytest.raises(SchemaMissing, match=f"version 1, this agent needs {SCHEMA_VERSION}: run `fos init-db"):
         await store.read("old")
     assert await store.init_schema() == (1, SCHEMA_VERSION)
     assert await store.init_schema() == (SCHEMA_VERSION, SCHEMA_VERSION)  # idempotent
@@ -225,7 +225,7 @@ async def test_init_db_upgrades_a_version_2_database_while_the_holder_keeps_rene
     _run(fresh_dsn, *v2_statements_of_release_0_2(DIALECTS[dialect_name]))
     agent = SqlLeaseStore(fresh_dsn, dialect=dialect_name, call_timeout=5)  # the holder's store
     admin = SqlLeaseStore(fresh_dsn, dialect=dialect_name, call_timeout=5)  # `fos init-db`
-    with pytest.raises(SchemaMissing, match="version 2, this agent needs 3: run `fos init-db"):
+    with pytest.raises(SchemaMissing, match=f"version 2, this agent needs {SCHEMA_VERSION}: run `fos init-db"):
         await admin.read("live")
     renewals: list[bool] = []
     upgraded = asyncio.Event()

@@ -19,6 +19,7 @@ import pytest
 import lease.odbc
 from lease import EventKind, LeaseState, ProtocolViolation, SqlLeaseStore
 from lease.odbc import classify
+from lease.schema import SCHEMA_VERSION
 from tests.test_lease_dialects import parse_strict
 
 NAMES = {"c1", "m1", "m2", "inst-a"}
@@ -31,7 +32,7 @@ class ScriptedServer:
     """Answers the store's statements the way SQL Server would for a healthy fos schema."""
 
     rowcount: int = 1
-    version: int | None = 3
+    version: int | None = SCHEMA_VERSION
     sent: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     setup: list[str] = field(default_factory=list)
     stale_keys: list[tuple[str, str]] = field(default_factory=list)
@@ -195,7 +196,7 @@ async def test_init_db_retypes_the_varchar_keys_of_a_version_1_sql_server_databa
         ("fos_event", "cluster_name"),
     ]
     store = SqlLeaseStore("Driver=stand-in", dialect="mssql")
-    assert await store.init_schema() == (1, 3)
+    assert await store.init_schema() == (1, SCHEMA_VERSION)
     await store.close()
     sent = [sql for sql, _ in server.sent]
     retyped = sent[sent.index(next(s for s in sent if "FROM sys.columns" in s)) :]

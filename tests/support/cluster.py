@@ -142,6 +142,7 @@ class Cluster:
         **extra: Any,
     ) -> None:
         self.health_interval = health_interval
+        self.token: str | None = extra.get("token")  # http.token: /status is read with it
         self.lan = lan
         self.name = name
         self.work = tempfile.mkdtemp(prefix="fos-cluster-")
@@ -211,6 +212,8 @@ count = 2
 interval = 0.05
 [http]
 listen = "0.0.0.0:8470"
+{f'token = "{extra["token"]}"' if extra.get("token") else ""}
+{extra.get("toml", "")}
 """
         with open(self.config, "w") as f:
             f.write(text)
@@ -257,9 +260,10 @@ listen = "0.0.0.0:8470"
         return self.m1.run(sys.executable, "-m", "agent", *args, "--config", self.config, check=False, timeout=timeout)
 
     def status(self, name: str) -> dict[str, Any] | None:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         code = (
-            f"import urllib.request;print(urllib.request.urlopen('http://{self.host(name).ip}:8470/status',"
-            "timeout=0.5).read().decode())"
+            f"import urllib.request;r=urllib.request.Request('http://{self.host(name).ip}:8470/status',"
+            f"headers={headers!r});print(urllib.request.urlopen(r,timeout=0.5).read().decode())"
         )
         out = self.client.run(sys.executable, "-c", code, check=False, timeout=10)
         return json.loads(out.stdout) if out.returncode == 0 else None
