@@ -181,7 +181,9 @@ async def test_a_configured_schema_holds_every_object(pg_server: DbServer) -> No
         found = {(r[0], r[1]) for r in rows.fetchall()}
     finally:
         conn.close()
-    assert found == {("fosx", t) for t in ("fos_event", "fos_lease", "fos_lease_status", "fos_node", "fos_schema")}
+    assert found == {
+        ("fosx", t) for t in ("fos_event", "fos_lease", "fos_lease_status", "fos_node", "fos_outbox", "fos_schema")
+    }
 
 
 def v2_statements_of_release_0_2(d: Dialect, schema: str | None = None) -> list[str]:
