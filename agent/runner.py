@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, assert_never
 import structlog
 
 from lease import (
+    ControlStore,
     EventKind,
     HistoryStore,
     InvalidName,
@@ -33,13 +34,15 @@ from lease import (
 )
 from netops import AddressBinder, NetopsError
 
-from . import __version__
 from .app import AppError, Application
 from .clock import Clock, wait_event
 from .common_ip import CommonIp
 from .config import Config, NodeConfig
+from .control_rules import standby_poll
+from .failback import FailBack
 from .health import HealthCheck
 from .metrics import Metrics
+from .operations import Operations
 from .roles import (
     Decision,
     HoldEvent,
@@ -49,10 +52,13 @@ from .roles import (
     StandbyAction,
     after_holding,
     after_renewal,
+    let_go_event,
     plan_retry,
     plan_standby,
     renewal_due,
 )
+
+from .timing import MIN_RETRY_S
 
 if TYPE_CHECKING:
     from .replication_schedule import ReplicationSchedule
@@ -68,8 +74,9 @@ FATAL_STORE_ERRORS = (ProtocolViolation, InvalidName)
 MISCONFIGURED = (StoreConfigError, SchemaMissing)
 
 
-class AgentStore(LeaseStore, HistoryStore, Protocol):
-    """What the agent needs of the database: the lease and the history (SqlLeaseStore, MemoryLeaseStore)."""
+class AgentStore(LeaseStore, HistoryStore, ControlStore, Protocol):
+    """What the agent needs of the database: the lease, the history and the control state (SqlLeaseStore,
+    MemoryLeaseStore)."""
 
 
 class AgentFailed(Exception):
@@ -108,12 +115,13 @@ class Agent:
         self.stop_requested = asyncio.Event()
         self.stop_reason = ""
         self.transition_reason = "starting"
-        self._not_before = 0.0
-        self._report_now = asyncio.Event()
+        self.not_before = 0.0
         self._db_down_logged = False
         self._base_log = structlog.get_logger("fos.agent").bind(node=node.name, cluster=cfg.cluster)
         self.log = self._base_log.bind(role=self.role.value)
         self.ip = CommonIp(cfg, binder, clock, self.metrics, self.log)
+        self.ops = Operations(self)
+        self.failback = FailBack(self)
 
     # ---- shorthands --------------------------------------------------------------------------------------
 
@@ -152,7 +160,7 @@ class Agent:
     async def run(self) -> None:
         """Run until stopped. On an internal error (anything but a cancellation): drop the IP, stop the app,
         release the lease, then raise AgentFailed with one line."""
-        reporter = asyncio.create_task(self._report_loop())
+        reporter = asyncio.create_task(self.ops.report_loop())
         try:
             decision = Decision(Role.STANDBY, "agent started")
             self._enter(decision)
@@ -169,6 +177,8 @@ class Agent:
                     case Role.FENCED:
                         decision = await self._fenced(decision)
                     case Role.STOPPED:
+                        if decision.leave_running:
+                            self.app.detach()  # its keeper must not end it when this process exits
                         break
                     case _:
                         assert_never(self.role)
@@ -183,8 +193,9 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
             await self.health.close()
+            await self.ops.close()
             with contextlib.suppress(StoreError):
-                await self._record_node(Role.STOPPED, None)
+                await self.ops.record_node(Role.STOPPED, None)
 
     def _enter(self, decision: Decision) -> None:
         self.transition_reason = decision.reason
@@ -194,7 +205,7 @@ class Agent:
         log("transition", previous=previous.value, reason=decision.reason)
         self.metrics.set_role(decision.role)
         self.metrics.epoch.set(self.epoch or 0)
-        self._report_now.set()
+        self.ops.report_now.set()
 
     async def _sleep_until(self, when: float) -> None:
         """Sleep until local time `when`, or until a stop is requested."""
@@ -204,6 +215,7 @@ class Agent:
 
     async def _standby(self, _: Decision) -> Decision:
         poll = self.cfg.lease.heartbeat / 2
+        self.failback.entered_standby()
         # A standby never has the common IP: remove a leftover (a crash, a fence whose unbind failed) when the
         # period begins and until that succeeded, but not on every poll: a second agent on this machine (another
         # node name by mistake) would otherwise keep deleting a live address that carries the same marker.
@@ -217,13 +229,18 @@ class Agent:
                 raise
             except StoreError as exc:
                 self._db_down(exc)
+                self.failback.not_ready()
                 if not leftovers_checked:
                     leftovers_checked = await self.ip.drop()
                 await self._sleep_until(self.clock.now() + poll)
                 continue
             self._db_up()
             self._saw(state)
-            plan = plan_standby(state, self.node.name, self.instance, self.clock.now(), poll, self._not_before)
+            self.ops.observe(state)
+            poll = standby_poll(state.control, self.node.name, self.cfg.lease.heartbeat)
+            plan = plan_standby(state, self.node.name, self.instance, self.clock.now(), poll, self.not_before)
+            if plan.action is StandbyAction.WAIT:
+                await self.failback.consider(state, holding_off=self.clock.now() < self.not_before)
             if plan.action is StandbyAction.WAIT:
                 if not leftovers_checked:
                     leftovers_checked = await self.ip.drop()
@@ -246,6 +263,7 @@ class Agent:
                 await self._sleep_until(self.clock.now() + min(poll, 0.1))
                 continue
             if got.acquired:
+                self.ops.acquired(state)
                 took_over = state.holder is not None and (
                     state.holder != self.node.name or state.holder_instance != self.instance
                 )
@@ -258,7 +276,7 @@ class Agent:
             # A lost race, or the row was not as read: plan from what the store saw, never retry at once.
             self._saw(got.seen)
             now = self.clock.now()
-            await self._sleep_until(plan_retry(got.seen, self.node.name, self.instance, now, poll, self._not_before))
+            await self._sleep_until(plan_retry(got.seen, self.node.name, self.instance, now, poll, self.not_before))
         return Decision(Role.STOPPED, f"stop requested ({self.stop_reason})")
 
     def _saw(self, state: LeaseState | None) -> None:
@@ -323,6 +341,7 @@ class Agent:
         last_attempt = self.holding.last_sent
         ip_failures = 0
         reconcile_again = False
+        control_at: float | None = None  # a scheduled switchover's time: read the control state again then
         tasks: dict[str, asyncio.Task[Any]] = {"stop": asyncio.create_task(self.stop_requested.wait())}
         if work is not None:
             tasks["work"] = asyncio.create_task(work)
@@ -365,6 +384,21 @@ class Agent:
                     reconcile_again = False
                 elif renewed:
                     reconcile_again = True  # one is running with an older Holding: go again when it ends
+                # The control state, read right after a renewal (a whole heartbeat before the next one) in a task
+                # of its own: the loop never waits for it.
+                if "control" not in tasks and (renewed or (control_at is not None and now >= control_at)):
+                    tasks["control"] = asyncio.create_task(self.ops.read_as_holder(acting=work is None))
+                    control_at = None
+                control = tasks.get("control")
+                if control is not None and control.done():
+                    del tasks["control"]
+                    plan = control.result()
+                    app_dropped = watch_app and "app" not in tasks
+                    ended = self.ops.holder_event(plan, acting=work is None, app_dropped=app_dropped)
+                    if ended is not None:
+                        return ended
+                    if plan.wake_in is not None:
+                        control_at = now + plan.wake_in
                 if tasks["stop"].done():
                     return HoldEvent.STOP_REQUESTED, self.stop_reason
                 if "work" in tasks and tasks["work"].done():
@@ -374,7 +408,10 @@ class Agent:
                     return HoldEvent.WORK_FAILED, str(exc)
                 if "app" in tasks and tasks["app"].done():
                     self.metrics.app_healthy.set(0)
-                    return HoldEvent.APP_FAILED, str(tasks["app"].result())
+                    if not self.ops.control.maintenance:
+                        return HoldEvent.APP_FAILED, str(tasks["app"].result())
+                    # Maintenance: no step-down, no restart; looked at again when maintenance ends.
+                    self.log.warning("app_failed_during_maintenance", detail=str(tasks.pop("app").result()))
                 due = renewal_due(
                     next_renew, last_attempt, self.ip.expires_at, self.cfg.lease.heartbeat, self.call_timeout
                 )
@@ -382,6 +419,8 @@ class Agent:
                     last_attempt = self.clock.now()
                     tasks["renew"] = asyncio.create_task(self._renew(self.holding.epoch))
                 deadline = self.holding.fence_at if "renew" in tasks else min(self.holding.fence_at, due)
+                if control_at is not None:
+                    deadline = min(deadline, max(control_at, now + MIN_RETRY_S))
                 timer = asyncio.create_task(self.clock.sleep_until(deadline))
                 try:
                     await asyncio.wait([*tasks.values(), timer], return_when=asyncio.FIRST_COMPLETED)
@@ -402,18 +441,36 @@ class Agent:
         holding = self.holding
         assert holding is not None
         await self.ip.claim(holding)
+        if self.cfg.common_ip is not None:
+            self.ops.spawn(self.event(EventKind.IP_BOUND, f"{self.cfg.common_ip} bound", holding.epoch))
+        detail = await self._start_app(holding)
+        await self.event(EventKind.PROMOTED, f"serving {self.cfg.common_ip or 'without a common IP'}: {detail}")
+        self.ops.serving(holding)
+        return f"promotion complete: {detail}"
+
+    async def _start_app(self, holding: Holding) -> str:
+        """Start the app (nothing if it runs: adopted, or still running) and wait until it is healthy."""
         env = {"FOS_NODE": self.node.name, "FOS_CLUSTER": self.cfg.cluster, "FOS_EPOCH": str(holding.epoch)}
         await self.app.start(env)
         ok, detail = await self.health.wait_healthy(self.cfg.app.health.start_grace)
         if not ok:
             raise AppError(detail)
         self.metrics.app_healthy.set(1)
-        await self._event(EventKind.PROMOTED, f"serving {self.cfg.common_ip or 'without a common IP'}: {detail}")
-        return f"promotion complete: {detail}"
+        return detail
 
-    async def _promoting(self, _: Decision) -> Decision:
-        event, detail = await self._hold(self._promote(), watch_app=False)
-        return after_holding(event, detail, self.cfg.app.hold_off, self.cfg.lease.min_hold)
+    async def _resume(self) -> str:
+        """Already serving (the IP stays bound by the renewals): only the application, started in place."""
+        assert self.holding is not None
+        return f"application running again: {await self._start_app(self.holding)}"
+
+    async def _promoting(self, decision: Decision) -> Decision:
+        event, detail = await self._hold(self._resume() if decision.resume else self._promote(), watch_app=False)
+        return self._after_holding(event, detail)
+
+    def _after_holding(self, event: HoldEvent, detail: str) -> Decision:
+        decision = after_holding(event, detail, self.cfg.app.hold_off, self.cfg.lease.min_hold, self.ops.modes)
+        self.failback.after_holding(event)
+        return decision
 
     async def _active(self, _: Decision) -> Decision:
         announcer = asyncio.create_task(self._announce_loop()) if self.cfg.announce.refresh > 0 else None
@@ -426,7 +483,7 @@ class Agent:
                 # ARP may follow the drop of the IP.
                 with contextlib.suppress(asyncio.CancelledError):
                     await announcer
-        return after_holding(event, detail, self.cfg.app.hold_off, self.cfg.lease.min_hold)
+        return self._after_holding(event, detail)
 
     async def _announce_loop(self) -> None:
         while True:
@@ -435,20 +492,25 @@ class Agent:
 
     # ---- letting go ---------------------------------------------------------------------------------------
 
-    async def _let_go(self, kind: EventKind, decision: Decision) -> None:
-        """IP first (from then on no user traffic reaches this node), then the app, then the lease."""
+    async def _let_go(self, kind: EventKind | None, decision: Decision) -> None:
+        """IP first (from then on no user traffic reaches this node), then the app, then the lease: released,
+        or handed over to a switchover's target (only once the IP is confirmed gone, like a release)."""
         ip_gone = await self.ip.drop()
         await self.app.stop()
         self.metrics.app_healthy.set(0)
         self.health.forget("the application is stopped on this node")
         holding, self.holding = self.holding, None
         if holding is not None:
-            await self._release(holding, decision.reason, ip_gone)
-            await self._event(kind, decision.reason, holding.epoch)
+            if decision.handover_to is not None and ip_gone:
+                await self.ops.hand_over(holding, decision.handover_to, decision.reason)
+            else:
+                await self._release(holding, decision.reason, ip_gone)
+            if kind is not None:
+                await self.event(kind, decision.reason, holding.epoch)
         self.renew_failing = False
         self.metrics.epoch.set(0)
         self.metrics.lease_seconds_left.set(0)
-        self._not_before = self.clock.now() + decision.hold_off
+        self.not_before = self.clock.now() + decision.hold_off
 
     async def _release(self, holding: Holding, detail: str, ip_gone: bool) -> None:
         """Release the lease, but only once the IP is confirmed gone: a release lets the next node in at once,
@@ -487,9 +549,11 @@ class Agent:
                 self.log.error("cleanup_failed", step="lease", error=f"{type(exc).__name__}: {exc}")
 
     async def _demoting(self, decision: Decision) -> Decision:
-        await self._let_go(EventKind.DEMOTED if decision.then_stop else EventKind.STEPPED_DOWN, decision)
+        await self._let_go(let_go_event(decision), decision)
         if decision.then_stop:
             return Decision(Role.STOPPED, f"stopped ({self.stop_reason})")
+        if decision.handover_to is not None:
+            return Decision(Role.STANDBY, f"handed the lease over to {decision.handover_to}")
         return Decision(Role.STANDBY, f"stepped down; competing again in {decision.hold_off:g}s")
 
     async def _fenced(self, decision: Decision) -> Decision:
@@ -498,7 +562,8 @@ class Agent:
             return Decision(Role.STOPPED, f"stopped ({self.stop_reason})")
         return Decision(Role.STANDBY, "fenced; back to standby")
 
-    async def _event(self, kind: EventKind, detail: str, epoch: int | None = None) -> None:
+    async def event(self, kind: EventKind, detail: str, epoch: int | None = None) -> None:
+        """Record an event (best effort: a database error is only logged)."""
         try:
             await self.store.record_event(
                 self.cfg.cluster,
@@ -510,26 +575,3 @@ class Agent:
             )
         except StoreError as exc:
             self.log.debug("event_not_recorded", kind=kind.value, error=str(exc))
-
-    # ---- node row -----------------------------------------------------------------------------------------
-
-    async def _record_node(self, role: Role, healthy: bool | None) -> None:
-        await self.store.record_node(
-            self.cfg.cluster,
-            self.node.name,
-            role.value,
-            healthy,
-            self.node.url,
-            __version__,
-            instance=self.instance,
-            timeout=self.call_timeout,
-        )
-
-    async def _report_loop(self) -> None:
-        while True:
-            self._report_now.clear()
-            try:
-                await self._record_node(self.role, self.health.healthy)
-            except StoreError as exc:
-                self.log.debug("node_row_not_recorded", error=str(exc))
-            await wait_event(self._report_now, self.cfg.lease.heartbeat)

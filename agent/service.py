@@ -128,6 +128,16 @@ async def _check_database(store: SqlLeaseStore, cfg: Config, node: NodeConfig, i
         )
 
 
+async def _holder_in_maintenance(store: SqlLeaseStore, cfg: Config, node: NodeConfig) -> bool:
+    """This node holds (or held last) the lease and maintenance mode is on: the application its predecessor left
+    running (an agent stopped during maintenance) is adopted, not ended. Unreadable: False (end it, as always)."""
+    try:
+        state = await store.read(cfg.cluster, timeout=max(cfg.call_timeout, 2.0))
+    except StoreError:
+        return False
+    return state.holder == node.name and state.control.maintenance
+
+
 async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
     """Run the agent until SIGTERM/SIGINT. Bad input raises ConfigError before anything is started."""
     log = structlog.get_logger("fos.run").bind(node=node.name, cluster=cfg.cluster)
@@ -153,7 +163,9 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
                     runner = await start_server(agent, cfg.http_listen)
                 except OSError as exc:
                     raise ConfigError(f"http.listen = {cfg.http_listen!r} cannot be used: {exc.strerror}") from None
-            if isinstance(app, SupervisedCommand):
+            if isinstance(app, SupervisedCommand) and not (
+                await _holder_in_maintenance(store, cfg, node) and await app.adopt() is not None
+            ):
                 await app.reap_orphan()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
