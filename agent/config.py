@@ -49,6 +49,7 @@ __all__ = [
     "HealthConfig",
     "LeaseConfig",
     "NodeConfig",
+    "PolicyConfig",
     "ReplicationConfig",
     "check_listen",
     "default_of",
@@ -75,7 +76,7 @@ class NodeConfig:
     name: str
     interface: str = ""
     url: str | None = None
-    priority: int = _bounded(0, low=-1_000_000, high=1_000_000, low_ok=True)  # for fail-back (not yet used)
+    priority: int = _bounded(0, low=-1_000_000, high=1_000_000, low_ok=True)  # fail-back: higher is preferred
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,20 @@ class AnnounceConfig:
     refresh: float = _bounded(0.0, low_ok=True)  # seconds between gratuitous ARP refreshes while active; 0 = off
 
 
+FAILBACK_MODES = ("manual", "auto")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Fail-back, maintenance reminders and anti-flap ([cluster] failback*, [maintenance], [flap])."""
+
+    failback: str = "manual"  # "auto": the highest-priority node takes the role back by a switchover
+    failback_delay: float = _bounded(300.0, low_ok=True)  # healthy as standby this long before it does
+    remind_after: float = _bounded(14400.0, high=30 * DAY)  # maintenance on longer than this: a reminder event
+    max_takeovers: int = _bounded(3, low=1, high=1000, low_ok=True)  # more within flap_window: failover off
+    flap_window: float = _bounded(3600.0, high=30 * DAY)
+
+
 @dataclass(frozen=True)
 class ReplicationConfig:
     """`fos mirror` and scheduled replication (agent/replication.py): rsync over ssh from the lease holder."""
@@ -164,6 +179,7 @@ class Config:
     app: AppConfig = field(default_factory=AppConfig)
     announce: AnnounceConfig = field(default_factory=AnnounceConfig)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     http_listen: str | None = "0.0.0.0:8470"  # None: no HTTP endpoint
     probe_conflict: bool = True
     probe_timeout: float = _bounded(DEFAULT_PROBE_TIMEOUT_S, high=60)
@@ -248,6 +264,10 @@ def parse(
     alias_url = cl.url("alias_url")
     probe = cl.get("probe_conflict", bool, default_of(Config, "probe_conflict"))
     probe_timeout = cl.number(Config, "probe_timeout")
+    failback = cl.get("failback", str, default_of(PolicyConfig, "failback"))
+    if failback not in FAILBACK_MODES:
+        raise ConfigError(f"cluster.failback = {shown('', failback)} is unknown: use 'manual' or 'auto'")
+    failback_delay = cl.number(PolicyConfig, "failback_delay")
     cl.done()
 
     nodes = _nodes(top, driver)
@@ -314,6 +334,16 @@ def parse(
     an.done()
 
     replication = _replication(top.table("replication"))
+    mt, fl = top.table("maintenance"), top.table("flap")
+    policy = PolicyConfig(
+        failback=failback,
+        failback_delay=failback_delay,
+        remind_after=mt.number(PolicyConfig, "remind_after"),
+        max_takeovers=fl.integer(PolicyConfig, "max_takeovers"),
+        flap_window=fl.number(PolicyConfig, "window", "flap_window"),
+    )
+    mt.done()
+    fl.done()
 
     hp = top.table("http")
     listen = hp.get("listen", str, default_of(Config, "http_listen")) or None  # "" turns the endpoint off
@@ -339,6 +369,7 @@ def parse(
         app=app,
         announce=announce,
         replication=replication,
+        policy=policy,
         http_listen=listen,
         probe_conflict=probe,
         probe_timeout=probe_timeout,

@@ -20,8 +20,8 @@ from .errors import (
     StoreUnavailable,
     UnsafeSchema,
 )
-from .interface import HistoryStore, LeaseStore
-from .model import AcquireResult, Event, EventKind, LeaseState, NodeRecord
+from .interface import ControlStore, HistoryStore, LeaseStore
+from .model import AcquireResult, Control, Event, EventKind, LeaseState, NodeRecord, Switchover
 
 if TYPE_CHECKING:
     from .store import SqlLeaseStore
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DIALECTS",
     "AcquireResult",
+    "Control",
+    "ControlStore",
     "Dialect",
     "Event",
     "EventKind",
@@ -44,6 +46,7 @@ __all__ = [
     "StoreConfigError",
     "StoreError",
     "StoreUnavailable",
+    "Switchover",
     "UnsafeSchema",
     "get_dialect",
     "quote_odbc_value",

@@ -16,9 +16,10 @@ Common rules for every method:
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Protocol
 
-from .model import AcquireResult, Event, LeaseState, NodeRecord
+from .model import AcquireResult, Event, EventKind, LeaseState, NodeRecord
 
 
 class LeaseStore(Protocol):
@@ -43,13 +44,16 @@ class LeaseStore(Protocol):
     ) -> AcquireResult:
         """Take the lease in one atomic compare-and-set, for `ttl_ms` from the database's now.
 
-        Succeeds only if the epoch is still the one in `expected` (or, without `expected`, the one just read)
-        and the lease is free, expired by the database clock, or held by this node *and* this instance (a
-        restarted process of the same node with another instance must wait for the expiry). On success the
+        Succeeds only if the epoch is still the one in `expected` (or, without `expected`, the one just read),
+        the control state allows it (never while the cluster is disabled; during maintenance or with automatic
+        failover off only for the holder's node), and the lease is free, expired by the database clock, or held
+        by this node *and* this instance (a restarted process of the same node with another instance must wait
+        for the expiry). A lease released by a handover is free only for its target (`handover_to`) until the
+        reservation ends, then for everyone. LeaseState.acquire_refusal states the same rule. On success the
         epoch is incremented (the new fencing token, returned in the result), the holder's instance is written,
-        and an event is appended after the compare-and-set (an event may be lost; the lease change never is).
-        A missing lease row is created first (as init-db does), whatever `expected` says. On a miss the
-        result's `seen` tells who holds the lease and for how long.
+        handover_to is cleared, and an event is appended after the compare-and-set (an event may be lost; the
+        lease change never is). A missing lease row is created first (as init-db does), whatever `expected`
+        says. On a miss the result's `seen` tells who holds the lease and for how long.
         """
         ...
 
@@ -84,9 +88,11 @@ class HistoryStore(Protocol):
         agent_version: str | None,
         *,
         instance: str | None = None,
+        sees: str | None = None,
         timeout: float | None = None,
     ) -> None:
-        """Insert or update this node's row (role, app health, URL, version, instance), stamped with the
+        """Insert or update this node's row (role, app health, URL, version, instance, and `sees`: the control
+        state this agent acts on, Control.sees(); None writes NULL, "not reported"), stamped with the
         database's now as last_seen."""
         ...
 
@@ -104,11 +110,90 @@ class HistoryStore(Protocol):
         ...
 
     async def list_events(
-        self, cluster: str, *, limit: int = 20, since_id: int = 0, timeout: float | None = None
+        self,
+        cluster: str,
+        *,
+        limit: int = 20,
+        since_id: int = 0,
+        since_ms: int | None = None,
+        timeout: float | None = None,
     ) -> list[Event]:
-        """At most `limit` events of the cluster with id > since_id, newest first."""
+        """At most `limit` events of the cluster with id > since_id and, with `since_ms`, stamped within the
+        last since_ms milliseconds of the database clock; newest first."""
         ...
 
     async def list_nodes(self, cluster: str, *, timeout: float | None = None) -> list[NodeRecord]:
         """Every node row of the cluster, ordered by name, with its age on the database clock."""
+        ...
+
+
+class ControlStore(Protocol):
+    """The operator's intent and the policy state on the cluster's lease row (schema v3): switchover requests,
+    the handover, maintenance mode, disabling, anti-flap. The database is the only control plane: commands write
+    intent here, agents read it with LeaseStore.read (LeaseState.control) and act.
+
+    Every change is one atomic UPDATE of the lease row judged by its rowcount (True: this call changed it;
+    False: the condition did not hold, nothing changed), then a best-effort event (an event may be lost, the
+    change never). `by` is who asked ("user@host" for an operator, a node name or "failback" for an agent); it
+    is stored as given (at most 200 characters) and shown to operators.
+    """
+
+    async def handover(
+        self,
+        cluster: str,
+        node: str,
+        epoch: int,
+        to: str,
+        reserve_ms: int,
+        *,
+        detail: str | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """The holder gives the lease to `to`: only if `node` still holds `epoch` (expired or not: it has let go
+        of the IP and the app before calling), set holder and instance NULL, handover_to = to, expires_at = now
+        + reserve_ms (the reservation: only `to` may acquire before it ends, everyone after), renewed_at = now,
+        transitions + 1, and clear the pending switchover. Event HANDOVER. False: the lease was not ours."""
+        ...
+
+    async def request_switchover(
+        self, cluster: str, to: str, due_in_ms: int, by: str, *, timeout: float | None = None
+    ) -> bool:
+        """Record a switchover to `to`, due at the database's now + due_in_ms (0: at once), only if none is
+        pending and the cluster is neither disabled nor in maintenance. Event SWITCHOVER_REQUESTED. False: one
+        of those held (the caller reads the row to say which). The target is the caller's to check."""
+        ...
+
+    async def cancel_switchover(
+        self,
+        cluster: str,
+        by: str,
+        *,
+        kind: EventKind = EventKind.SWITCHOVER_CANCELLED,
+        detail: str | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """Remove the pending switchover request. Event `kind` (SWITCHOVER_CANCELLED by an operator; the holder
+        uses SWITCHOVER_STALE or SWITCHOVER_FAILED with its reason as `detail`). False: none was pending."""
+        ...
+
+    async def set_maintenance(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
+        """Turn maintenance mode on (stamped with the database's now) or off. Event MAINTENANCE_ON / _OFF.
+        False: it already was in that state."""
+        ...
+
+    async def set_disabled(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
+        """Disable the cluster (nobody acquires; the holder lets go) or enable it; enabling also clears an
+        anti-flap trip (failover_off). Event DISABLED / ENABLED. False: nothing changed."""
+        ...
+
+    async def set_failover_off(self, cluster: str, node: str, reason: str, *, timeout: float | None = None) -> bool:
+        """Turn automatic failover off (anti-flap tripped), recording `reason` (at most 400 characters), only if
+        it is not off already. Event FLAPPING by `node`. False: it already was off."""
+        ...
+
+    async def count_events(
+        self, cluster: str, kinds: Collection[str], within_ms: int, *, timeout: float | None = None
+    ) -> int:
+        """How many events of these kinds the cluster recorded in the last within_ms milliseconds of the
+        database clock (anti-flap counting). Changes nothing."""
         ...

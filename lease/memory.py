@@ -1,16 +1,26 @@
-"""An in-memory LeaseStore and HistoryStore with the same compare-and-set rules as the SQL statements, on an
-injected clock that plays the database clock. For fast unit tests of the agent; never a substitute for the
-real-database tests."""
+"""An in-memory LeaseStore, HistoryStore and ControlStore with the same compare-and-set rules as the SQL
+statements, on an injected clock that plays the database clock. For fast unit tests of the agent; never a
+substitute for the real-database tests."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from .errors import StoreUnavailable
-from .model import AcquireResult, Event, EventKind, LeaseState, NodeRecord
+from .model import (
+    AcquireResult,
+    Control,
+    Event,
+    EventKind,
+    LeaseState,
+    NodeRecord,
+    Switchover,
+    by_detail,
+    switchover_detail,
+)
 from .names import check_name
 
 
@@ -18,9 +28,24 @@ from .names import check_name
 class _Row:
     holder: str | None = None
     epoch: int = 0
-    expires_at: float = 0.0
+    expires_at: float | None = None
     ttl_ms: int | None = None
     instance: str | None = None
+    handover_to: str | None = None
+    switchover_to: str | None = None
+    switchover_due_at: float | None = None
+    switchover_by: str | None = None
+    switchover_requested_at: float | None = None
+    maintenance_since: float | None = None
+    maintenance_by: str | None = None
+    disabled_since: float | None = None
+    disabled_by: str | None = None
+    failover_off_since: float | None = None
+    failover_off_reason: str | None = None
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
 
 
 class MemoryLeaseStore:
@@ -28,7 +53,9 @@ class MemoryLeaseStore:
         self.clock = clock
         self.rows: dict[str, _Row] = {}
         self.events: list[Event] = []
+        self.event_times: list[float] = []  # each event's time on `clock`, parallel to `events`
         self.nodes: dict[tuple[str, str], NodeRecord] = {}
+        self._seen_at: dict[tuple[str, str], float] = {}  # each node row's last_seen on `clock`
         self.available = True  # set False to simulate an unreachable database
         self.calls = 0
 
@@ -37,21 +64,47 @@ class MemoryLeaseStore:
         if not self.available:
             raise StoreUnavailable("database unreachable (simulated)")
 
+    def _control(self, row: _Row, now: float) -> Control:
+        switchover = None
+        if row.switchover_requested_at is not None:
+            switchover = Switchover(
+                row.switchover_to,
+                _ms((row.switchover_due_at or now) - now),
+                row.switchover_by,
+                _ms(now - row.switchover_requested_at),
+            )
+        return Control(
+            switchover=switchover,
+            maintenance_ms=None if row.maintenance_since is None else _ms(now - row.maintenance_since),
+            maintenance_by=row.maintenance_by,
+            disabled_ms=None if row.disabled_since is None else _ms(now - row.disabled_since),
+            disabled_by=row.disabled_by,
+            failover_off_ms=None if row.failover_off_since is None else _ms(now - row.failover_off_since),
+            failover_off_reason=row.failover_off_reason,
+        )
+
     def _state(self, cluster: str) -> LeaseState:
         row = self.rows.get(cluster)
         if row is None:
             return LeaseState.missing(cluster)
+        now = self.clock()
         return LeaseState(
             cluster,
             row.holder,
             row.epoch,
-            int((row.expires_at - self.clock()) * 1000),
+            None if row.expires_at is None else _ms(row.expires_at - now),
             row.ttl_ms,
+            handover_to=row.handover_to,
             holder_instance=row.instance,
+            control=self._control(row, now),
         )
 
     def _event(self, cluster: str, node: str | None, kind: str, epoch: int | None, detail: str | None) -> None:
         self.events.append(Event(len(self.events) + 1, cluster, datetime.now(UTC), node, kind, epoch, detail))
+        self.event_times.append(self.clock())
+
+    def _row(self, cluster: str) -> _Row:
+        return self.rows.setdefault(check_name("cluster", cluster), _Row())
 
     async def read(self, cluster: str, *, timeout: float | None = None) -> LeaseState:
         self._check()
@@ -68,18 +121,17 @@ class MemoryLeaseStore:
         timeout: float | None = None,
     ) -> AcquireResult:
         self._check()
-        check_name("cluster", cluster)
         check_name("node", node)
-        row = self.rows.setdefault(cluster, _Row())
+        row = self._row(cluster)
         seen = expected if expected is not None else self._state(cluster)
-        now = self.clock()
+        current = self._state(cluster)
+        if row.epoch != seen.epoch or current.acquire_refusal(node, instance) is not None:
+            return AcquireResult(False, row.epoch, current)
         own = row.holder == node and row.instance == instance  # same rule as lease.store.may_resume
-        free = row.holder is None or row.expires_at <= now or own
-        if row.epoch != seen.epoch or not free:
-            return AcquireResult(False, row.epoch, self._state(cluster))
         kind = EventKind.ACQUIRED if row.holder is None else (EventKind.RESUMED if own else EventKind.TAKEOVER)
+        now = self.clock()
         row.holder, row.epoch, row.expires_at, row.ttl_ms = node, row.epoch + 1, now + ttl_ms / 1000, ttl_ms
-        row.instance = instance
+        row.instance, row.handover_to = instance, None
         self._event(cluster, node, kind, row.epoch, None)
         return AcquireResult(True, row.epoch, seen)
 
@@ -87,7 +139,7 @@ class MemoryLeaseStore:
         self._check()
         row = self.rows.get(cluster)
         now = self.clock()
-        if row is None or row.holder != node or row.epoch != epoch or row.expires_at <= now:
+        if row is None or row.holder != node or row.epoch != epoch or row.expires_at is None or row.expires_at <= now:
             return False
         row.expires_at, row.ttl_ms = now + ttl_ms / 1000, ttl_ms
         return True
@@ -103,6 +155,117 @@ class MemoryLeaseStore:
         self._event(cluster, node, EventKind.RELEASED, epoch, detail)
         return True
 
+    # ---- control (ControlStore) ----------------------------------------------------------------------------
+
+    async def handover(
+        self,
+        cluster: str,
+        node: str,
+        epoch: int,
+        to: str,
+        reserve_ms: int,
+        *,
+        detail: str | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        self._check()
+        check_name("node", node)
+        check_name("node", to)
+        row = self.rows.get(cluster)
+        now = self.clock()
+        if row is None or row.holder != node or row.epoch != epoch or row.expires_at is None or row.expires_at <= now:
+            return False
+        row.holder, row.instance, row.handover_to, row.expires_at = None, None, to, now + reserve_ms / 1000
+        self._clear_switchover(row)
+        self._event(cluster, node, EventKind.HANDOVER, epoch, detail or f"to {to}, reserved for {reserve_ms} ms")
+        return True
+
+    @staticmethod
+    def _clear_switchover(row: _Row) -> None:
+        row.switchover_to = row.switchover_by = None
+        row.switchover_due_at = row.switchover_requested_at = None
+
+    async def request_switchover(
+        self, cluster: str, to: str, due_in_ms: int, by: str, *, timeout: float | None = None
+    ) -> bool:
+        self._check()
+        check_name("node", to)
+        row = self._row(cluster)
+        pending = row.switchover_requested_at is not None
+        if pending or row.disabled_since is not None or row.maintenance_since is not None:
+            return False
+        now = self.clock()
+        row.switchover_to, row.switchover_by = to, by
+        row.switchover_due_at, row.switchover_requested_at = now + due_in_ms / 1000, now
+        self._event(cluster, None, EventKind.SWITCHOVER_REQUESTED, row.epoch, switchover_detail(to, due_in_ms, by))
+        return True
+
+    async def cancel_switchover(
+        self,
+        cluster: str,
+        by: str,
+        *,
+        kind: EventKind = EventKind.SWITCHOVER_CANCELLED,
+        detail: str | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        self._check()
+        row = self.rows.get(check_name("cluster", cluster))
+        if row is None or row.switchover_requested_at is None:
+            return False
+        to = row.switchover_to
+        self._clear_switchover(row)
+        self._event(cluster, None, kind, row.epoch, by_detail(detail or f"switchover to {to}", by))
+        return True
+
+    async def set_maintenance(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
+        self._check()
+        row = self._row(cluster)
+        if (row.maintenance_since is not None) == on:
+            return False
+        row.maintenance_since, row.maintenance_by = (self.clock(), by) if on else (None, None)
+        kind = EventKind.MAINTENANCE_ON if on else EventKind.MAINTENANCE_OFF
+        self._event(cluster, None, kind, row.epoch, by_detail("", by))
+        return True
+
+    async def set_disabled(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
+        self._check()
+        row = self._row(cluster)
+        if on:
+            if row.disabled_since is not None:
+                return False
+            row.disabled_since, row.disabled_by = self.clock(), by
+        else:
+            if row.disabled_since is None and row.failover_off_since is None:
+                return False
+            row.disabled_since = row.disabled_by = row.failover_off_since = row.failover_off_reason = None
+        self._event(cluster, None, EventKind.DISABLED if on else EventKind.ENABLED, row.epoch, by_detail("", by))
+        return True
+
+    async def set_failover_off(self, cluster: str, node: str, reason: str, *, timeout: float | None = None) -> bool:
+        self._check()
+        check_name("node", node)
+        row = self._row(cluster)
+        if row.failover_off_since is not None:
+            return False
+        row.failover_off_since, row.failover_off_reason = self.clock(), reason
+        self._event(cluster, node, EventKind.FLAPPING, row.epoch, reason)
+        return True
+
+    async def count_events(
+        self, cluster: str, kinds: Collection[str], within_ms: int, *, timeout: float | None = None
+    ) -> int:
+        self._check()
+        since = self.clock() - within_ms / 1000
+        wanted = {str(k) for k in kinds}
+        return sum(
+            1
+            for e, t in zip(self.events, self.event_times, strict=True)
+            if e.cluster == cluster and e.kind in wanted and t > since
+        )
+
+    # ---- nodes and events (HistoryStore) ---------------------------------------------------------------------
+
     async def record_node(
         self,
         cluster: str,
@@ -113,10 +276,14 @@ class MemoryLeaseStore:
         agent_version: str | None,
         *,
         instance: str | None = None,
+        sees: str | None = None,
         timeout: float | None = None,
     ) -> None:
         self._check()
-        self.nodes[(cluster, node)] = NodeRecord(cluster, node, role, app_healthy, url, agent_version, 0.0, instance)
+        self.nodes[(cluster, node)] = NodeRecord(
+            cluster, node, role, app_healthy, url, agent_version, 0.0, instance, sees
+        )
+        self._seen_at[(cluster, node)] = self.clock()
 
     async def record_event(
         self,
@@ -132,15 +299,31 @@ class MemoryLeaseStore:
         self._event(cluster, node, kind, epoch, detail)
 
     async def list_events(
-        self, cluster: str, *, limit: int = 20, since_id: int = 0, timeout: float | None = None
+        self,
+        cluster: str,
+        *,
+        limit: int = 20,
+        since_id: int = 0,
+        since_ms: int | None = None,
+        timeout: float | None = None,
     ) -> list[Event]:
         self._check()
-        found = [e for e in self.events if e.cluster == cluster and e.id > since_id]
+        since = None if since_ms is None else self.clock() - since_ms / 1000
+        found = [
+            e
+            for e, t in zip(self.events, self.event_times, strict=True)
+            if e.cluster == cluster and e.id > since_id and (since is None or t > since)
+        ]
         return list(reversed(found))[:limit]
 
     async def list_nodes(self, cluster: str, *, timeout: float | None = None) -> list[NodeRecord]:
         self._check()
-        return [n for (c, _), n in sorted(self.nodes.items()) if c == cluster]
+        now = self.clock()
+        return [
+            replace(n, last_seen_age_s=now - self._seen_at.get(key, now))
+            for key, n in sorted(self.nodes.items())
+            if key[0] == cluster
+        ]
 
     async def close(self) -> None:
         return None

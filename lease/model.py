@@ -8,6 +8,68 @@ from datetime import datetime
 
 
 @dataclass(frozen=True)
+class Switchover:
+    """A pending switchover request on the lease row (at most one per cluster).
+
+    `to` is the target node (the CLI always writes one; None would mean "the best other node"). `due_in_ms` is
+    the due time minus the database's now (<= 0: due). `requested_age_ms` is how long ago it was requested, on
+    the database clock. `by` is who asked: "user@host" for an operator, "failback" for the fail-back policy.
+    """
+
+    to: str | None
+    due_in_ms: int
+    by: str | None
+    requested_age_ms: int
+
+    @property
+    def due(self) -> bool:
+        return self.due_in_ms <= 0
+
+
+SEES_DISABLED, SEES_MAINTENANCE, SEES_FAILOVER_OFF = "disabled", "maintenance", "failover_off"
+
+
+@dataclass(frozen=True)
+class Control:
+    """The operator's intent and the policy state stored beside the lease (schema v3). The defaults mean nothing
+    is pending. Ages (`*_ms`) are on the database clock; None means off."""
+
+    switchover: Switchover | None = None
+    maintenance_ms: int | None = None  # how long maintenance mode has been on
+    maintenance_by: str | None = None
+    disabled_ms: int | None = None  # how long the cluster has been disabled
+    disabled_by: str | None = None
+    failover_off_ms: int | None = None  # how long automatic failover has been off (anti-flap tripped)
+    failover_off_reason: str | None = None
+
+    @property
+    def maintenance(self) -> bool:
+        return self.maintenance_ms is not None
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_ms is not None
+
+    @property
+    def failover_off(self) -> bool:
+        return self.failover_off_ms is not None
+
+    def sees(self) -> str:
+        """What an agent acting on this state writes as its node row's `sees` (record_node): the states in force,
+        comma-separated in a fixed order ("" when none). `fos maintenance --wait` reads it back with
+        sees_states()."""
+        states = ((SEES_DISABLED, self.disabled), (SEES_MAINTENANCE, self.maintenance))
+        return ",".join(name for name, on in (*states, (SEES_FAILOVER_OFF, self.failover_off)) if on)
+
+
+def sees_states(sees: str | None) -> frozenset[str] | None:
+    """The states a node row's `sees` names; None when the agent never reported any (an older agent)."""
+    if sees is None:
+        return None
+    return frozenset(s for s in sees.split(",") if s)
+
+
+@dataclass(frozen=True)
 class LeaseState:
     """One cluster's lease row as the database saw it at one instant.
 
@@ -26,6 +88,7 @@ class LeaseState:
     handover_to: str | None = None
     holder_instance: str | None = None
     row_exists: bool = True
+    control: Control = Control()
 
     @classmethod
     def missing(cls, cluster: str) -> LeaseState:
@@ -39,6 +102,40 @@ class LeaseState:
 
     def held_by(self, node: str) -> bool:
         return self.held and self.holder == node
+
+    @property
+    def reserved_for(self) -> str | None:
+        """The node a handover reserved the free lease for, while the reservation lasts (None: no reservation)."""
+        if self.holder is None and self.handover_to is not None and (self.remaining_ms or 0) > 0:
+            return self.handover_to
+        return None
+
+    def acquire_refusal(self, node: str, instance: str | None) -> str | None:
+        """Why the acquire compare-and-set would refuse `node` (from agent process `instance`) in this state, or
+        None when it would succeed (the epoch permitting). The same rule as the SQL statement
+        (lease/statements.py), so a caller can skip a round trip that cannot succeed:
+        - nobody acquires while the cluster is disabled;
+        - during maintenance, or with automatic failover off, only the holder's node (re-)acquires;
+        - an expired (or never held) lease is free for everyone else;
+        - a handover reservation is free only for its target until it ends;
+        - an unexpired lease is resumed only by its own node and instance.
+        """
+        c = self.control
+        if c.disabled:
+            return f"the cluster is disabled (by {c.disabled_by or 'unknown'})"
+        if c.maintenance and self.holder != node:
+            return f"maintenance mode is on (by {c.maintenance_by or 'unknown'}): nobody fails over"
+        if c.failover_off and self.holder != node:
+            return f"automatic failover is off ({c.failover_off_reason or 'flapping'}): run `fos enable`"
+        if self.remaining_ms is None or self.remaining_ms <= 0:
+            return None
+        if self.holder is None:
+            if self.handover_to is None or self.handover_to == node:
+                return None
+            return f"reserved for {self.handover_to} by a handover for another {self.remaining_ms} ms"
+        if self.holder == node and self.holder_instance == instance:
+            return None
+        return f"held by {self.holder} for another {self.remaining_ms} ms"
 
 
 @dataclass(frozen=True)
@@ -61,6 +158,19 @@ class EventKind(enum.StrEnum):
     PROMOTED = "promoted"
     DEMOTED = "demoted"
     NOTE = "note"
+    SWITCHOVER_REQUESTED = "switchover_requested"
+    SWITCHOVER_CANCELLED = "switchover_cancelled"
+    SWITCHOVER_STALE = "switchover_stale"  # found more than two heartbeats past its due time: dropped
+    SWITCHOVER_DONE = "switchover_done"  # the target serves
+    SWITCHOVER_FAILED = "switchover_failed"  # refused by the holder (target unknown, not alive, itself)
+    HANDOVER = "handover"  # the holder released the lease, reserved for the target
+    MAINTENANCE_ON = "maintenance_on"
+    MAINTENANCE_OFF = "maintenance_off"
+    MAINTENANCE_REMINDER = "maintenance_reminder"
+    DISABLED = "disabled"
+    ENABLED = "enabled"
+    FLAPPING = "flapping"  # anti-flap tripped: automatic failover off
+    IP_BOUND = "ip_bound"  # the new holder bound the common IP
 
 
 @dataclass(frozen=True)
@@ -84,3 +194,25 @@ class NodeRecord:
     agent_version: str | None
     last_seen_age_s: float | None = None
     instance: str | None = None  # the agent process that wrote the row last
+    sees: str | None = None  # the control state the agent acts on: Control.sees() ("" none, "maintenance", ...)
+
+
+# Event details written by the control statements, in one place so `fos history` can read them back.
+def switchover_detail(to: str, due_in_ms: int, by: str) -> str:
+    when = "at once" if due_in_ms <= 0 else f"due in {due_in_ms} ms"
+    return f"to {to}, {when}, by {by}"
+
+
+def by_detail(text: str, by: str) -> str:
+    """`text` followed by who did it: the detail always ends in "by <who>"."""
+    return f"{text}, by {by}" if text else f"by {by}"
+
+
+def detail_by(detail: str | None) -> str | None:
+    """Who did it, from a detail written by by_detail or switchover_detail (None if it names nobody)."""
+    if not detail:
+        return None
+    head, sep, tail = detail.rpartition("by ")
+    if not sep or (head and not head.endswith(", ")) or " " in tail.strip():
+        return None
+    return tail.strip() or None

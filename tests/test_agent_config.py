@@ -404,6 +404,11 @@ EFFECTS: dict[str, tuple[dict[str, Any], Any, Any]] = {
     "cluster.address_driver": ({"cluster__address_driver": "none"}, lambda c: c.address_driver, "none"),
     "cluster.probe_conflict": ({"cluster__probe_conflict": False}, lambda c: c.probe_conflict, False),
     "cluster.probe_timeout": ({"cluster__probe_timeout": 0.7}, lambda c: c.probe_timeout, 0.7),
+    "cluster.failback": ({"cluster__failback": "auto"}, lambda c: c.policy.failback, "auto"),
+    "cluster.failback_delay": ({"cluster__failback_delay": 60}, lambda c: c.policy.failback_delay, 60.0),
+    "maintenance.remind_after": ({"maintenance__remind_after": 600}, lambda c: c.policy.remind_after, 600.0),
+    "flap.max_takeovers": ({"flap__max_takeovers": 5}, lambda c: c.policy.max_takeovers, 5),
+    "flap.window": ({"flap__window": 600}, lambda c: c.policy.flap_window, 600.0),
     "nodes.name": ({"nodes": [{"name": "x9", "interface": "eth0"}]}, lambda c: c.nodes[0].name, "x9"),
     "nodes.interface": ({"nodes": [{"name": "m1", "interface": "br1"}]}, lambda c: c.nodes[0].interface, "br1"),
     "nodes.url": (
@@ -487,6 +492,35 @@ def test_each_documented_key_reaches_the_config(key: str) -> None:
     overrides, read, expected = EFFECTS[key]
     assert read(parse(base(**overrides))) == expected
     assert read(parse(base())) != expected  # the value differs from the default: the key, not the default, set it
+
+
+def test_the_operations_policy_defaults_are_declared_once() -> None:
+    policy = parse(base()).policy
+    assert (policy.failback, policy.failback_delay, policy.remind_after) == ("manual", 300.0, 14400.0)
+    assert (policy.max_takeovers, policy.flap_window) == (3, 3600.0)
+    assert parse(base()).nodes[0].priority == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"cluster__failback": "sometimes"}, r"^cluster\.failback = 'sometimes' is unknown: use 'manual' or 'auto'$"),
+        ({"cluster__failback": True}, r"^cluster\.failback = True has the wrong type: expected a string$"),
+        ({"cluster__failback_delay": -1}, r"^cluster\.failback_delay = -1 must be at least 0$"),
+        ({"maintenance__remind_after": 0}, r"^maintenance\.remind_after = 0 must be greater than 0$"),
+        ({"maintenance__remind_after": 10**8}, r"^maintenance\.remind_after = 100000000 is more than 2\.592e\+06"),
+        ({"maintenance__remind": 60}, r"^maintenance\.remind is not a known setting"),
+        ({"flap__max_takeovers": 0}, r"^flap\.max_takeovers = 0 must be at least 1$"),
+        ({"flap__max_takeovers": 2.5}, r"^flap\.max_takeovers = 2\.5 must be a whole number"),
+        ({"flap__window": math.nan}, r"^flap\.window = nan is not a finite number"),
+        ({"flap__window": -5}, r"^flap\.window = -5 must be greater than 0$"),
+        ({"nodes": [{"name": "m1", "interface": "eth0", "priority": "high"}]}, r"^nodes\[0\]\.priority = 'high' has"),
+    ],
+)
+def test_bad_operations_policy_values_are_refused_in_one_line(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        parse(base(**overrides))
+    assert "\n" not in str(err.value)
 
 
 def readme_keys() -> set[str]:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lease.interface import HistoryStore, LeaseStore
+from lease.interface import ControlStore, HistoryStore, LeaseStore
 from lease.memory import MemoryLeaseStore
 
 
@@ -25,7 +25,7 @@ def test_the_pure_modules_load_no_driver() -> None:
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("protocol", [LeaseStore, HistoryStore])
+@pytest.mark.parametrize("protocol", [LeaseStore, HistoryStore, ControlStore])
 def test_every_interface_method_has_a_contract_docstring(protocol: type) -> None:
     methods = [n for n, f in vars(protocol).items() if inspect.iscoroutinefunction(f)]
     assert methods
@@ -33,7 +33,7 @@ def test_every_interface_method_has_a_contract_docstring(protocol: type) -> None
         assert (inspect.getdoc(getattr(protocol, name)) or "").strip(), f"{protocol.__name__}.{name} has no contract"
 
 
-@pytest.mark.parametrize("protocol", [LeaseStore, HistoryStore])
+@pytest.mark.parametrize("protocol", [LeaseStore, HistoryStore, ControlStore])
 def test_both_stores_take_the_interface_keywords(protocol: type) -> None:
     from lease import SqlLeaseStore
 
