@@ -343,7 +343,9 @@ class SupervisedCommand:
     def detach(self) -> None:
         """Maintenance: let the application outlive this agent. SIGUSR1 tells the keeper to ignore the agent's
         death (keeper.py); the pidfile stays, so that the next agent adopts the application (adopt)."""
-        pid = self._adopted if self._adopted is not None else (self._proc.pid if self.running() and self._proc else None)
+        pid = (
+            self._adopted if self._adopted is not None else (self._proc.pid if self.running() and self._proc else None)
+        )
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGUSR1)

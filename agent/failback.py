@@ -28,7 +28,7 @@ class FailBack:
 
     @property
     def auto(self) -> bool:
-        return self.agent.cfg.failback == "auto"
+        return self.agent.cfg.policy.failback == "auto"
 
     def entered_standby(self) -> None:
         self.ready_since = None
@@ -36,13 +36,10 @@ class FailBack:
     def not_ready(self) -> None:
         self.ready_since = None
 
-    def entered_active(self) -> None:
-        self.serving_since = self.agent.clock.now()
-
     def after_holding(self, event: HoldEvent) -> None:
         """Holding ended (or the promotion completed) for `event`: an application failure makes this node
         unproven; having served healthy for the delay proves it again."""
-        now, delay = self.agent.clock.now(), self.agent.cfg.failback_delay
+        now, delay = self.agent.clock.now(), self.agent.cfg.policy.failback_delay
         if self.serving_since is not None and now - self.serving_since >= delay:
             self.unproven = False
         if event is HoldEvent.WORK_DONE:
@@ -66,7 +63,7 @@ class FailBack:
         priorities = {n.name: n.priority for n in a.cfg.nodes}
         if holder is None or priorities.get(holder, 0) >= a.node.priority or now < self._next_try:
             return
-        if now - self.ready_since < a.cfg.failback_delay:
+        if now - self.ready_since < a.cfg.policy.failback_delay:
             return
         self._next_try = now + a.cfg.lease.heartbeat
         try:
@@ -78,7 +75,7 @@ class FailBack:
                 state.control,
                 rows,
                 now - self.ready_since,
-                a.cfg.failback_delay,
+                a.cfg.policy.failback_delay,
                 a.cfg.lease.heartbeat,
                 a.call_timeout,
             )

@@ -13,18 +13,17 @@ from lease import EventKind, LeaseState, StoreError
 from lease.model import Control
 
 from . import __version__
-
+from .clock import wait_event
 from .control_rules import (
+    HOLD_OFF_ROLE,
     HolderAction,
     HolderPlan,
-    HOLD_OFF_ROLE,
     is_flapping,
     needs_rows,
     plan_holder,
     reminder_due,
     takeovers_since_enable,
 )
-from .clock import wait_event
 from .roles import HoldEvent, Holding, Modes, Role
 
 if TYPE_CHECKING:
@@ -142,7 +141,7 @@ class Operations:
             return
         if not was_on:
             self.agent.log.info("maintenance_on", by=control.maintenance_by)
-        due = reminder_due(control.maintenance_ms, self.agent.cfg.maintenance.remind_after, self.reminded)
+        due = reminder_due(control.maintenance_ms, self.agent.cfg.policy.remind_after, self.reminded)
         if due is not None:
             self.reminded = due
             hours = (control.maintenance_ms or 0) / 3_600_000
@@ -208,21 +207,22 @@ class Operations:
             await self._count_flaps()
 
     async def _count_flaps(self) -> None:
-        a, flap = self.agent, self.agent.cfg.flap
-        if flap.max_takeovers <= 0:
-            return
+        a, flap = self.agent, self.agent.cfg.policy
         try:
             events = await a.store.list_events(
-                a.cfg.cluster, limit=flap.max_takeovers + 100, since_ms=int(flap.window * 1000), timeout=a.call_timeout
+                a.cfg.cluster,
+                limit=flap.max_takeovers + 100,
+                since_ms=int(flap.flap_window * 1000),
+                timeout=a.call_timeout,
             )
             count = takeovers_since_enable([e.kind for e in events])
             if is_flapping(count, flap.max_takeovers):
                 reason = (
-                    f"{count} take-overs within {flap.window:g}s (more than flap.max_takeovers = "
+                    f"{count} take-overs within {flap.flap_window:g}s (more than flap.max_takeovers = "
                     f"{flap.max_takeovers}): automatic failover is off until `fos enable`"
                 )
                 if await a.store.set_failover_off(a.cfg.cluster, a.node.name, reason, timeout=a.call_timeout):
-                    a.log.error("flapping", takeovers=count, window=flap.window)
+                    a.log.error("flapping", takeovers=count, window=flap.flap_window)
         except StoreError as exc:
             a.log.debug("flap_count_failed", error=str(exc))
 

@@ -57,7 +57,6 @@ from .roles import (
     plan_standby,
     renewal_due,
 )
-
 from .timing import MIN_RETRY_S
 
 if TYPE_CHECKING:
@@ -441,7 +440,7 @@ class Agent:
         holding = self.holding
         assert holding is not None
         await self.ip.claim(holding)
-        if self.cfg.common_ip is not None:
+        if self.ip.managed:  # for `fos history`: when the address came up (in the background: no delay)
             self.ops.spawn(self.event(EventKind.IP_BOUND, f"{self.cfg.common_ip} bound", holding.epoch))
         detail = await self._start_app(holding)
         await self.event(EventKind.PROMOTED, f"serving {self.cfg.common_ip or 'without a common IP'}: {detail}")
