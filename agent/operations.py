@@ -10,7 +10,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from lease import EventKind, LeaseState, StoreError
-from lease.model import Control
+from lease.model import Control, sees_states
 
 from . import __version__
 from .clock import wait_event
@@ -44,6 +44,10 @@ class Operations:
         self.app_failed_in_maintenance = False
         self.report_now = asyncio.Event()  # set at every transition: the node row is written at once
         self._background: set[asyncio.Task[None]] = set()
+
+    def _seen(self, control: Control) -> None:
+        self.control = control
+        self.agent.metrics.set_control(sees_states(control.sees()) or frozenset())
 
     @property
     def modes(self) -> Modes:
@@ -90,7 +94,7 @@ class Operations:
     def observe(self, state: LeaseState) -> None:
         """A standby's read: remember the control state, and when a switchover to us was requested."""
         me, now = self.agent.node.name, self.agent.clock.now()
-        self.control = state.control
+        self._seen(state.control)
         sw = state.control.switchover
         if sw is not None and sw.to == me:
             self.switchover_at = now - sw.requested_age_ms / 1000
@@ -117,7 +121,7 @@ class Operations:
         try:
             state = await a.store.read(a.cfg.cluster, timeout=a.call_timeout)
             was_on = self.control.maintenance
-            self.control = state.control
+            self._seen(state.control)
             rows = None
             if needs_rows(state.control) and acting:
                 rows = await a.store.list_nodes(a.cfg.cluster, timeout=a.call_timeout)
