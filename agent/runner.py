@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, assert_never
 
 import structlog
@@ -24,12 +23,8 @@ from lease import (
     ControlStore,
     EventKind,
     HistoryStore,
-    InvalidName,
     LeaseState,
     LeaseStore,
-    ProtocolViolation,
-    SchemaMissing,
-    StoreConfigError,
     StoreError,
 )
 from netops import AddressBinder, NetopsError
@@ -41,17 +36,17 @@ from .config import Config, NodeConfig
 from .control_rules import standby_poll
 from .failback import FailBack
 from .health import HealthCheck
+from .letgo import emergency_let_go, let_go
 from .metrics import Metrics
 from .operations import Operations
+from .renewal import FATAL_STORE_ERRORS, MISCONFIGURED, apply_renewal, renew_lease
 from .roles import (
     Decision,
     HoldEvent,
     Holding,
-    RenewOutcome,
     Role,
     StandbyAction,
     after_holding,
-    after_renewal,
     let_go_event,
     plan_retry,
     plan_standby,
@@ -62,15 +57,8 @@ from .timing import MIN_RETRY_S
 if TYPE_CHECKING:
     from .replication_schedule import ReplicationSchedule
 
-CLEANUP_TIMEOUT_S = 5.0  # each step of the emergency clean-up after an internal error
+
 IP_FAILURES_TO_STEP_DOWN = 2  # reconciliations in a row that could not manage the address (a lapse is not one)
-# A database that misreports row counts (SET NOCOUNT ON, a trigger) cannot judge any compare-and-set, and a name
-# the store refuses will be refused again: no retry cures either, and going on could let two nodes hold. Stop the
-# agent (exit 2 with the reason). A missing schema or driver at run time (a restore, a package upgrade) is only an
-# outage: the holder fences at its deadline as for any outage, and the standby keeps trying (logged at error
-# level); start-up refuses those with exit 2.
-FATAL_STORE_ERRORS = (ProtocolViolation, InvalidName)
-MISCONFIGURED = (StoreConfigError, SchemaMissing)
 
 
 class AgentStore(LeaseStore, HistoryStore, ControlStore, Protocol):
@@ -80,13 +68,6 @@ class AgentStore(LeaseStore, HistoryStore, ControlStore, Protocol):
 
 class AgentFailed(Exception):
     """The agent stopped on an internal error after dropping the IP, stopping the app and releasing the lease."""
-
-
-@dataclass(frozen=True)
-class _Renewal:
-    sent: float
-    outcome: RenewOutcome
-    error: str = ""
 
 
 class Agent:
@@ -185,7 +166,7 @@ class Agent:
         except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             self.log.error("agent_failed", error=detail)
-            await self._emergency_let_go(detail)
+            await emergency_let_go(self, detail)
             raise AgentFailed(f"internal error, stopped after dropping the IP and the app: {detail}") from exc
         finally:
             reporter.cancel()
@@ -297,42 +278,6 @@ class Agent:
 
     # ---- holding the lease ----------------------------------------------------------------------------------
 
-    async def _renew(self, epoch: int) -> _Renewal:
-        sent = self.clock.now()
-        try:
-            with self.metrics.renew_latency.time():
-                ok = await self.store.renew(
-                    self.cfg.cluster, self.node.name, epoch, self.ttl_ms, timeout=self.call_timeout
-                )
-            return _Renewal(sent, RenewOutcome.RENEWED if ok else RenewOutcome.LOST)
-        except FATAL_STORE_ERRORS:
-            raise
-        except StoreError as exc:
-            return _Renewal(sent, RenewOutcome.FAILED, str(exc))
-
-    def _apply_renewal(self, renewal: _Renewal) -> tuple[float, bool]:
-        """Fold one renewal into the Holding; return (next renewal time, lease lost)."""
-        assert self.holding is not None
-        lease = self.cfg.lease
-        step = after_renewal(
-            self.holding,
-            renewal.sent,
-            renewal.outcome,
-            self.clock.now(),
-            lease.ttl,
-            lease.fence_margin,
-            lease.heartbeat,
-        )
-        self.holding = step.holding
-        if step.failing:
-            self.metrics.renew_failures.inc()
-            if not self.renew_failing:
-                self.log.warning("renew_failed", error=renewal.error)
-        elif self.renew_failing and not step.lost:
-            self.log.info("renew_recovered")
-        self.renew_failing = step.failing
-        return step.next_renew_at, step.lost
-
     async def _hold(self, work: Coroutine[Any, Any, str] | None, watch_app: bool) -> tuple[HoldEvent, str]:
         """Keep the lease while `work` runs (or, without work, until something happens)."""
         assert self.holding is not None
@@ -356,7 +301,7 @@ class Agent:
                 renewed = False
                 if renew is not None and renew.done():
                     del tasks["renew"]
-                    next_renew, lost = self._apply_renewal(renew.result())
+                    next_renew, lost = apply_renewal(self, renew.result())
                     if lost:
                         return HoldEvent.LEASE_LOST, "a renewal found another epoch or holder"
                     renewed = not self.renew_failing
@@ -416,7 +361,7 @@ class Agent:
                 )
                 if "renew" not in tasks and self.clock.now() >= due:
                     last_attempt = self.clock.now()
-                    tasks["renew"] = asyncio.create_task(self._renew(self.holding.epoch))
+                    tasks["renew"] = asyncio.create_task(renew_lease(self, self.holding.epoch))
                 deadline = self.holding.fence_at if "renew" in tasks else min(self.holding.fence_at, due)
                 if control_at is not None:
                     deadline = min(deadline, max(control_at, now + MIN_RETRY_S))
@@ -491,64 +436,8 @@ class Agent:
 
     # ---- letting go ---------------------------------------------------------------------------------------
 
-    async def _let_go(self, kind: EventKind | None, decision: Decision) -> None:
-        """IP first (from then on no user traffic reaches this node), then the app, then the lease: released,
-        or handed over to a switchover's target (only once the IP is confirmed gone, like a release)."""
-        ip_gone = await self.ip.drop()
-        await self.app.stop()
-        self.metrics.app_healthy.set(0)
-        self.health.forget("the application is stopped on this node")
-        holding, self.holding = self.holding, None
-        if holding is not None:
-            if decision.handover_to is not None and ip_gone:
-                await self.ops.hand_over(holding, decision.handover_to, decision.reason)
-            else:
-                await self._release(holding, decision.reason, ip_gone)
-            if kind is not None:
-                await self.event(kind, decision.reason, holding.epoch)
-        self.renew_failing = False
-        self.metrics.epoch.set(0)
-        self.metrics.lease_seconds_left.set(0)
-        self.not_before = self.clock.now() + decision.hold_off
-
-    async def _release(self, holding: Holding, detail: str, ip_gone: bool) -> None:
-        """Release the lease, but only once the IP is confirmed gone: a release lets the next node in at once,
-        while the address we could not remove is still here. Kept instead, the lease expires by itself after
-        the kernel removed the address (its lifetime ends before F, and F before the expiry)."""
-        if not ip_gone:
-            self.log.error("lease_kept_until_expiry", epoch=holding.epoch, reason="the common IP could not be removed")
-            return
-        try:
-            released = await self.store.release(
-                self.cfg.cluster, self.node.name, holding.epoch, detail=detail[:200], timeout=self.call_timeout
-            )
-            self.log.info("lease_released" if released else "lease_already_gone", epoch=holding.epoch)
-        except StoreError as exc:
-            self.log.warning("lease_release_failed", epoch=holding.epoch, error=str(exc))
-
-    async def _emergency_let_go(self, detail: str) -> None:
-        """After an internal error: IP, app and lease, each bounded; the lease only once the IP is gone."""
-        ip_gone = False
-        try:
-            async with asyncio.timeout(CLEANUP_TIMEOUT_S):
-                ip_gone = await self.ip.drop()
-        except Exception as exc:
-            self.log.error("cleanup_failed", step="ip", error=f"{type(exc).__name__}: {exc}")
-        try:
-            async with asyncio.timeout(CLEANUP_TIMEOUT_S):
-                await self.app.stop()
-        except Exception as exc:
-            self.log.error("cleanup_failed", step="app", error=f"{type(exc).__name__}: {exc}")
-        holding, self.holding = self.holding, None
-        if holding is not None:
-            try:
-                async with asyncio.timeout(CLEANUP_TIMEOUT_S):
-                    await self._release(holding, detail, ip_gone)
-            except Exception as exc:
-                self.log.error("cleanup_failed", step="lease", error=f"{type(exc).__name__}: {exc}")
-
     async def _demoting(self, decision: Decision) -> Decision:
-        await self._let_go(let_go_event(decision), decision)
+        await let_go(self, let_go_event(decision), decision)
         if decision.then_stop:
             return Decision(Role.STOPPED, f"stopped ({self.stop_reason})")
         if decision.handover_to is not None:
@@ -556,7 +445,7 @@ class Agent:
         return Decision(Role.STANDBY, f"stepped down; competing again in {decision.hold_off:g}s")
 
     async def _fenced(self, decision: Decision) -> Decision:
-        await self._let_go(EventKind.FENCED, decision)
+        await let_go(self, EventKind.FENCED, decision)
         if self.stop_requested.is_set():
             return Decision(Role.STOPPED, f"stopped ({self.stop_reason})")
         return Decision(Role.STANDBY, "fenced; back to standby")

@@ -33,9 +33,10 @@ from .clock import SystemClock
 from .config import Config, ConfigError, NodeConfig, check_listen
 from .exits import EXIT_FAILED, EXIT_OK
 from .http import start_server
+from .renewal import FATAL_STORE_ERRORS
 from .replication_schedule import ReplicationSchedule
 from .roles import Role, live_namesake
-from .runner import FATAL_STORE_ERRORS, Agent, AgentFailed
+from .runner import Agent, AgentFailed
 from .statedir import StateDir
 from .stores import open_store
 from .timing import check
