@@ -86,9 +86,12 @@ def plan_holder(
     rows: list[NodeRecord] | None,
     heartbeat: float,
     call_timeout: float,
+    first_late: float | None = None,
 ) -> HolderPlan:
     """What the holder does about the control state it just read. `rows` (the node rows) are needed only for a
-    due switchover (None: not read; the caller reads them when `needs_rows` says so and asks again)."""
+    due switchover (None: not read; the caller reads them when `needs_rows` says so). `first_late`: how late
+    the pending switchover was when this holder first saw it due (a request seen in time while promoting is not
+    stale once the promotion is over); None: first seen now."""
     if control.disabled:
         return HolderPlan(HolderAction.LET_GO, detail=f"the cluster is disabled (by {control.disabled_by or '?'})")
     sw = control.switchover
@@ -96,7 +99,7 @@ def plan_holder(
         return HolderPlan(HolderAction.KEEP)
     if not sw.due:
         return HolderPlan(HolderAction.KEEP, wake_in=sw.due_in_ms / 1000)
-    late = -sw.due_in_ms / 1000
+    late = -sw.due_in_ms / 1000 if first_late is None else first_late
     if late > STALE_AFTER_HEARTBEATS * heartbeat:
         return HolderPlan(
             HolderAction.STALE,

@@ -26,8 +26,13 @@ async def let_go(agent: Agent, kind: EventKind | None, decision: Decision) -> No
     agent.health.forget("the application is stopped on this node")
     holding, agent.holding = agent.holding, None
     if holding is not None:
+        control = agent.ops.control
         if decision.handover_to is not None and ip_gone:
             await agent.ops.hand_over(holding, decision.handover_to, decision.reason)
+        elif (control.maintenance or control.failover_off) and not control.disabled:
+            # Only the holder's node may acquire now: a release (holder NULL) would let nobody in until the
+            # operator acts. Kept, the lease expires and this node resumes (the CAS allows it).
+            agent.log.warning("lease_kept_for_this_node", epoch=holding.epoch, reason=control.sees())
         else:
             await release(agent, holding, decision.reason, ip_gone)
         if kind is not None:

@@ -41,7 +41,7 @@ class Operations:
         self.by_handover = False  # the current holding began with a lease handed over to us
         self.handed_to: str | None = None  # we handed the lease to this node and have not seen it hold since
         self.handed_at: float | None = None
-        self.app_failed_in_maintenance = False
+        self._due_seen: tuple[str | None, str | None, float, float] | None = None  # to, by, asked at, late by
         self.report_now = asyncio.Event()  # set at every transition: the node row is written at once
         self._background: set[asyncio.Task[None]] = set()
 
@@ -126,7 +126,10 @@ class Operations:
             if needs_rows(state.control) and acting:
                 rows = await a.store.list_nodes(a.cfg.cluster, timeout=a.call_timeout)
             known = [n.name for n in a.cfg.nodes]
-            plan = plan_holder(state.control, a.node.name, known, rows, a.cfg.lease.heartbeat, a.call_timeout)
+            first_late = self._first_late(state.control)
+            plan = plan_holder(
+                state.control, a.node.name, known, rows, a.cfg.lease.heartbeat, a.call_timeout, first_late
+            )
             await self._remind(state.control, was_on)
             kind = plan.cancel_kind
             if kind is not None and acting:
@@ -138,6 +141,20 @@ class Operations:
         except StoreError as exc:
             a.log.debug("control_read_failed", error=str(exc))
             return HolderPlan(HolderAction.KEEP)
+
+    def _first_late(self, control: Control) -> float | None:
+        """How late the pending switchover was when first seen due by this holder (None: first seen now). The
+        request is known by its target, author and time of request (local, within half a second)."""
+        sw, now = control.switchover, self.agent.clock.now()
+        if sw is None or not sw.due:
+            self._due_seen = None
+            return None
+        asked = now - sw.requested_age_ms / 1000
+        seen = self._due_seen
+        if seen is not None and (seen[0], seen[1]) == (sw.to, sw.by) and abs(seen[2] - asked) < 0.5:
+            return seen[3]
+        self._due_seen = (sw.to, sw.by, asked, -sw.due_in_ms / 1000)
+        return None
 
     async def _remind(self, control: Control, was_on: bool) -> None:
         if not control.maintenance:

@@ -60,6 +60,12 @@ def test_what_the_holder_does_about_the_control_state(
     assert detail in plan.detail
 
 
+def test_a_request_seen_in_time_is_not_stale_when_acted_on_later() -> None:
+    late = switchover(due_in_ms=-5000)  # seen in time while promoting, acted on once active
+    assert plan_holder(late, "m1", KNOWN, [row("m2")], HB, C, first_late=0.1).action is HolderAction.HAND_OVER
+    assert plan_holder(late, "m1", KNOWN, [row("m2")], HB, C, first_late=2.5).action is HolderAction.STALE
+
+
 def test_a_scheduled_switchover_wakes_the_holder_at_its_time() -> None:
     assert plan_holder(switchover(due_in_ms=2500), "m1", KNOWN, None, HB, C).wake_in == pytest.approx(2.5)
 

@@ -113,6 +113,31 @@ async def test_a_switchover_found_long_after_its_time_is_dropped_as_stale(store:
     await m2.kill()
 
 
+async def test_a_switchover_requested_during_a_slow_promotion_is_done_once_active_not_dropped(
+    store: MemoryLeaseStore,
+) -> None:
+    cfg = config()
+    m2 = Node(cfg, "m2", store).start()
+    await until(lambda: m2.agent.role is Role.ACTIVE)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.STANDBY and ("c1", "m1") in store.nodes)
+    start = m1.app.start
+
+    async def slow_start(env: dict[str, str]) -> None:
+        await asyncio.sleep(1.2)  # eight heartbeats
+        await start(env)
+
+    m1.app.start = slow_start  # type: ignore[method-assign]
+    m2.app.crash()  # m2 steps down; m1 takes over and promotes slowly
+    await until(lambda: m1.agent.role is Role.PROMOTING, 3, "m1 promoting")
+    await until(lambda: store.nodes[("c1", "m2")].role == "standby", 3, "m2 ready again")
+    assert await store.request_switchover("c1", "m2", 0, "op@host")
+    await until(lambda: m2.agent.role is Role.ACTIVE, 5, "the switchover done after the promotion")
+    assert EventKind.SWITCHOVER_STALE not in kinds(store) and EventKind.HANDOVER in kinds(store)
+    await m1.kill()
+    await m2.kill()
+
+
 async def test_a_scheduled_switchover_happens_at_its_time_not_a_heartbeat_later(store: MemoryLeaseStore) -> None:
     m1, m2 = await pair(store, ttl=3, heartbeat=0.5)
     assert await store.request_switchover("c1", "m2", 700, "op@host")
