@@ -346,10 +346,16 @@ class SupervisedCommand:
         pid = (
             self._adopted if self._adopted is not None else (self._proc.pid if self.running() and self._proc else None)
         )
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGUSR1)
-            log.info("app_left_running", pid=pid)
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGUSR1)
+        # asyncio kills a child still running when its transport is closed or collected (at the loop's end):
+        # forget the Popen so that nothing of ours ends the keeper. No public API says "let it outlive us".
+        transport = getattr(self._proc, "_transport", None)
+        if transport is not None and hasattr(transport, "_proc"):
+            transport._proc = None
+        log.info("app_left_running", pid=pid)
 
     async def adopt(self) -> int | None:
         """Take over the application a predecessor left running during maintenance instead of ending it: the
