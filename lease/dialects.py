@@ -41,12 +41,19 @@ class Dialect:
     default_schema: str | None  # the schema objects are qualified with unless the config names one
     _add_column: str  # fields: {table} {column} {type}; idempotent, or its duplicate error is tolerated
     _triggers_on: str  # fields: {schema} {table} {qtable}: enabled triggers on a table (one name per row)
+    # template: now minus {ms} milliseconds, for look-backs (history, anti-flap) longer than 32-bit milliseconds
+    _ms_ago: str
 
     def plus_ms(self, ms: str) -> str:
         return self._plus_ms.format(ms=ms)
 
     def ms_between(self, a: str, b: str) -> str:
         return self._ms_between.format(a=a, b=b)
+
+    def ms_ago(self, ms: str) -> str:
+        """The database's now minus `ms` milliseconds (one marker or expression, may exceed 2**31; whole seconds
+        on SQL Server)."""
+        return self._ms_ago.format(ms=ms)
 
     def ms_until(self, column: str) -> str:
         """Milliseconds from the database's now to `column` (negative once it has passed)."""
@@ -142,6 +149,7 @@ POSTGRESQL = Dialect(
         "SELECT t.tgname FROM pg_trigger t WHERE t.tgrelid = to_regclass('{qtable}') "
         "AND NOT t.tgisinternal AND t.tgenabled <> 'D'"
     ),
+    _ms_ago="((statement_timestamp() AT TIME ZONE 'UTC') - CAST({ms} AS BIGINT) * INTERVAL '1 millisecond')",
 )
 
 MYSQL = Dialect(
@@ -172,6 +180,7 @@ MYSQL = Dialect(
         "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_TABLE = '{table}' "
         "AND EVENT_OBJECT_SCHEMA = COALESCE(NULLIF('{schema}', ''), DATABASE())"
     ),
+    _ms_ago="DATE_SUB(UTC_TIMESTAMP(6), INTERVAL ({ms} * 1000) MICROSECOND)",
 )
 
 SQLITE = Dialect(
@@ -197,6 +206,7 @@ SQLITE = Dialect(
     default_schema=None,
     _add_column="ALTER TABLE {table} ADD COLUMN {column} {type}",  # a duplicate column error is tolerated
     _triggers_on=("SELECT name FROM {qmaster} WHERE type = 'trigger' AND tbl_name = '{table}'"),
+    _ms_ago="strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.3f seconds', -({ms}) / 1000.0))",
 )
 
 MSSQL = Dialect(
@@ -231,6 +241,9 @@ MSSQL = Dialect(
     default_schema="dbo",
     _add_column="IF COL_LENGTH(N'{table}', N'{column}') IS NULL ALTER TABLE {table} ADD {column} {type}",
     _triggers_on=("SELECT t.name FROM sys.triggers t WHERE t.parent_id = OBJECT_ID(N'{qtable}') AND t.is_disabled = 0"),
+    # DATEADD takes an int, and int milliseconds end at 24 days: whole seconds (the look-back is up to 999 ms
+    # longer than asked, which history and anti-flap counting do not mind).
+    _ms_ago="DATEADD(second, -CAST(CAST({ms} AS BIGINT) / 1000 AS INT), SYSUTCDATETIME())",
 )
 
 DIALECTS: dict[str, Dialect] = {d.name: d for d in (POSTGRESQL, MYSQL, SQLITE, MSSQL)}

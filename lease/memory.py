@@ -197,7 +197,7 @@ class MemoryLeaseStore:
         now = self.clock()
         row.switchover_to, row.switchover_by = to, by
         row.switchover_due_at, row.switchover_requested_at = now + due_in_ms / 1000, now
-        self._event(cluster, None, EventKind.SWITCHOVER_REQUESTED, row.epoch, switchover_detail(to, due_in_ms, by))
+        self._event(cluster, None, EventKind.SWITCHOVER_REQUESTED, None, switchover_detail(to, due_in_ms, by))
         return True
 
     async def cancel_switchover(
@@ -215,7 +215,7 @@ class MemoryLeaseStore:
             return False
         to = row.switchover_to
         self._clear_switchover(row)
-        self._event(cluster, None, kind, row.epoch, by_detail(detail or f"switchover to {to}", by))
+        self._event(cluster, None, kind, None, by_detail(detail or f"switchover to {to}", by))
         return True
 
     async def set_maintenance(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
@@ -225,7 +225,7 @@ class MemoryLeaseStore:
             return False
         row.maintenance_since, row.maintenance_by = (self.clock(), by) if on else (None, None)
         kind = EventKind.MAINTENANCE_ON if on else EventKind.MAINTENANCE_OFF
-        self._event(cluster, None, kind, row.epoch, by_detail("", by))
+        self._event(cluster, None, kind, None, by_detail("", by))
         return True
 
     async def set_disabled(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
@@ -239,7 +239,7 @@ class MemoryLeaseStore:
             if row.disabled_since is None and row.failover_off_since is None:
                 return False
             row.disabled_since = row.disabled_by = row.failover_off_since = row.failover_off_reason = None
-        self._event(cluster, None, EventKind.DISABLED if on else EventKind.ENABLED, row.epoch, by_detail("", by))
+        self._event(cluster, None, EventKind.DISABLED if on else EventKind.ENABLED, None, by_detail("", by))
         return True
 
     async def set_failover_off(self, cluster: str, node: str, reason: str, *, timeout: float | None = None) -> bool:
@@ -249,7 +249,7 @@ class MemoryLeaseStore:
         if row.failover_off_since is not None:
             return False
         row.failover_off_since, row.failover_off_reason = self.clock(), reason
-        self._event(cluster, node, EventKind.FLAPPING, row.epoch, reason)
+        self._event(cluster, node, EventKind.FLAPPING, None, reason)
         return True
 
     async def count_events(

@@ -131,6 +131,10 @@ def _connect(worker: _Worker, dsn: str, query_timeout_s: int, setup: Callable[[s
     with contextlib.suppress(pyodbc.Error):
         worker.raw.timeout = query_timeout_s
     dbms = str(worker.raw.getinfo(pyodbc.SQL_DBMS_NAME))
+    if any(name in dbms.lower() for name in ("mariadb", "mysql")):
+        # MariaDB Connector/ODBC 3.1 corrupts or refuses UTF-16 parameters of 128 characters and more (pyodbc sends
+        # them in pieces with SQLPutData): send text as UTF-8, the Unicode drivers' connection character set.
+        worker.raw.setencoding(encoding="utf-8")
     for sql in setup(dbms):
         cur = worker.raw.cursor()
         try:

@@ -8,8 +8,9 @@ change the rowcount that every compare-and-set is judged by.
 from __future__ import annotations
 
 from .dialects import Dialect, qualify
+from .statements import BY_MAX, REASON_MAX
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Name columns per table: (column, NOT NULL?) — typed by the dialect's case-sensitive name type.
 _NAME_COLUMNS = {
@@ -34,7 +35,15 @@ def _status_view_select(d: Dialect, schema: str | None) -> str:
         "h.last_seen AS holder_last_seen, "
         f"(SELECT MIN({age}) FROM {node} s WHERE s.cluster_name = l.cluster_name "
         "AND (l.holder_node IS NULL OR s.node_name <> l.holder_node)) AS standby_last_seen_age_s, "
-        "l.holder_instance "  # new columns only ever at the end: PostgreSQL's OR REPLACE keeps the grants then
+        "l.holder_instance, "  # new columns only ever at the end: PostgreSQL's OR REPLACE keeps the grants then
+        # schema v3: the control state, and its times on the database clock
+        "l.switchover_to, l.switchover_due_at, l.switchover_by, l.switchover_requested_at, "
+        "l.maintenance_since, l.maintenance_by, l.disabled_since, l.disabled_by, "
+        "l.failover_off_since, l.failover_off_reason, "
+        f"({d.ms_until('l.switchover_due_at')} / 1000.0) AS switchover_due_in_s, "
+        f"({d.ms_between('l.maintenance_since', d.now)} / 1000.0) AS maintenance_for_s, "
+        f"({d.ms_between('l.disabled_since', d.now)} / 1000.0) AS disabled_for_s, "
+        f"({d.ms_between('l.failover_off_since', d.now)} / 1000.0) AS failover_off_for_s "
         f"FROM {lease} l LEFT JOIN {node} h "
         "ON h.cluster_name = l.cluster_name AND h.node_name = l.holder_node"
     )
@@ -88,14 +97,35 @@ def _v2(d: Dialect, schema: str | None) -> list[str]:
     return v2
 
 
+def _v3(d: Dialect, schema: str | None) -> list[str]:
+    """The operator's intent and the policy state beside the lease (switchover, maintenance, disabled, anti-flap)
+    and what each agent acts on. All NULL-able without defaults: adding them is cheap and changes no lease."""
+    name, ts = f"{d.name_type} NULL", f"{d.ts_type} NULL"
+    text = "NVARCHAR" if d.name == "mssql" else "VARCHAR"  # operators' user names may not be ASCII
+    lease_columns = (
+        ("switchover_to", name),
+        ("switchover_due_at", ts),
+        ("switchover_by", f"{text}({BY_MAX}) NULL"),
+        ("switchover_requested_at", ts),
+        ("maintenance_since", ts),
+        ("maintenance_by", f"{text}({BY_MAX}) NULL"),
+        ("disabled_since", ts),
+        ("disabled_by", f"{text}({BY_MAX}) NULL"),
+        ("failover_off_since", ts),
+        ("failover_off_reason", f"{text}({REASON_MAX}) NULL"),
+    )
+    return [
+        *(d.add_column("fos_lease", column, type_, schema) for column, type_ in lease_columns),
+        d.add_column("fos_node", "sees", f"{text}(64) NULL", schema),
+    ]
+
+
 def migrations(d: Dialect, schema: str | None = None) -> dict[int, list[str]]:
     """Statements of each schema version, in order. Each statement is idempotent on its own (or, for an added
     column on MySQL and SQLite, fails with a duplicate-column error that init-db tolerates). The view is
-    (re)created after the last version."""
-    return {
-        1: _v1(d, schema),
-        2: [*_v2(d, schema), *d.create_view(qualify("fos_lease_status", schema), _status_view_select(d, schema))],
-    }
+    (re)created after the last version only: it names the columns of every version."""
+    view = d.create_view(qualify("fos_lease_status", schema), _status_view_select(d, schema))
+    return {1: _v1(d, schema), 2: _v2(d, schema), 3: [*_v3(d, schema), *view]}
 
 
 def record_version_sql(d: Dialect, schema: str | None = None) -> str:

@@ -17,6 +17,13 @@ from typing import Any
 from .dialects import Dialect, qualify
 
 LEASE_COLUMNS = "holder_node, epoch, {remaining} AS remaining_ms, ttl_ms, handover_to, holder_instance"
+# The control state (schema v3) read with the lease in the same SELECT: ages and the due time on the DB clock.
+CONTROL_COLUMNS = (
+    "switchover_to, {due_in} AS switchover_due_in_ms, switchover_by, {requested_age} AS switchover_age_ms, "
+    "{maintenance_age} AS maintenance_ms, maintenance_by, {disabled_age} AS disabled_ms, disabled_by, "
+    "{failover_off_age} AS failover_off_ms, failover_off_reason"
+)
+BY_MAX, REASON_MAX = 200, 400  # switchover_by / maintenance_by / disabled_by, failover_off_reason
 STATUS_COLUMNS = (
     "cluster_name",
     "holder",
@@ -30,6 +37,20 @@ STATUS_COLUMNS = (
     "holder_url",
     "standby_last_seen_age_s",
     "holder_instance",
+    "switchover_to",
+    "switchover_due_at",
+    "switchover_by",
+    "switchover_requested_at",
+    "maintenance_since",
+    "maintenance_by",
+    "disabled_since",
+    "disabled_by",
+    "failover_off_since",
+    "failover_off_reason",
+    "switchover_due_in_s",
+    "maintenance_for_s",
+    "disabled_for_s",
+    "failover_off_for_s",
 )
 
 
@@ -37,14 +58,25 @@ STATUS_COLUMNS = (
 class Statements:
     read: str  # params: cluster
     insert_if_missing: str  # params: cluster (once, or twice on mssql)
-    acquire: str  # params: node, node, instance, ttl_ms, ttl_ms, cluster, expected_epoch, node, instance
-    acquire_without_instance: str  # params: node, node, None, ttl_ms, ttl_ms, cluster, expected_epoch, node
+    # params: node, node, instance, ttl_ms, ttl_ms, cluster, expected_epoch, node x 5, instance
+    acquire: str
+    # params: node, node, None, ttl_ms, ttl_ms, cluster, expected_epoch, node x 5
+    acquire_without_instance: str
     renew: str  # params: ttl_ms, ttl_ms, cluster, node, epoch
     release: str  # params: cluster, node, epoch
+    handover: str  # params: to, reserve_ms, cluster, node, epoch
+    request_switchover: str  # params: to, due_in_ms, by, cluster
+    cancel_switchover: str  # params: cluster
+    maintenance_on: str  # params: by, cluster
+    maintenance_off: str  # params: cluster
+    disable: str  # params: by, cluster
+    enable: str  # params: cluster
+    failover_off: str  # params: reason, cluster
     insert_event: str  # params: cluster, node, kind, epoch, detail
     list_events: str  # params: cluster, since_id (limit is inlined as a validated integer)
-    update_node: str  # params: role, app_healthy, url, agent_version, instance, cluster, node
-    insert_node: str  # params: cluster, node, role, app_healthy, url, agent_version, instance
+    list_events_since: str  # params: cluster, since_id, since_ms
+    update_node: str  # params: role, app_healthy, url, agent_version, instance, sees, cluster, node
+    insert_node: str  # params: cluster, node, role, app_healthy, url, agent_version, instance, sees
     list_nodes: str  # params: cluster
     status: str  # params: cluster
     schema_version: str
@@ -55,19 +87,41 @@ class Statements:
 def build(d: Dialect, schema: str | None = None, events_limit: int = 50) -> Statements:
     now, p = d.now, d.name_param
     lease, event, node_t = (qualify(t, schema) for t in ("fos_lease", "fos_event", "fos_node"))
-    # Succeeds only if nobody acquired since we read `expected_epoch`, and the lease is free, expired by the
-    # database clock, or already this node's from this very agent process (a restarted process resumes at once;
-    # a clone with the same node name must wait for the expiry). The epoch always moves on.
+    # Succeeds only if nobody acquired since we read `expected_epoch`; the control state allows it (never while
+    # disabled; during maintenance or with failover off only the holder's node); and the lease is free (a handover
+    # reservation only for its target), expired by the database clock, or already this node's from this very
+    # agent process (a restarted process resumes at once; a clone with the same node name must wait for the
+    # expiry). The epoch always moves on. lease.model.LeaseState.acquire_refusal states the same rule.
     acquire_head = (
         f"UPDATE {lease} SET "
         f"transitions = transitions + CASE WHEN holder_node IS NOT NULL AND holder_node = {p} THEN 0 ELSE 1 END, "
         f"holder_node = {p}, holder_instance = {p}, epoch = epoch + 1, acquired_at = {now}, renewed_at = {now}, "
         f"expires_at = {d.plus_ms('?')}, ttl_ms = ?, handover_to = NULL "
         f"WHERE cluster_name = {p} AND epoch = ? "
-        f"AND (holder_node IS NULL OR expires_at IS NULL OR expires_at <= {now} OR (holder_node = {p} AND "
+        "AND disabled_since IS NULL "
+        f"AND (maintenance_since IS NULL OR holder_node = {p}) "
+        f"AND (failover_off_since IS NULL OR holder_node = {p}) "
+        f"AND ((holder_node IS NULL AND (handover_to IS NULL OR handover_to = {p} OR expires_at IS NULL "
+        f"OR expires_at <= {now})) "
+        f"OR expires_at IS NULL OR expires_at <= {now} OR (holder_node = {p} AND "
     )
+    ago = d.ms_between  # (a, b): milliseconds from a to b
+    control_columns = CONTROL_COLUMNS.format(
+        due_in=d.ms_until("switchover_due_at"),
+        requested_age=ago("switchover_requested_at", now),
+        maintenance_age=ago("maintenance_since", now),
+        disabled_age=ago("disabled_since", now),
+        failover_off_age=ago("failover_off_since", now),
+    )
+    no_switchover = (
+        "switchover_to = NULL, switchover_due_at = NULL, switchover_by = NULL, switchover_requested_at = NULL"
+    )
+    events = f"id, at, node_name, kind, epoch, detail FROM {event} WHERE cluster_name = {p} AND id > ?"
     return Statements(
-        read=f"SELECT {LEASE_COLUMNS.format(remaining=d.ms_until('expires_at'))} FROM {lease} WHERE cluster_name = {p}",
+        read=(
+            f"SELECT {LEASE_COLUMNS.format(remaining=d.ms_until('expires_at'))}, {control_columns} "
+            f"FROM {lease} WHERE cluster_name = {p}"
+        ),
         insert_if_missing=d.insert_lease_if_missing(schema),
         acquire=acquire_head + f"holder_instance = {p}))",
         acquire_without_instance=acquire_head + "holder_instance IS NULL))",
@@ -82,29 +136,64 @@ def build(d: Dialect, schema: str | None = None, events_limit: int = 50) -> Stat
             "transitions = transitions + 1 "
             f"WHERE cluster_name = {p} AND holder_node = {p} AND epoch = ?"
         ),
+        # The holder, having let go of the IP and the app, releases to `to`: free only for `to` until now +
+        # reserve_ms, then for everyone (acquire's handover_to branch). Never from an expired lease: that one is
+        # everyone's already, and a reservation would keep the others out longer than a failover.
+        handover=(
+            f"UPDATE {lease} SET holder_node = NULL, holder_instance = NULL, handover_to = {p}, "
+            f"expires_at = {d.plus_ms('?')}, renewed_at = {now}, transitions = transitions + 1, {no_switchover} "
+            f"WHERE cluster_name = {p} AND holder_node = {p} AND epoch = ? AND expires_at > {now}"
+        ),
+        request_switchover=(
+            f"UPDATE {lease} SET switchover_to = {p}, switchover_due_at = {d.plus_ms('?')}, switchover_by = ?, "
+            f"switchover_requested_at = {now} WHERE cluster_name = {p} AND switchover_requested_at IS NULL "
+            "AND disabled_since IS NULL AND maintenance_since IS NULL"
+        ),
+        cancel_switchover=(
+            f"UPDATE {lease} SET {no_switchover} WHERE cluster_name = {p} AND switchover_requested_at IS NOT NULL"
+        ),
+        maintenance_on=(
+            f"UPDATE {lease} SET maintenance_since = {now}, maintenance_by = ? "
+            f"WHERE cluster_name = {p} AND maintenance_since IS NULL"
+        ),
+        maintenance_off=(
+            f"UPDATE {lease} SET maintenance_since = NULL, maintenance_by = NULL "
+            f"WHERE cluster_name = {p} AND maintenance_since IS NOT NULL"
+        ),
+        disable=(
+            f"UPDATE {lease} SET disabled_since = {now}, disabled_by = ? "
+            f"WHERE cluster_name = {p} AND disabled_since IS NULL"
+        ),
+        # Enabling also clears an anti-flap trip: `fos enable` is the one way to turn automatic failover on again.
+        enable=(
+            f"UPDATE {lease} SET disabled_since = NULL, disabled_by = NULL, failover_off_since = NULL, "
+            f"failover_off_reason = NULL WHERE cluster_name = {p} "
+            "AND (disabled_since IS NOT NULL OR failover_off_since IS NOT NULL)"
+        ),
+        failover_off=(
+            f"UPDATE {lease} SET failover_off_since = {now}, failover_off_reason = ? "
+            f"WHERE cluster_name = {p} AND failover_off_since IS NULL"
+        ),
         insert_event=(
             f"INSERT INTO {event} (cluster_name, at, node_name, kind, epoch, detail) VALUES ({p}, {now}, {p}, ?, ?, ?)"
         ),
-        list_events=d.limit(
-            f"id, at, node_name, kind, epoch, detail FROM {event} WHERE cluster_name = {p} AND id > ? ORDER BY id DESC",
-            str(int(events_limit)),
-        ),
+        list_events=d.limit(f"{events} ORDER BY id DESC", str(int(events_limit))),
+        list_events_since=d.limit(f"{events} AND at > {d.ms_ago('?')} ORDER BY id DESC", str(int(events_limit))),
         update_node=(
             f"UPDATE {node_t} SET role = ?, app_healthy = ?, url = ?, agent_version = ?, instance_id = {p}, "
-            f"last_seen = {now} WHERE cluster_name = {p} AND node_name = {p}"
+            f"sees = ?, last_seen = {now} WHERE cluster_name = {p} AND node_name = {p}"
         ),
         insert_node=(
             f"INSERT INTO {node_t} (cluster_name, node_name, role, app_healthy, url, agent_version, instance_id, "
-            f"last_seen) VALUES ({p}, {p}, ?, ?, ?, ?, {p}, {now})"
+            f"sees, last_seen) VALUES ({p}, {p}, ?, ?, ?, ?, {p}, ?, {now})"
         ),
         list_nodes=(
             "SELECT node_name, role, app_healthy, url, agent_version, "
-            f"{d.ms_between('last_seen', now)} AS age_ms, instance_id "
+            f"{d.ms_between('last_seen', now)} AS age_ms, instance_id, sees "
             f"FROM {node_t} WHERE cluster_name = {p} ORDER BY node_name"
         ),
         status=(
-            "SELECT cluster_name, holder_node, epoch, seconds_left, expired, handover_to, transitions, "
-            "holder_role, holder_app_healthy, holder_url, standby_last_seen_age_s, holder_instance "
+            f"SELECT {', '.join('holder_node' if c == 'holder' else c for c in STATUS_COLUMNS)} "
             f"FROM {qualify('fos_lease_status', schema)} WHERE cluster_name = {p}"
         ),
         schema_version=f"SELECT MAX(version) FROM {qualify('fos_schema', schema)}",
@@ -146,3 +235,15 @@ def inline_nulls(sql: str, params: Sequence[Any]) -> tuple[str, tuple[Any, ...]]
     if index != len(params):
         raise ValueError(f"{len(params)} parameters for {index} markers")
     return "".join(out), tuple(kept)
+
+
+def count_events_sql(d: Dialect, schema: str | None, kinds: int) -> str:
+    """How many events of `kinds` kinds the cluster has within a look-back. Params: cluster, within_ms, kind x
+    kinds (at least one)."""
+    if kinds < 1:
+        raise ValueError("count at least one kind of event")
+    markers = ", ".join("?" * kinds)
+    return (
+        f"SELECT COUNT(*) FROM {qualify('fos_event', schema)} WHERE cluster_name = {d.name_param} "
+        f"AND at > {d.ms_ago('?')} AND kind IN ({markers})"
+    )

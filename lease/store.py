@@ -9,65 +9,29 @@ autocommit too; an event may be lost, a lease change never half-done.
 
 from __future__ import annotations
 
-import asyncio
-from datetime import UTC, datetime
 from typing import Any
 
 import pyodbc
-import structlog
 
-from .calls import OdbcCalls, call_deadline
-from .errors import ProtocolViolation, SchemaMissing, StoreConfigError, UnsafeSchema
-from .interface import HistoryStore, LeaseStore
+from .control import SqlControl
+from .errors import SchemaMissing, StoreConfigError, UnsafeSchema
+from .interface import ControlStore, HistoryStore, LeaseStore
 from .model import AcquireResult, Event, EventKind, LeaseState, NodeRecord
 from .names import check_name
 from .odbc import OwnedConnection, classify, is_duplicate_key
+from .rows import _as_bool, _as_datetime, _as_number, _check_instance, _judge
 from .schema import SCHEMA_VERSION, migrations, record_version_sql
 from .statements import STATUS_COLUMNS, build
 from .upgrade import retype_mssql_keys
 
-__all__ = ["HistoryStore", "LeaseStore", "SqlLeaseStore"]
-
-log = structlog.get_logger("fos.lease")
+__all__ = ["ControlStore", "HistoryStore", "LeaseStore", "SqlLeaseStore", "_judge"]
 
 MSSQL_MIN_MAJOR = 13  # SQL Server 2016: DATEDIFF_BIG, DROP VIEW IF EXISTS
 _AZURE_EDITIONS = (5, 8)  # Azure SQL Database, Azure SQL Managed Instance: report 12.x, support all of it
 
 
-def _judge(rowcount: int, what: str) -> bool:
-    """A compare-and-set succeeded if exactly one row changed; anything but 0 or 1 is a protocol error."""
-    if rowcount == 1:
-        return True
-    if rowcount == 0:
-        return False
-    raise ProtocolViolation(
-        f"{what} reported {rowcount} rows, so fos cannot judge its compare-and-set: turn SET NOCOUNT off for the "
-        "fos login (no 'user options' or logon trigger setting it) and drop any trigger on fos_lease"
-    )
-
-
-def _as_bool(value: Any) -> bool | None:
-    """Drivers return booleans as bool, int or text ('1'/'0' from psqlODBC's BoolsAsChar)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value.strip().lower() not in ("", "0", "f", "false", "n", "no")
-    return bool(value)
-
-
-def _as_number(value: Any) -> float | int | None:
-    if value is None or isinstance(value, int | float):
-        return value
-    return float(value)
-
-
-def _as_datetime(value: Any) -> datetime:
-    dt = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
-
-
-def _check_instance(instance: str | None) -> str | None:
-    return None if instance is None else check_name("instance", instance)
+_SECONDS = ("switchover_due_in_s", "maintenance_for_s", "disabled_for_s", "failover_off_for_s")
+_TIMES = ("switchover_due_at", "switchover_requested_at", "maintenance_since", "disabled_since", "failover_off_since")
 
 
 def may_resume(seen: LeaseState, node: str, instance: str | None) -> bool:
@@ -76,8 +40,8 @@ def may_resume(seen: LeaseState, node: str, instance: str | None) -> bool:
     return seen.holder == node and seen.holder_instance == instance
 
 
-class SqlLeaseStore(OdbcCalls):
-    """LeaseStore and HistoryStore over ODBC. Round trips are stated on each operation.
+class SqlLeaseStore(SqlControl):
+    """LeaseStore, HistoryStore and ControlStore (lease/control.py) over ODBC. Round trips are stated on each operation.
 
     Constructor: `dsn` (ODBC connection string), `dialect` (detected from the connection when None), `schema`
     (qualifies every object; default dbo on mssql, public on postgresql, none on mysql/sqlite), `call_timeout`
@@ -87,25 +51,6 @@ class SqlLeaseStore(OdbcCalls):
     """
 
     # ---- the lease -----------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _state(cluster: str, row: Any | None) -> LeaseState:
-        if row is None:
-            return LeaseState.missing(cluster)
-        holder, epoch, remaining, ttl_ms, handover, instance = row
-        return LeaseState(
-            cluster=cluster,
-            holder=holder,
-            epoch=int(epoch),
-            remaining_ms=None if remaining is None else int(remaining),
-            ttl_ms=None if ttl_ms is None else int(ttl_ms),
-            handover_to=handover,
-            holder_instance=instance,
-        )
-
-    async def _read(self, conn: OwnedConnection, cluster: str) -> LeaseState:
-        _, rows = await conn.execute(self.sql.read, (cluster,))
-        return self._state(cluster, rows[0] if rows else None)
 
     async def read(self, cluster: str, *, timeout: float | None = None) -> LeaseState:
         """The lease row with its remaining time on the database clock. One round trip."""
@@ -138,7 +83,7 @@ class SqlLeaseStore(OdbcCalls):
             seen = expected if expected is not None else await self._read(conn, cluster)
             if not seen.row_exists:
                 await self._insert_if_missing(conn, cluster)
-            if seen.held and not may_resume(seen, node, instance):
+            if seen.acquire_refusal(node, instance) is not None:  # the compare-and-set cannot succeed
                 return AcquireResult(False, seen.epoch, seen)
             if not await self._acquire_cas(conn, cluster, node, ttl_ms, instance, seen.epoch):
                 now = await self._read(conn, cluster)
@@ -160,17 +105,19 @@ class SqlLeaseStore(OdbcCalls):
         self, conn: OwnedConnection, cluster: str, node: str, ttl_ms: int, instance: str | None, epoch: int
     ) -> bool:
         params: tuple[Any, ...]
+        head = (node, node, instance, ttl_ms, ttl_ms, cluster, epoch, node, node, node, node)
         if instance is None:
-            sql, params = self.sql.acquire_without_instance, (node, node, None, ttl_ms, ttl_ms, cluster, epoch, node)
+            sql, params = self.sql.acquire_without_instance, head
         else:
-            sql = self.sql.acquire
-            params = (node, node, instance, ttl_ms, ttl_ms, cluster, epoch, node, instance)
+            sql, params = self.sql.acquire, (*head, instance)
         rowcount, _ = await conn.execute(sql, params)
         return _judge(rowcount, "the lease UPDATE")
 
     @staticmethod
     def _acquire_event(seen: LeaseState, node: str, instance: str | None) -> tuple[EventKind, str]:
         if seen.holder is None:
+            if seen.reserved_for == node:
+                return EventKind.ACQUIRED, "handed over to this node"
             return EventKind.ACQUIRED, "the lease was free"
         if may_resume(seen, node, instance):
             return EventKind.RESUMED, f"re-acquired own lease of epoch {seen.epoch}"
@@ -178,31 +125,6 @@ class SqlLeaseStore(OdbcCalls):
             EventKind.TAKEOVER,
             f"{seen.holder} (epoch {seen.epoch}) expired {-(seen.remaining_ms or 0)} ms before the read",
         )
-
-    async def _event_after_change(self, conn: OwnedConnection, params: tuple[Any, ...]) -> None:
-        """Append the event of a lease change that has already happened; never fail the change for it."""
-        left = call_deadline.get() - self._clock() - 0.02
-        try:
-            if left <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(left):
-                await conn.execute(self.sql.insert_event, params)
-        except (TimeoutError, pyodbc.Error) as exc:
-            conn.broken = True  # its outcome is unknown; the connection is not reused
-            log.warning("lease_event_lost", cluster=params[0], node=params[1], kind=params[2], error=repr(exc))
-
-    async def _insert_if_missing(self, conn: OwnedConnection, cluster: str) -> None:
-        sql = self.sql.insert_if_missing
-        try:
-            await conn.execute(sql, (cluster,) * sql.count("?"))
-        except pyodbc.Error as exc:
-            if not is_duplicate_key(exc):  # another node inserted it first: fine
-                raise
-
-    async def ensure_cluster(self, cluster: str, *, timeout: float | None = None) -> None:
-        """Create the cluster's lease row (free, epoch 0) if it is missing. One round trip."""
-        check_name("cluster", cluster)
-        await self._call(lambda c: self._insert_if_missing(c, cluster), timeout)
 
     async def renew(self, cluster: str, node: str, epoch: int, ttl_ms: int, *, timeout: float | None = None) -> bool:
         """Extend our unexpired lease to the database's now + ttl. One round trip; False means it is lost."""
@@ -266,6 +188,7 @@ class SqlLeaseStore(OdbcCalls):
         agent_version: str | None,
         *,
         instance: str | None = None,
+        sees: str | None = None,
         timeout: float | None = None,
     ) -> None:
         """Upsert this node's row: UPDATE, and INSERT when there was none (a racing INSERT is retried as an
@@ -273,15 +196,18 @@ class SqlLeaseStore(OdbcCalls):
         check_name("cluster", cluster)
         check_name("node", node)
         _check_instance(instance)
+        if sees is not None and len(sees) > 64:
+            raise ValueError(f"sees {sees[:70]!r}... is longer than the column's 64 characters")
         healthy = None if app_healthy is None else int(app_healthy)
-        update = (role, healthy, url, agent_version, instance, cluster, node)
+        update = (role, healthy, url, agent_version, instance, sees, cluster, node)
 
         async def op(conn: OwnedConnection) -> None:
             rowcount, _ = await conn.execute(self.sql.update_node, update)
             if rowcount >= 1:
                 return
             try:
-                await conn.execute(self.sql.insert_node, (cluster, node, role, healthy, url, agent_version, instance))
+                insert = (cluster, node, role, healthy, url, agent_version, instance, sees)
+                await conn.execute(self.sql.insert_node, insert)
             except pyodbc.Error as exc:
                 if not is_duplicate_key(exc):
                     raise
@@ -310,14 +236,26 @@ class SqlLeaseStore(OdbcCalls):
         await self._call(op, timeout)
 
     async def list_events(
-        self, cluster: str, *, limit: int = 20, since_id: int = 0, timeout: float | None = None
+        self,
+        cluster: str,
+        *,
+        limit: int = 20,
+        since_id: int = 0,
+        since_ms: int | None = None,
+        timeout: float | None = None,
     ) -> list[Event]:
-        """The newest events first (at most `limit`, with id > since_id). One round trip."""
+        """The newest events first (at most `limit`, with id > since_id, and with since_ms within that many
+        milliseconds of the database's now; whole seconds on SQL Server). One round trip."""
         check_name("cluster", cluster)
+        if since_ms is not None and (not isinstance(since_ms, int) or since_ms < 0):
+            raise ValueError(f"since_ms must be a non-negative integer, not {since_ms!r}")
 
         async def op(conn: OwnedConnection) -> list[Event]:
-            sql = build(self.dialect, self.schema, events_limit=max(1, int(limit))).list_events
-            _, rows = await conn.execute(sql, (cluster, since_id))
+            built = build(self.dialect, self.schema, events_limit=max(1, int(limit)))
+            if since_ms is None:
+                _, rows = await conn.execute(built.list_events, (cluster, since_id))
+            else:
+                _, rows = await conn.execute(built.list_events_since, (cluster, since_id, since_ms))
             return [
                 Event(
                     int(r[0]),
@@ -349,6 +287,7 @@ class SqlLeaseStore(OdbcCalls):
                     r[4],
                     None if r[5] is None else float(r[5]) / 1000.0,
                     r[6],
+                    r[7],
                 )
                 for r in rows
             ]
@@ -364,8 +303,10 @@ class SqlLeaseStore(OdbcCalls):
             if not rows:
                 return None
             row = dict(zip(STATUS_COLUMNS, rows[0], strict=True))
-            for key in ("seconds_left", "standby_last_seen_age_s", "epoch", "transitions"):
+            for key in ("seconds_left", "standby_last_seen_age_s", "epoch", "transitions", *_SECONDS):
                 row[key] = _as_number(row[key])
+            for key in _TIMES:
+                row[key] = None if row[key] is None else _as_datetime(row[key])
             row["expired"] = bool(_as_bool(row["expired"]))
             row["holder_app_healthy"] = _as_bool(row["holder_app_healthy"])
             return row

@@ -21,8 +21,11 @@ import pyodbc
 import pytest
 
 import lease.odbc
-from lease import LeaseState, SqlLeaseStore, UnsafeSchema
+from lease import EventKind, LeaseState, SqlLeaseStore, UnsafeSchema
+from lease.dialects import DIALECTS
+from lease.schema import SCHEMA_VERSION
 from tests.support.dbservers import DbServer
+from tests.test_lease_schema import v2_statements_of_release_0_2
 
 _runs = itertools.count(1)
 _DDL = re.compile(r"^\s*(CREATE|ALTER|DROP|GRANT|TRUNCATE)\b", re.IGNORECASE)
@@ -79,7 +82,7 @@ async def test_the_agent_login_with_the_documented_grants_runs_everything_and_no
 ) -> None:
     schema = "fos" if server.kind == "postgresql" else None
     owner = SqlLeaseStore(logins["owner"], schema=schema, call_timeout=10)
-    assert (await owner.init_schema())[1] == 2
+    assert (await owner.init_schema())[1] == SCHEMA_VERSION
     await owner.close()
     server.admin_sql(logins["grants"], database=logins["database"] if server.kind == "postgresql" else "mysql")
 
@@ -107,6 +110,7 @@ async def test_the_agent_login_with_the_documented_grants_runs_everything_and_no
     assert [n.node for n in await agent.list_nodes("c1")] == ["m1"]
     row = await agent.status_row("c1")
     assert row is not None and row["holder"] is None
+    await _every_control_operation(agent)
     await agent.close()
     assert sent and not [s for s in sent if _DDL.match(s)], "the agent sent DDL"
 
@@ -118,6 +122,49 @@ async def test_the_agent_login_with_the_documented_grants_runs_everything_and_no
                 conn.cursor().execute(ddl)
     finally:
         conn.close()
+
+
+async def _every_control_operation(agent: SqlLeaseStore) -> None:
+    """What the operator commands and the agent's control paths send (schema v3), with the agent login."""
+    await agent.record_node("c1", "m1", "active", True, None, "0.3", instance="i1", sees="maintenance")
+    assert (await agent.list_nodes("c1"))[0].sees == "maintenance"
+    assert await agent.request_switchover("c1", "m2", 0, "op@h")
+    assert await agent.cancel_switchover("c1", "op@h")
+    got = await agent.try_acquire("c1", "m1", 5000, instance="i1")
+    assert got.acquired and await agent.handover("c1", "m1", got.epoch, "m2", 5000)
+    assert await agent.set_maintenance("c1", True, "op@h") and await agent.set_maintenance("c1", False, "op@h")
+    assert await agent.set_failover_off("c1", "m2", "flapping")
+    assert await agent.set_disabled("c1", True, "op@h") and await agent.set_disabled("c1", False, "op@h")
+    assert await agent.count_events("c1", [EventKind.HANDOVER], 60_000) == 1
+    assert len(await agent.list_events("c1", since_ms=60_000, limit=100)) >= 8
+    row = await agent.status_row("c1")
+    assert row is not None and row["disabled_since"] is None and row["failover_off_for_s"] is None
+
+
+async def test_an_upgrade_from_version_2_keeps_the_agent_logins_grants(
+    server: DbServer, logins: dict[str, str]
+) -> None:
+    """`fos init-db` re-creates the view with new columns at its end: PostgreSQL's OR REPLACE and MariaDB keep
+    the grant on it, and the table grants cover the new columns."""
+    schema = "fos" if server.kind == "postgresql" else None
+    d = DIALECTS[server.kind]
+    conn = pyodbc.connect(logins["owner"], autocommit=True)
+    try:
+        for sql in v2_statements_of_release_0_2(d, schema):
+            conn.cursor().execute(sql).close()
+    finally:
+        conn.close()
+    server.admin_sql(logins["grants"], database=logins["database"] if server.kind == "postgresql" else "mysql")
+    owner = SqlLeaseStore(logins["owner"], schema=schema, call_timeout=10)
+    assert await owner.init_schema() == (2, SCHEMA_VERSION)
+    await owner.close()
+    agent = SqlLeaseStore(logins["agent"], schema=schema, call_timeout=5)
+    assert await agent.renew("live", "m1", 7, 60_000)
+    assert await agent.set_maintenance("live", True, "op@h")
+    row = await agent.status_row("live")
+    assert row is not None and row["holder"] == "m1" and row["maintenance_by"] == "op@h"
+    await _every_control_operation(agent)
+    await agent.close()
 
 
 async def test_the_agent_login_sees_and_refuses_a_trigger_the_owner_did_not_create(

@@ -3,6 +3,7 @@ release 0.1 sent, refusal of triggers on fos_lease, and the agent's preflight (n
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from collections.abc import Iterator
@@ -10,8 +11,9 @@ from collections.abc import Iterator
 import pyodbc
 import pytest
 
-from lease import LeaseState, SchemaMissing, SqlLeaseStore, UnsafeSchema
-from lease.dialects import DIALECTS, Dialect
+from lease import Control, LeaseState, SchemaMissing, SqlLeaseStore, UnsafeSchema
+from lease import schema as schema_module
+from lease.dialects import DIALECTS, Dialect, qualify
 from lease.schema import SCHEMA_VERSION
 from tests.conftest import sqlite_dsn
 from tests.support.dbservers import DbServer
@@ -99,7 +101,7 @@ def _run(dsn: str, *sql: str) -> None:
 async def test_init_db_upgrades_a_version_1_database_and_keeps_the_lease(dialect_name: str, fresh_dsn: str) -> None:
     _run(fresh_dsn, *_v1_statements_of_release_0_1(DIALECTS[dialect_name]))
     store = SqlLeaseStore(fresh_dsn, dialect=dialect_name, call_timeout=5)
-    with pytest.raises(SchemaMissing, match="version 1, this agent needs 2: run `fos init-db"):
+    with pytest.raises(SchemaMissing, match="version 1, this agent needs 3: run `fos init-db"):
         await store.read("old")
     assert await store.init_schema() == (1, SCHEMA_VERSION)
     assert await store.init_schema() == (SCHEMA_VERSION, SCHEMA_VERSION)  # idempotent
@@ -180,3 +182,81 @@ async def test_a_configured_schema_holds_every_object(pg_server: DbServer) -> No
     finally:
         conn.close()
     assert found == {("fosx", t) for t in ("fos_event", "fos_lease", "fos_lease_status", "fos_node", "fos_schema")}
+
+
+def v2_statements_of_release_0_2(d: Dialect, schema: str | None = None) -> list[str]:
+    """Schema version 2 as release 0.2 created it (tables of versions 1 and 2, the view without the v3 columns),
+    with cluster 'live' held by m1 (instance i1, epoch 7) for 60 s."""
+    t = {k: qualify(k, schema) for k in ("fos_schema", "fos_lease", "fos_node", "fos_lease_status")}
+    seconds_left = f"({d.ms_until('l.expires_at')} / 1000.0)"
+    age = f"({d.ms_between('s.last_seen', d.now)} / 1000.0)"
+    view = (
+        "SELECT l.cluster_name, l.holder_node, l.epoch, l.acquired_at, l.renewed_at, l.expires_at, l.ttl_ms, "
+        f"CASE WHEN l.holder_node IS NULL OR l.expires_at IS NULL THEN NULL ELSE {seconds_left} END "
+        "AS seconds_left, "
+        f"CASE WHEN l.holder_node IS NULL OR l.expires_at IS NULL OR l.expires_at <= {d.now} THEN 1 ELSE 0 END "
+        "AS expired, "
+        "l.handover_to, l.transitions, "
+        "h.role AS holder_role, h.app_healthy AS holder_app_healthy, h.url AS holder_url, "
+        "h.last_seen AS holder_last_seen, "
+        f"(SELECT MIN({age}) FROM {t['fos_node']} s WHERE s.cluster_name = l.cluster_name "
+        "AND (l.holder_node IS NULL OR s.node_name <> l.holder_node)) AS standby_last_seen_age_s, "
+        "l.holder_instance "
+        f"FROM {t['fos_lease']} l LEFT JOIN {t['fos_node']} h "
+        "ON h.cluster_name = l.cluster_name AND h.node_name = l.holder_node"
+    )
+    return [
+        *schema_module._v1(d, schema),
+        *schema_module._v2(d, schema),
+        *d.create_view(t["fos_lease_status"], view),
+        f"INSERT INTO {t['fos_schema']} (version, applied_at) VALUES (1, {d.now})",
+        f"INSERT INTO {t['fos_schema']} (version, applied_at) VALUES (2, {d.now})",
+        f"INSERT INTO {t['fos_lease']} (cluster_name, holder_node, epoch, acquired_at, renewed_at, expires_at, "
+        f"ttl_ms, handover_to, transitions, holder_instance) VALUES ('live', 'm1', 7, {d.now}, {d.now}, "
+        f"{d.plus_ms('60000')}, 60000, NULL, 7, 'i1')",
+        f"INSERT INTO {t['fos_node']} (cluster_name, node_name, role, app_healthy, url, agent_version, last_seen, "
+        f"instance_id) VALUES ('live', 'm1', 'active', NULL, NULL, '0.2', {d.now}, 'i1')",
+    ]
+
+
+async def test_init_db_upgrades_a_version_2_database_while_the_holder_keeps_renewing(
+    dialect_name: str, fresh_dsn: str
+) -> None:
+    _run(fresh_dsn, *v2_statements_of_release_0_2(DIALECTS[dialect_name]))
+    agent = SqlLeaseStore(fresh_dsn, dialect=dialect_name, call_timeout=5)  # the holder's store
+    admin = SqlLeaseStore(fresh_dsn, dialect=dialect_name, call_timeout=5)  # `fos init-db`
+    with pytest.raises(SchemaMissing, match="version 2, this agent needs 3: run `fos init-db"):
+        await admin.read("live")
+    renewals: list[bool] = []
+    upgraded = asyncio.Event()
+
+    async def holder() -> None:  # renews with statements every release understands, as a 0.2 agent would
+        while not upgraded.is_set() or len(renewals) < 3:
+            renewals.append(await agent.renew("live", "m1", 7, 60_000))
+            await asyncio.sleep(0.02)
+
+    agent._schema_ok = True  # a running 0.2 agent checked the version at its start, before the upgrade
+    renewing = asyncio.create_task(holder())
+    try:
+        assert await admin.init_schema() == (2, SCHEMA_VERSION)
+    finally:
+        upgraded.set()
+        await renewing
+    assert renewals and all(renewals), renewals  # never lost during the upgrade
+    assert await admin.init_schema() == (SCHEMA_VERSION, SCHEMA_VERSION)  # idempotent
+    state = await admin.read("live")
+    assert (state.holder, state.epoch, state.holder_instance) == ("m1", 7, "i1") and state.held
+    assert state.control == Control()  # nothing pending after the upgrade
+    assert await admin.renew("live", "m1", 7, 60_000)  # renewable by the holder's epoch on the new statements
+    assert not (await admin.try_acquire("live", "m2", 5000, instance="i2")).acquired
+    resumed = await admin.try_acquire("live", "m1", 5000, instance="i1")  # the restarted agent resumes
+    assert resumed.acquired and resumed.epoch == 8
+    row = await admin.status_row("live")
+    assert row is not None and row["holder"] == "m1" and row["maintenance_since"] is None
+    assert row["switchover_due_in_s"] is None and row["holder_role"] == "active"
+    (node,) = await admin.list_nodes("live")
+    assert node.sees is None  # a 0.2 agent's row: not reported
+    assert await admin.set_maintenance("live", True, "op@h")
+    assert (await admin.read("live")).control.maintenance
+    await agent.close()
+    await admin.close()

@@ -332,3 +332,15 @@ async def test_preflight_creates_the_missing_row_and_passes_on_a_clean_schema(st
     state = await store.read(c)
     assert state.row_exists and state.epoch == 0 and state.holder is None
     await store.preflight(c)  # idempotent
+
+
+async def test_long_non_ascii_text_round_trips_unchanged(store: SqlLeaseStore) -> None:
+    # MariaDB Connector/ODBC 3.1 corrupts (or refuses) UTF-16 parameters of 128 characters and more, which pyodbc
+    # sends in pieces: the store sends text to MariaDB/MySQL as UTF-8 instead.
+    c = unique("text")
+    detail = "health check failed: " + "é€" * 150 + " (exit 3)"
+    await store.record_event(c, "m1", "note", None, detail)
+    url = "http://m1.example.com/" + "ü" * 200
+    await store.record_node(c, "m1", "standby", None, url, "0.3")
+    assert (await store.list_events(c))[0].detail == detail
+    assert (await store.list_nodes(c))[0].url == url

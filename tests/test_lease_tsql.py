@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import lease.odbc
-from lease import LeaseState, ProtocolViolation, SqlLeaseStore
+from lease import EventKind, LeaseState, ProtocolViolation, SqlLeaseStore
 from lease.odbc import classify
 from tests.test_lease_dialects import parse_strict
 
@@ -31,7 +31,7 @@ class ScriptedServer:
     """Answers the store's statements the way SQL Server would for a healthy fos schema."""
 
     rowcount: int = 1
-    version: int | None = 2
+    version: int | None = 3
     sent: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     setup: list[str] = field(default_factory=list)
     stale_keys: list[tuple[str, str]] = field(default_factory=list)
@@ -54,13 +54,20 @@ class ScriptedServer:
         if "FROM SYS.KEY_CONSTRAINTS" in upper:
             return -1, [("PK__fos_leas__3213E83F0EA0C6B1",)]
         if upper.startswith("SELECT HOLDER_NODE"):
-            return -1, [("m1", 3, -50, 5000, None, "inst-a")]
+            return -1, [
+                ("m1", 3, -50, 5000, None, "inst-a", "m2", -5, "op@h", 20, 1000, "op@h", None, None, None, None)
+            ]
+        if upper.startswith("SELECT COUNT(*) FROM DBO.FOS_EVENT"):
+            return -1, [(2,)]
         if "FROM DBO.FOS_EVENT" in upper:
             return -1, [(7, datetime(2026, 1, 1), "m1", "note", None, None)]
         if "FROM DBO.FOS_NODE" in upper and upper.startswith("SELECT NODE_NAME"):
-            return -1, [("m1", "active", 1, None, "0.1", 1500, "inst-a")]
+            return -1, [("m1", "active", 1, None, "0.1", 1500, "inst-a", "maintenance")]
         if "FROM DBO.FOS_LEASE_STATUS" in upper:
-            return -1, [("c1", "m1", 3, 1.5, 0, None, 4, "active", 1, None, 0.4, "inst-a")]
+            control = ("m2", datetime(2026, 1, 1), "op@h", datetime(2026, 1, 1), None, None, None, None, None, None)
+            return -1, [
+                ("c1", "m1", 3, 1.5, 0, None, 4, "active", 1, None, 0.4, "inst-a", *control, -2, None, None, None)
+            ]
         if upper.startswith("INSERT INTO DBO.FOS_SCHEMA"):
             self.version = int(params[0])
         if upper.startswith("UPDATE DBO.FOS_LEASE"):
@@ -92,8 +99,20 @@ async def _every_operation(store: SqlLeaseStore) -> None:
     await store.record_event("c1", None, "note", None, None)
     await store.record_event("c1", "m1", "note", 3, "detail")
     await store.list_events("c1", limit=5)
+    await store.list_events("c1", limit=5, since_ms=30 * 86_400_000)
     await store.list_nodes("c1")
     await store.status_row("c1")
+    await store.record_node("c1", "m1", "standby", None, None, None, instance="inst-a", sees="maintenance")
+    await store.handover("c1", "m1", 3, "m2", 5000)
+    await store.request_switchover("c1", "m2", 0, "op@h")
+    await store.request_switchover("c1", "m2", 60_000, "op@h")
+    await store.cancel_switchover("c1", "op@h")
+    await store.cancel_switchover("c1", "m1", kind=EventKind.SWITCHOVER_STALE, detail="due 5 s ago")
+    for on in (True, False):
+        await store.set_maintenance("c1", on, "op@h")
+        await store.set_disabled("c1", on, "op@h")
+    await store.set_failover_off("c1", "m2", "4 take-overs within 3600 s")
+    assert await store.count_events("c1", [EventKind.TAKEOVER, EventKind.ACQUIRED], 3_600_000) == 2
 
 
 async def test_every_emitted_tsql_statement_is_qualified_typed_bound_without_none_and_parses(
@@ -176,7 +195,7 @@ async def test_init_db_retypes_the_varchar_keys_of_a_version_1_sql_server_databa
         ("fos_event", "cluster_name"),
     ]
     store = SqlLeaseStore("Driver=stand-in", dialect="mssql")
-    assert await store.init_schema() == (1, 2)
+    assert await store.init_schema() == (1, 3)
     await store.close()
     sent = [sql for sql, _ in server.sent]
     retyped = sent[sent.index(next(s for s in sent if "FROM sys.columns" in s)) :]
