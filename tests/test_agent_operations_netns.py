@@ -31,10 +31,9 @@ def kinds(c: Cluster) -> list[str]:
 
 
 def switch(c: Cluster, to: str, due_in_ms: int = 0) -> float:
-    """Request a switchover to `to`; return when it was asked (monotonic)."""
-    asked = time.monotonic()
+    """Request a switchover to `to`; return when it was asked (monotonic, the statement's sending)."""
     assert c.store_call("request_switchover", to, due_in_ms, "op@test") is True
-    return asked
+    return c.last_call[0]
 
 
 def test_switchover_there_and_back_refused_failed_scheduled_stale_and_cancelled(
@@ -70,9 +69,16 @@ def test_switchover_there_and_back_refused_failed_scheduled_stale_and_cancelled(
     served_by(c, "m2", asked, 10)
     c.wait_role("m1", "standby")
 
-    # Stale: due 5 s ago (more than two heartbeats) -> dropped with its event, nothing moves.
-    switch(c, "m1", due_in_ms=-5000)
+    # Stale: the holder (frozen) first sees it more than two heartbeats after its time -> dropped with its
+    # event, nothing moves. (Frozen for less than the ttl: it renews at once on thaw.)
+    c.agents["m2"].send_signal(signal.SIGSTOP)
+    try:
+        switch(c, "m1")
+        time.sleep(2.4)
+    finally:
+        c.agents["m2"].send_signal(signal.SIGCONT)
     wait_for(lambda: "switchover_stale" in kinds(c), 5, 0.2, "SWITCHOVER_STALE")
+    assert c.roles() == {"m1": "standby", "m2": "active"}
     # Cancelled before its time -> nothing moves at its time.
     switch(c, "m1", due_in_ms=2000)
     assert c.store_call("cancel_switchover", "op@test") is True

@@ -155,6 +155,7 @@ class Cluster:
         self.sampler = IpSampler(list(self.hosts.values()), self.vip, family=self.family)  # started below
         self.config = os.path.join(self.work, "fos.toml")
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.last_call = (0.0, 0.0)  # when the last store_call was sent and answered (monotonic)
         self.logs: dict[str, Any] = {}
         try:  # whatever was started is stopped again if a later step fails
             if db_kind == "postgresql":
@@ -263,7 +264,8 @@ listen = "0.0.0.0:8470"
     def store_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """One lease-store method with this cluster's config, run on m1's host (the database is reachable from
         every node's namespace): how the tests write an operator's intent, e.g.
-        store_call("request_switchover", "m2", 0, "op@test"). Returns the result as JSON allows."""
+        store_call("request_switchover", "m2", 0, "op@test"). Returns the result as JSON allows; `last_call`
+        then holds when the call was sent and answered (without the interpreter's start)."""
         code = (
             "import asyncio,json,sys\n"
             "from agent.config import load\nfrom agent.stores import command_store\n"
@@ -272,14 +274,18 @@ listen = "0.0.0.0:8470"
             f" cfg=load({self.config!r})\n store=command_store(cfg)\n"
             f" kw=json.loads({json.dumps(kwargs)!r})\n"
             " if 'kind' in kw: kw['kind']=EventKind(kw['kind'])\n"
+            " import time\n sent=time.monotonic()\n"
             f" out=await getattr(store,{method!r})(cfg.cluster,*json.loads({json.dumps(args)!r}),**kw)\n"
-            " await store.close()\n"
-            " print(json.dumps(out, default=lambda o: o.__dict__ if hasattr(o, '__dict__') else str(o)))\n"
+            " done=time.monotonic()\n await store.close()\n"
+            " print(json.dumps({'out':out,'sent':sent,'done':done},"
+            " default=lambda o: o.__dict__ if hasattr(o, '__dict__') else str(o)))\n"
             "asyncio.run(main())\n"
         )
         out = self.m1.run(sys.executable, "-c", code, check=False, timeout=30)
         assert out.returncode == 0, f"store {method} failed: {out.stderr.strip()[-500:]}"
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        doc = json.loads(out.stdout.strip().splitlines()[-1])
+        self.last_call = (float(doc["sent"]), float(doc["done"]))  # CLOCK_MONOTONIC is the same in every netns
+        return doc["out"]
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         """The cluster's events (oldest first), optionally of one kind."""
