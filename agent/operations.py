@@ -172,6 +172,16 @@ class Operations:
                 "run `fos maintenance off` when done",
             )
 
+    async def maintenance_now(self) -> bool:
+        """Is maintenance mode still on? Read again before a stop leaves the app running (the last read may be a
+        heartbeat old); the last known answer if the database does not answer within the call timeout."""
+        a = self.agent
+        try:
+            self._seen((await a.store.read(a.cfg.cluster, timeout=a.call_timeout)).control)
+        except StoreError as exc:
+            a.log.warning("control_read_failed", error=str(exc))
+        return self.control.maintenance
+
     def holder_event(self, plan: HolderPlan, acting: bool, app_dropped: bool) -> tuple[HoldEvent, str] | None:
         """What ends the holder's period after a control read, if anything."""
         match plan.action:
@@ -216,14 +226,15 @@ class Operations:
             await a.event(EventKind.SWITCHOVER_DONE, f"switchover done: {a.node.name} serves {took}", holding.epoch)
             self.by_handover, self.switchover_at = False, None
             return
-        if self.handed_to is not None:
+        handed_recently = self.handed_at is not None and now - self.handed_at < 2 * a.cfg.lease.ttl
+        if self.handed_to is not None and handed_recently:
             await a.event(
                 EventKind.SWITCHOVER_FAILED,
                 f"{self.handed_to} did not take the handed-over lease within {a.cfg.lease.ttl:g}s: "
                 f"{a.node.name} serves again",
                 holding.epoch,
             )
-            self.handed_to = None
+        self.handed_to = None
         if not self.control.failover_off:
             await self._count_flaps()
 

@@ -156,6 +156,8 @@ class Agent:
                         decision = await self._demoting(decision)
                     case Role.FENCED:
                         decision = await self._fenced(decision)
+                    case Role.STOPPED if decision.leave_running and not await self.ops.maintenance_now():
+                        decision = Decision(Role.DEMOTING, f"{decision.reason}; maintenance is over", then_stop=True)
                     case Role.STOPPED:
                         if decision.leave_running:
                             self.app.detach()  # its keeper must not end it when this process exits
@@ -385,9 +387,17 @@ class Agent:
         holding = self.holding
         assert holding is not None
         await self.ip.claim(holding)
-        if self.ip.managed:  # for `fos history`: when the address came up (in the background: no delay)
-            self.ops.spawn(self.event(EventKind.IP_BOUND, f"{self.cfg.common_ip} bound", holding.epoch))
-        detail = await self._start_app(holding)
+        bound = None
+        if self.ip.managed:  # for `fos history`: when the address came up (recorded while the app starts)
+            bound = asyncio.create_task(self.event(EventKind.IP_BOUND, f"{self.cfg.common_ip} bound", holding.epoch))
+        try:
+            detail = await self._start_app(holding)
+        except BaseException:  # a failed start or a fence: nothing may wait for the event
+            if bound is not None:
+                bound.cancel()
+            raise
+        if bound is not None:
+            await bound  # bounded by the call timeout; in order before PROMOTED
         await self.event(EventKind.PROMOTED, f"serving {self.cfg.common_ip or 'without a common IP'}: {detail}")
         self.ops.serving(holding)
         return f"promotion complete: {detail}"

@@ -3,9 +3,11 @@
 Two nodes and a client; the lease database on PostgreSQL in its own host (fos); the demo web app on each node
 answering with its node name; the client requests the common IP every 20 ms; a sampler records every 10 ms which
 node has the common IP bound. Faults: kill -9 of the active agent with its app (process death), the active host's
-link cut (machine death), SIGTERM (graceful). Reported per setup and fault: median and max over the repetitions
-of fault -> client served by the new node, and for fos the part of it after the lease expired; plus the number
-of samples in which both nodes had the common IP bound.
+link cut (machine death), SIGTERM (graceful), and a planned switchover: for fos the request written to the
+database (what `fos switchover --to` does; timed from sending the statement, without the command's interpreter
+start), for keepalived the graceful move of the master (SIGTERM: it resigns with a priority-0 advert). Reported per
+setup and fault: median and max over the repetitions of fault -> client served by the new node, and for fos the
+part of it after the lease expired; plus the number of samples in which both nodes had the common IP bound.
 
     .venv/bin/python bench/failover.py [--reps 5] [--timings 2/0.5,3/1,10/3] [--with-default] [--no-keepalived]
 """
@@ -30,7 +32,7 @@ from common import save, table
 from tests.support.cluster import VIP, WEBAPP, Cluster, IpSampler, Prober
 from tests.support.netns import Host, Lan, wait_for
 
-FAULTS = ["kill9", "linkcut", "sigterm"]
+FAULTS = ["kill9", "linkcut", "sigterm", "switchover"]
 TAKEOVER = re.compile(r"expired (-?\d+) ms before the read")
 
 
@@ -44,17 +46,26 @@ def log_time_of(text: str, node: str, role: str, after_wall: float) -> float | N
     return None
 
 
-def inject(c: Cluster, fault: str, active: str) -> None:
+def inject(c: Cluster, fault: str, active: str) -> float:
+    """Inject the fault; return when it began (monotonic)."""
     host = c.host(active)
+    began = time.monotonic()
+    if fault == "switchover":
+        standby = "m2" if active == "m1" else "m1"
+        assert c.store_call("request_switchover", standby, 0, "bench@failover") is True
+        return c.last_call[0]
     if fault == "kill9":
         c.kill_agent(active, with_app=True)
     elif fault == "linkcut":
         host.cut_link()
     else:
         c.agents[active].send_signal(signal.SIGTERM)
+    return began
 
 
 def heal(c: Cluster, fault: str, failed: str) -> None:
+    if fault == "switchover":
+        return  # the old holder is a standby already
     if fault == "linkcut":
         c.host(failed).restore_link()
         if c.agents[failed].poll() is None:
@@ -81,8 +92,8 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> 
                 0.02,
                 "the client to be served",
             )
-            t0, w0 = time.monotonic(), time.time()
-            inject(c, fault, active)
+            w0 = time.time()
+            t0 = inject(c, fault, active)
             served = wait_for(
                 lambda s=standby, t=t0: c.prober.first_answer_from(s, t), ttl * 3 + 20, 0.01, "the take-over"
             )
@@ -91,7 +102,7 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> 
             events = c.client.run(
                 sys.executable, "-m", "agent", "status", "--json", "--config", c.config, check=False
             ).stdout
-            match = TAKEOVER.search(events) if fault != "sigterm" else None
+            match = TAKEOVER.search(events) if fault not in ("sigterm", "switchover") else None
             if acquired_wall is not None and match:
                 expiry_wall = acquired_wall - int(match.group(1)) / 1000.0
                 after_expiry = served - (t0 + (expiry_wall - w0))
@@ -203,7 +214,7 @@ def keepalived_fault(lan: Lan, fault: str, reps: int) -> dict[str, Any]:
                 hosts[active].run("ip", "addr", "del", f"{VIP}/24", "dev", "eth0", check=False)
             elif fault == "linkcut":
                 hosts[active].cut_link()
-            else:
+            else:  # sigterm, and the switchover: keepalived's graceful move is the master resigning
                 kad[active].send_signal(signal.SIGTERM)
             served = wait_for(lambda s=standby, t=t0: prober.first_answer_from(s, t), 30, 0.01, "take-over")
             results.append({"served": served - t0})

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from agent.control_rules import HolderAction, HolderPlan
 from agent.roles import Role
 from lease import EventKind
 from lease.memory import MemoryLeaseStore
@@ -272,3 +273,59 @@ async def test_too_many_take_overs_turn_failover_off_until_enable(store: MemoryL
     assert store.rows["c1"].failover_off_since is None, "the take-overs before `fos enable` do not trip it again"
     await m1.kill()
     await m2.kill()
+
+
+async def test_a_long_maintenance_is_recorded_as_a_reminder_once_per_period(store: MemoryLeaseStore) -> None:
+    m1 = Node(config(tables={"maintenance": {"remind_after": 0.4}}), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    assert await store.set_maintenance("c1", True, "op@host")
+    await until(lambda: kinds(store).count(EventKind.MAINTENANCE_REMINDER) == 2, 3, "two reminders")
+    assert "run `fos maintenance off`" in detail_of(store, EventKind.MAINTENANCE_REMINDER)
+    await asyncio.sleep(0.25)
+    assert kinds(store).count(EventKind.MAINTENANCE_REMINDER) == 2, "one per remind_after, not one per read"
+    await m1.kill()
+
+
+async def test_a_node_that_stepped_down_for_its_app_is_not_failed_back_to(store: MemoryLeaseStore) -> None:
+    cfg = config(cluster={"failback": "auto", "failback_delay": 0.3}, priorities=(10, 0))
+    m1, m2 = Node(cfg, "m1", store).start(), Node(cfg, "m2", store)
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2.start()
+    await until(lambda: m2.agent.role is Role.STANDBY)
+    m1.app.crash()
+    await until(lambda: m2.agent.role is Role.ACTIVE, 3)
+    await asyncio.sleep(1.5)  # hold-off, then well past the fail-back delay
+    assert m2.agent.role is Role.ACTIVE and m1.agent.role is Role.STANDBY
+    assert EventKind.SWITCHOVER_REQUESTED not in kinds(store)
+    await m1.kill()
+    await m2.kill()
+
+
+async def test_binding_the_common_ip_is_recorded_between_the_acquisition_and_the_promotion(
+    store: MemoryLeaseStore,
+) -> None:
+    m1 = Node(config(ttl=3.6, heartbeat=0.5, driver="netlink"), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, 5)
+    await until(lambda: EventKind.IP_BOUND in kinds(store), 2)
+    order = [k for k in kinds(store) if k in (EventKind.ACQUIRED, EventKind.IP_BOUND, EventKind.PROMOTED)]
+    assert order == [EventKind.ACQUIRED, EventKind.IP_BOUND, EventKind.PROMOTED]
+    assert "10.0.0.100/24 bound" in detail_of(store, EventKind.IP_BOUND)
+    await m1.kill()
+
+
+async def test_a_stop_just_after_maintenance_ended_stops_the_app_as_usual(store: MemoryLeaseStore) -> None:
+    m1 = Node(config(), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    assert await store.set_maintenance("c1", True, "op@host")
+    await until(lambda: m1.agent.ops.control.maintenance, 2, "m1 saw maintenance")
+
+    async def no_control_read(acting: bool) -> HolderPlan:
+        return HolderPlan(HolderAction.KEEP)  # the holder has not re-read the control state since
+
+    m1.agent.ops.read_as_holder = no_control_read  # type: ignore[method-assign]
+    assert await store.set_maintenance("c1", False, "op@host")
+    m1.agent.request_stop("SIGTERM")
+    assert m1.task is not None
+    await asyncio.wait_for(m1.task, 2)
+    assert not m1.app.detached and m1.app.stopped_at and not m1.binder.bound
+    assert store.rows["c1"].holder is None and EventKind.RELEASED in kinds(store)
