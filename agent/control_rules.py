@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import assert_never
 
 from lease.model import Control, EventKind, NodeRecord
 
@@ -47,6 +48,8 @@ class HolderPlan:
                 return EventKind.SWITCHOVER_STALE
             case HolderAction.KEEP | HolderAction.HAND_OVER | HolderAction.LET_GO:
                 return None
+            case _:
+                assert_never(self.action)
 
 
 def node_alive(row: NodeRecord, heartbeat: float, call_timeout: float) -> bool:

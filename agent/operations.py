@@ -7,7 +7,7 @@ anything here on the path of a renewal or the fence timer (the holder's read run
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from lease import EventKind, LeaseState, StoreError
 from lease.model import Control, sees_states
@@ -190,7 +190,9 @@ class Operations:
             case HolderAction.HAND_OVER if acting and plan.to is not None:
                 return HoldEvent.SWITCHOVER, plan.to
             case HolderAction.KEEP | HolderAction.HAND_OVER | HolderAction.FAIL | HolderAction.STALE:
-                pass
+                pass  # handing over waits until ACTIVE; a failed or stale request was cancelled by the read
+            case _:
+                assert_never(plan.action)
         if app_dropped and not self.control.maintenance:
             return HoldEvent.MAINTENANCE_OVER, "the application had failed during maintenance"
         return None

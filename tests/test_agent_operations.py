@@ -329,3 +329,28 @@ async def test_a_stop_just_after_maintenance_ended_stops_the_app_as_usual(store:
     await asyncio.wait_for(m1.task, 2)
     assert not m1.app.detached and m1.app.stopped_at and not m1.binder.bound
     assert store.rows["c1"].holder is None and EventKind.RELEASED in kinds(store)
+
+
+async def test_with_failover_off_a_holder_that_cannot_restart_its_app_keeps_the_lease_for_its_node(
+    store: MemoryLeaseStore,
+) -> None:
+    m1, m2 = await pair(store)
+    assert await store.set_failover_off("c1", "m1", "test: flapping")
+    await until(lambda: m1.agent.ops.control.failover_off, 2, "m1 saw it")
+    start = m1.app.start
+    attempts: list[float] = []
+
+    async def failing_once(env: dict[str, str]) -> None:
+        attempts.append(time.monotonic())
+        await start(env)
+        if len(attempts) == 1:
+            m1.app.crash()  # the restart in place fails: m1 steps down
+
+    m1.app.start = failing_once  # type: ignore[method-assign]
+    m1.app.crash()
+    await until(lambda: len(attempts) == 2 and m1.agent.role is Role.ACTIVE, 5, "m1 serving again")
+    # A release would have left the lease to nobody (only the holder's node may acquire with failover off).
+    assert EventKind.RELEASED not in kinds(store) and m2.agent.role is Role.STANDBY
+    assert store.rows["c1"].holder == "m1"
+    await m1.kill()
+    await m2.kill()
