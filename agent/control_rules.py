@@ -112,6 +112,8 @@ def plan_holder(
         )
     if control.maintenance:
         return HolderPlan(HolderAction.FAIL, sw.to, "maintenance mode is on: no switchover")
+    if control.failover_off:  # the acquire statement would refuse the target: nobody would serve
+        return HolderPlan(HolderAction.FAIL, sw.to, "automatic failover is off (flapping): run `fos enable` first")
     problem = target_problem(sw.to, me, known, rows or [], heartbeat, call_timeout)
     if problem is not None:
         return HolderPlan(HolderAction.FAIL, sw.to, f"switchover to {sw.to} refused: {problem}")

@@ -26,21 +26,32 @@ async def let_go(agent: Agent, kind: EventKind | None, decision: Decision) -> No
     agent.health.forget("the application is stopped on this node")
     holding, agent.holding = agent.holding, None
     if holding is not None:
-        control = agent.ops.control
-        if decision.handover_to is not None and ip_gone:
-            await agent.ops.hand_over(holding, decision.handover_to, decision.reason)
-        elif (control.maintenance or control.failover_off) and not control.disabled:
-            # Only the holder's node may acquire now: a release (holder NULL) would let nobody in until the
-            # operator acts. Kept, the lease expires and this node resumes (the CAS allows it).
-            agent.log.warning("lease_kept_for_this_node", epoch=holding.epoch, reason=control.sees())
-        else:
-            await release(agent, holding, decision.reason, ip_gone)
+        await _give_up(agent, holding, decision, ip_gone)
         if kind is not None:
             await agent.event(kind, decision.reason, holding.epoch)
     agent.renew_failing = False
     agent.metrics.epoch.set(0)
     agent.metrics.lease_seconds_left.set(0)
     agent.not_before = agent.clock.now() + decision.hold_off
+
+
+async def _give_up(agent: Agent, holding: Holding, decision: Decision, ip_gone: bool) -> None:
+    """Hand the lease over (a switchover), release it, or keep it for this node: during maintenance or with
+    automatic failover off only the holder's node may acquire, so a release (or a handover, which the acquire
+    statement refuses its target then) would leave the cluster to nobody; kept, the lease expires and this
+    node resumes. The control state is read again before a handover: the let-go (the app's stop) may have
+    taken seconds since the switchover was seen."""
+    control = agent.ops.control
+    if decision.handover_to is not None and ip_gone:
+        control = await agent.ops.read_control()
+        if not (control.maintenance or control.failover_off or control.disabled):
+            await agent.ops.hand_over(holding, decision.handover_to, decision.reason)
+            return
+        agent.log.warning("handover_abandoned", to=decision.handover_to, control=control.sees())
+    if (control.maintenance or control.failover_off) and not control.disabled:
+        agent.log.warning("lease_kept_for_this_node", epoch=holding.epoch, control=control.sees())
+        return
+    await release(agent, holding, decision.reason, ip_gone)
 
 
 async def release(agent: Agent, holding: Holding, detail: str, ip_gone: bool) -> None:

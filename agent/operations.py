@@ -172,15 +172,20 @@ class Operations:
                 "run `fos maintenance off` when done",
             )
 
-    async def maintenance_now(self) -> bool:
-        """Is maintenance mode still on? Read again before a stop leaves the app running (the last read may be a
-        heartbeat old); the last known answer if the database does not answer within the call timeout."""
+    async def read_control(self) -> Control:
+        """The control state read again now, for a step that must not act on one a heartbeat old (a stop that
+        would leave the app running, a handover after a slow let-go); the last known state if the database does
+        not answer within the call timeout."""
         a = self.agent
         try:
             self._seen((await a.store.read(a.cfg.cluster, timeout=a.call_timeout)).control)
         except StoreError as exc:
             a.log.warning("control_read_failed", error=str(exc))
-        return self.control.maintenance
+        return self.control
+
+    async def maintenance_now(self) -> bool:
+        """Is maintenance mode still on (read again)?"""
+        return (await self.read_control()).maintenance
 
     def holder_event(self, plan: HolderPlan, acting: bool, app_dropped: bool) -> tuple[HoldEvent, str] | None:
         """What ends the holder's period after a control read, if anything."""

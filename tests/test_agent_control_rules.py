@@ -48,6 +48,7 @@ def switchover(to: str | None = "m2", due_in_ms: int = 0, by: str = "op@h") -> C
         (switchover(), [row("m2", "promoting")], HolderAction.FAIL, "not a ready standby"),
         (switchover(None), [row("m2")], HolderAction.FAIL, "names no target"),
         (Control(switchover=Switchover("m2", 0, "x", 1), maintenance_ms=5), [row("m2")], HolderAction.FAIL, "mainten"),
+        (Control(switchover=Switchover("m2", 0, "x", 1), failover_off_ms=5), [row("m2")], HolderAction.FAIL, "enable"),
         (Control(disabled_ms=5, disabled_by="op@h"), [], HolderAction.LET_GO, "disabled (by op@h)"),
         (Control(switchover=Switchover("m2", 0, "x", 1), disabled_ms=5), [row("m2")], HolderAction.LET_GO, "disab"),
     ],
