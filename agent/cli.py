@@ -20,7 +20,8 @@ from typing import Any
 from lease import StoreError
 from netops import NetopsError, find_interface, format_table, list_interfaces, probe_address, validate
 
-from . import __version__, cli_ops
+from . import __version__, cli_control, cli_ops
+from .cli_control import node_is_down
 from .config import Config, ConfigError, NodeConfig, check_listen, load
 from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .logs import configure as configure_logs
@@ -31,7 +32,6 @@ from .stores import command_store
 from .timing import check
 
 DEFAULT_CONFIG = "/etc/fos/fos.toml"
-DOWN_AFTER_HEARTBEATS = 3  # a node row older than this many heartbeats is shown as DOWN, not its last role
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,14 +112,6 @@ def cmd_init_db(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def node_is_down(role: str, last_seen_age_s: float | None, heartbeat: float) -> bool:
-    """A node whose agent stopped, or whose row was not refreshed for DOWN_AFTER_HEARTBEATS heartbeats (its
-    agent was killed or cut off): its last role and app health are stale, so they are not shown."""
-    if role == "stopped" or last_seen_age_s is None:
-        return True
-    return last_seen_age_s > DOWN_AFTER_HEARTBEATS * heartbeat
-
-
 async def _status(cfg: Config) -> dict[str, Any]:
     store = command_store(cfg)
     try:
@@ -144,6 +136,7 @@ async def _status(cfg: Config) -> dict[str, Any]:
                 "url": n.url,
                 "agent_version": n.agent_version,
                 "last_seen_age_s": n.last_seen_age_s,
+                "sees": n.sees,
             }
             for n in nodes
         ],
@@ -164,6 +157,8 @@ def _print_status(status: dict[str, Any]) -> None:
         f"cluster {status['cluster']}{alias}: holder {holder}, epoch {lease.get('epoch', 0)}, "
         f"lease left {left_text}{' (expired)' if lease.get('expired') and lease.get('holder') else ''}"
     )
+    for line in control_lines(lease):
+        print(line)
     copy = status.get("holder_copy")
     if copy is not None:
         age = copy.get("age_s")
@@ -171,15 +166,49 @@ def _print_status(status: dict[str, Any]) -> None:
             f"installation copy on {copy['node']}: "
             + ("no good fos mirror on record" if age is None else f"last good fos mirror {age:.0f}s ago")
         )
-    print(f"{'NODE':<16} {'ROLE':<10} {'APP':<8} {'SEEN':>8}  URL")
+    print(f"{'NODE':<16} {'ROLE':<10} {'APP':<8} {'SEEN':>8}  {'SEES':<12} URL")
     for n in status["nodes"]:
         seen = "-" if n["last_seen_age_s"] is None else f"{n['last_seen_age_s']:.1f}s"
         role, app = ("DOWN", "-") if n["down"] else (n["role"], _app_text(n["app_healthy"]))
-        print(f"{n['node']:<16} {role:<10} {app:<8} {seen:>8}  {n['url'] or ''}")
+        sees = "-" if n["down"] or n.get("sees") is None else (n["sees"] or "normal")
+        print(f"{n['node']:<16} {role:<10} {app:<8} {seen:>8}  {sees:<12} {n['url'] or ''}")
     print("recent events:")
     for e in status["events"]:
         epoch = "-" if e["epoch"] is None else str(e["epoch"])
         print(f"  {e['at'][:23]}  {e['node'] or '-':<12} {e['kind']:<13} epoch {epoch:<5} {e['detail'] or ''}")
+
+
+def _for(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def control_lines(lease: dict[str, Any]) -> list[str]:
+    """What `fos status` says about the control state of the lease row (schema 3): a pending switchover,
+    maintenance mode, a disabled cluster, automatic failover off (flapping)."""
+    out = []
+    if lease.get("switchover_requested_at") is not None:
+        due = lease.get("switchover_due_in_s")
+        when = "due now" if due is None or due <= 0 else f"due in {_for(due)}"
+        out.append(f"SWITCHOVER pending: to {lease.get('switchover_to')}, {when}, by {lease.get('switchover_by')}")
+    if lease.get("maintenance_since") is not None:
+        out.append(
+            f"MAINTENANCE MODE on for {_for(lease.get('maintenance_for_s'))} (by {lease.get('maintenance_by')}): "
+            "nobody fails over, fos starts and stops no application; `fos maintenance off` ends it"
+        )
+    if lease.get("disabled_since") is not None:
+        out.append(
+            f"DISABLED for {_for(lease.get('disabled_for_s'))} (by {lease.get('disabled_by')}): no node serves; "
+            "`fos enable` ends it"
+        )
+    if lease.get("failover_off_since") is not None:
+        out.append(
+            f"FLAPPING: automatic failover off for {_for(lease.get('failover_off_for_s'))} "
+            f"({lease.get('failover_off_reason')}); `fos enable` turns it on again"
+        )
+    return out
 
 
 def _app_text(healthy: bool | None) -> str:
@@ -288,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_probe_seconds, default=1.0, help="seconds to wait for an answer (default 1)")
     p.set_defaults(func=cmd_check_ip)
     cli_ops.register(sub, with_config)
+    cli_control.register(sub, with_config)
     return parser
 
 
