@@ -52,11 +52,13 @@ def test_switchover_there_and_back_refused_failed_scheduled_stale_and_cancelled(
     wait_for(lambda: "switchover_done" in kinds(c), 5, 0.2, "SWITCHOVER_DONE")
     assert c.role("m1") == "standby" and "handover" in kinds(c)
 
-    # ... and back.
+    # ... and back, with the command: `--wait` returns once m1 serves.
     c.wait_role("m1", "standby")
-    asked = switch(c, "m1")
-    at = served_by(c, "m1", asked, HEARTBEAT + APP_START_S + 2)
-    print(f"switchover m2 -> m1: {at - asked:.2f}s")
+    began = time.monotonic()
+    out = c.fos("switchover", "--to", "m1", "--wait")
+    assert out.returncode == 0 and "m1 serves" in out.stdout, out.stdout + out.stderr
+    at = served_by(c, "m1", began, 5)
+    print(f"fos switchover --to m1 --wait: {out.stdout.strip().splitlines()[-1]}; client at {at - began:.2f}s")
     c.wait_role("m2", "standby")
 
     # Scheduled: not before its time, and within a fraction of a heartbeat after it (the holder wakes for it).
@@ -126,9 +128,10 @@ def test_maintenance_holds_everything_still_and_disable_lets_nobody_serve(
     def sees(node: str) -> str | None:
         return next((n["sees"] for n in c.store_call("list_nodes") if n["node"] == node), None)
 
-    # Maintenance on, then the active app killed: no failover and no restart.
-    assert c.store_call("set_maintenance", True, "op@test") is True
-    wait_for(lambda: sees("m1") == "maintenance" and sees("m2") == "maintenance", 5, 0.2, "both acknowledged")
+    # Maintenance on (`--wait`: both agents acknowledged), then the active app killed: no failover, no restart.
+    out = c.fos("maintenance", "on", "--wait")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert sees("m1") == "maintenance" and sees("m2") == "maintenance"
     doc = c.status("m2")
     assert doc is not None and doc["control"]["maintenance"] is True
     app = c.app_pid("m1")
@@ -164,7 +167,7 @@ def test_maintenance_holds_everything_still_and_disable_lets_nobody_serve(
     assert c.store_call("set_maintenance", False, "op@test") is True
 
     # Disable: the holder lets go cleanly, nobody serves, both keep running and say so; enable: one serves.
-    assert c.store_call("set_disabled", True, "op@test") is True
+    assert c.fos("disable").returncode == 0
     wait_for(lambda: not c.sampler.holder_at(time.monotonic()), 5, 0.05, "the IP gone")
     wait_for(lambda: sees("m1") == "disabled" and sees("m2") == "disabled", 5, 0.2, "both report disabled")
     holds_for(
@@ -175,7 +178,7 @@ def test_maintenance_holds_everything_still_and_disable_lets_nobody_serve(
     )
     assert c.lease()["holder"] is None and c.agents["m1"].poll() is None and c.agents["m2"].poll() is None
     enabled = time.monotonic()
-    assert c.store_call("set_disabled", False, "op@test") is True
+    assert c.fos("enable").returncode == 0
     wait_for(lambda: sorted(c.roles().values()) == ["active", "standby"], 10, 0.1, "one serves again")
     print(f"enable: one node serves {time.monotonic() - enabled:.2f}s later")
     assert_never_two_holders(c)
