@@ -287,7 +287,8 @@ class Agent:
         last_attempt = self.holding.last_sent
         ip_failures = 0
         reconcile_again = False
-        control_at: float | None = None  # a scheduled switchover's time: read the control state again then
+        control_at: float | None = self.clock.now()  # when to read the control state (besides after a renewal)
+        half_beat = self.cfg.lease.heartbeat / 2
         tasks: dict[str, asyncio.Task[Any]] = {"stop": asyncio.create_task(self.stop_requested.wait())}
         if work is not None:
             tasks["work"] = asyncio.create_task(work)
@@ -330,9 +331,12 @@ class Agent:
                     reconcile_again = False
                 elif renewed:
                     reconcile_again = True  # one is running with an older Holding: go again when it ends
-                # The control state, read right after a renewal (a whole heartbeat before the next one) in a task
-                # of its own: the loop never waits for it.
-                if "control" not in tasks and (renewed or (control_at is not None and now >= control_at)):
+                # The control state (a switchover, maintenance, disable), read in a task of its own (the loop never
+                # waits for it, and a read uses its own connection): right after a renewal, and half a heartbeat
+                # later (or at a scheduled switchover's time) while renewals succeed, so a request is seen within
+                # half a heartbeat. Not while renewals fail: no extra calls into a database that does not answer.
+                timer_due = control_at is not None and now >= control_at and not self.renew_failing
+                if "control" not in tasks and (renewed or timer_due):
                     tasks["control"] = asyncio.create_task(self.ops.read_as_holder(acting=work is None))
                     control_at = None
                 control = tasks.get("control")
@@ -343,8 +347,7 @@ class Agent:
                     ended = self.ops.holder_event(plan, acting=work is None, app_dropped=app_dropped)
                     if ended is not None:
                         return ended
-                    if plan.wake_in is not None:
-                        control_at = now + plan.wake_in
+                    control_at = now + min(plan.wake_in or half_beat, half_beat)
                 if tasks["stop"].done():
                     return HoldEvent.STOP_REQUESTED, self.stop_reason
                 if "work" in tasks and tasks["work"].done():
@@ -365,7 +368,7 @@ class Agent:
                     last_attempt = self.clock.now()
                     tasks["renew"] = asyncio.create_task(renew_lease(self, self.holding.epoch))
                 deadline = self.holding.fence_at if "renew" in tasks else min(self.holding.fence_at, due)
-                if control_at is not None:
+                if control_at is not None and not self.renew_failing:
                     deadline = min(deadline, max(control_at, now + MIN_RETRY_S))
                 timer = asyncio.create_task(self.clock.sleep_until(deadline))
                 try:

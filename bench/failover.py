@@ -3,9 +3,9 @@
 Two nodes and a client; the lease database on PostgreSQL in its own host (fos); the demo web app on each node
 answering with its node name; the client requests the common IP every 20 ms; a sampler records every 10 ms which
 node has the common IP bound. Faults: kill -9 of the active agent with its app (process death), the active host's
-link cut (machine death), SIGTERM (graceful), and a planned switchover: for fos the request written to the
-database (what `fos switchover --to` does; timed from sending the statement, without the command's interpreter
-start), for keepalived the graceful move of the master (SIGTERM: it resigns with a priority-0 advert). Reported per
+link cut (machine death), SIGTERM (graceful), and a planned switchover: for fos the command `fos switchover --to`
+(timed from its launch; "after command" is the part after it returned, having written the request), for
+keepalived the graceful move of the master (SIGTERM: it resigns with a priority-0 advert). Reported per
 setup and fault: median and max over the repetitions of fault -> client served by the new node, and for fos the
 part of it after the lease expired; plus the number of samples in which both nodes had the common IP bound.
 
@@ -33,6 +33,7 @@ from tests.support.cluster import VIP, WEBAPP, Cluster, IpSampler, Prober
 from tests.support.netns import Host, Lan, wait_for
 
 FAULTS = ["kill9", "linkcut", "sigterm", "switchover"]
+SWITCHOVER_VIA = "cli"  # or "store": --switchover-via
 TAKEOVER = re.compile(r"expired (-?\d+) ms before the read")
 
 
@@ -46,21 +47,25 @@ def log_time_of(text: str, node: str, role: str, after_wall: float) -> float | N
     return None
 
 
-def inject(c: Cluster, fault: str, active: str) -> float:
-    """Inject the fault; return when it began (monotonic)."""
+def inject(c: Cluster, fault: str, active: str) -> tuple[float, float | None]:
+    """Inject the fault; return when it began and, for the switchover, when the command returned (monotonic)."""
     host = c.host(active)
     began = time.monotonic()
     if fault == "switchover":
         standby = "m2" if active == "m1" else "m1"
-        assert c.store_call("request_switchover", standby, 0, "bench@failover") is True
-        return c.last_call[0]
+        if SWITCHOVER_VIA == "store":  # the request statement alone: the agents' part, without the command's start
+            assert c.store_call("request_switchover", standby, 0, "bench@failover") is True
+            return c.last_call
+        out = c.fos("switchover", "--to", standby)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return began, time.monotonic()
     if fault == "kill9":
         c.kill_agent(active, with_app=True)
     elif fault == "linkcut":
         host.cut_link()
     else:
         c.agents[active].send_signal(signal.SIGTERM)
-    return began
+    return began, None
 
 
 def heal(c: Cluster, fault: str, failed: str) -> None:
@@ -93,7 +98,7 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> 
                 "the client to be served",
             )
             w0 = time.time()
-            t0 = inject(c, fault, active)
+            t0, command_done = inject(c, fault, active)
             served = wait_for(
                 lambda s=standby, t=t0: c.prober.first_answer_from(s, t), ttl * 3 + 20, 0.01, "the take-over"
             )
@@ -111,6 +116,7 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> 
                     "served": served - t0,
                     "after_expiry": after_expiry,
                     "read_after_expiry": int(match.group(1)) / 1000.0 if match else None,
+                    "after_command": None if command_done is None else served - command_done,
                 }
             )
             heal(c, fault, active)
@@ -119,13 +125,15 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> 
     finally:
         c.close()
         lan.close()
-    return summarise(f"fos ttl {ttl:g}/hb {heartbeat:g}", fault, results, both)
+    via = f" ({SWITCHOVER_VIA})" if fault == "switchover" else ""
+    return summarise(f"fos ttl {ttl:g}/hb {heartbeat:g}{via}", fault, results, both)
 
 
 def summarise(setup: str, fault: str, results: list[dict[str, Any]], both: int) -> dict[str, Any]:
     served = [r["served"] for r in results]
     after = [r["after_expiry"] for r in results if r.get("after_expiry") is not None]
     late = [r["read_after_expiry"] for r in results if r.get("read_after_expiry") is not None]
+    after_command = [r["after_command"] for r in results if r.get("after_command") is not None]
     return {
         "setup": setup,
         "fault": fault,
@@ -135,6 +143,8 @@ def summarise(setup: str, fault: str, results: list[dict[str, Any]], both: int) 
         "after_expiry_median_s": statistics.median(after) if after else None,
         "after_expiry_max_s": max(after) if after else None,
         "read_after_expiry_max_s": max(late) if late else None,
+        "after_command_median_s": statistics.median(after_command) if after_command else None,
+        "after_command_max_s": max(after_command) if after_command else None,
         "both_bound_samples": both,
         "raw": results,
     }
@@ -246,6 +256,12 @@ def main() -> None:
     parser.add_argument("--no-keepalived", action="store_true")
     parser.add_argument("--faults", default=",".join(FAULTS), help="subset of " + ",".join(FAULTS))
     parser.add_argument("--no-fos", action="store_true")
+    parser.add_argument(
+        "--switchover-via",
+        choices=["cli", "store"],
+        default="cli",
+        help="the switchover request: the fos switchover command (timed from its launch), or the store's statement",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/failover.py needs root: it builds network namespaces")
@@ -253,6 +269,8 @@ def main() -> None:
     if args.with_default:
         timings.append((180.0, 10.0))
     FAULTS[:] = [f for f in args.faults.split(",") if f in FAULTS]
+    global SWITCHOVER_VIA
+    SWITCHOVER_VIA = args.switchover_via
     rows: list[dict[str, Any]] = []
     if not args.no_keepalived:
         rows += keepalived_runs(Lan, args.reps)
@@ -272,6 +290,8 @@ COLUMNS = [
     ("after_expiry_median_s", "after expiry median s"),
     ("after_expiry_max_s", "after expiry max s"),
     ("read_after_expiry_max_s", "standby read late max s"),
+    ("after_command_median_s", "after command median s"),
+    ("after_command_max_s", "after command max s"),
     ("both_bound_samples", "both bound"),
 ]
 
