@@ -1,5 +1,6 @@
 """The agent's side of the operator's intent stored beside the lease (switchover, maintenance, disable, anti-flap):
-what it read last, the holder's control read after each renewal, the handover, and the events of a switchover.
+what it read last, the holder's control read (after each renewal and half a heartbeat later), the handover, the
+node row, and the events of a switchover and of anti-flap.
 The decisions are agent/control_rules.py's; the runner calls in here at a few points and never waits for
 anything here on the path of a renewal or the fence timer (the holder's read runs as a task of its own).
 """
@@ -35,7 +36,7 @@ class Operations:
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
-        self.control = Control()  # as last read (standby) or read after a renewal (holder)
+        self.control = Control()  # as last read (by the standby's poll or the holder's control read)
         self.reminded = 0  # the last maintenance reminder recorded (its ordinal)
         self.switchover_at: float | None = None  # local time a switchover to us was requested, as last read
         self.by_handover = False  # the current holding began with a lease handed over to us
