@@ -43,7 +43,12 @@ class Store(LeaseStore, HistoryStore, ControlStore, Protocol):
 
 def operator() -> str:
     """Who runs the command: user@host, the user who ran sudo if there is one."""
-    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    user = os.environ.get("SUDO_USER")
+    if not user:
+        try:
+            user = getpass.getuser()
+        except OSError:  # no login name in the environment and no passwd entry (a bare container)
+            user = f"uid{os.getuid()}"
     return f"{user}@{socket.gethostname()}"
 
 
@@ -68,6 +73,8 @@ def control_refusal(state: LeaseState) -> str | None:
         return (
             f"maintenance mode is on (by {c.maintenance_by}, {_ago(c.maintenance_ms)}): run `fos maintenance off` first"
         )
+    if c.failover_off:
+        return f"automatic failover is off ({c.failover_off_reason}): run `fos enable` first"
     if c.switchover is not None:
         s = c.switchover
         when = "due now" if s.due else f"due in {s.due_in_ms / 1000:.0f} s"
@@ -172,14 +179,12 @@ async def _switchover(cfg: Config, store: Store, args: argparse.Namespace, by: s
     if not args.wait:
         return EXIT_OK
     bound = due_ms / 1000 + cfg.lease.ttl + DOWN_AFTER_HEARTBEATS * cfg.lease.heartbeat + cfg.app.health.start_grace
-    outcome = await wait_for_switchover(store, cfg.cluster, target, state.holder, requested, bound)
+    outcome = await wait_for_switchover(store, cfg.cluster, target, requested, bound)
     print(outcome.message, file=sys.stdout if outcome.code == EXIT_OK else sys.stderr)
     return outcome.code
 
 
-async def wait_for_switchover(
-    store: Store, cluster: str, target: str, old: str | None, since: float, bound_s: float
-) -> Outcome:
+async def wait_for_switchover(store: Store, cluster: str, target: str, since: float, bound_s: float) -> Outcome:
     """Poll until `target` holds the lease and its node row says active (done), or the request is gone while
     another node holds (failed), or `bound_s` passed since `since` (monotonic)."""
     while True:
@@ -215,12 +220,6 @@ async def _switchover_end(store: Store, cluster: str) -> str:
 
 
 async def _maintenance(cfg: Config, store: Store, on: bool, wait: bool, by: str) -> int:
-    state = await store.read(cfg.cluster)
-    if on and state.control.switchover is not None:
-        return _not_done(
-            "maintenance",
-            f"a switchover to {state.control.switchover.to} is pending: wait for it, or `fos switchover --cancel`",
-        )
     started = time.monotonic()
     if await store.set_maintenance(cfg.cluster, on, by):
         if on:
@@ -228,7 +227,10 @@ async def _maintenance(cfg: Config, store: Store, on: bool, wait: bool, by: str)
         else:
             print(f"maintenance mode off (by {by}): the agents reconcile with the real state and act again")
     else:
+        state = await store.read(cfg.cluster)
         c = state.control
+        if on and not c.maintenance:
+            return _not_done("maintenance", _maintenance_refusal(state))
         print(
             f"maintenance mode was already {'on' if on else 'off'}"
             + (f" (by {c.maintenance_by}, {_ago(c.maintenance_ms)})" if on and c.maintenance else "")
@@ -239,6 +241,16 @@ async def _maintenance(cfg: Config, store: Store, on: bool, wait: bool, by: str)
     outcome = await wait_for_acknowledgement(store, cfg, on, started, bound)
     print(outcome.message, file=sys.stdout if outcome.code == EXIT_OK else sys.stderr)
     return outcome.code
+
+
+def _maintenance_refusal(state: LeaseState) -> str:
+    """Why maintenance mode could not be turned on (the statement refuses it during a switchover)."""
+    pending = state.control.switchover
+    if pending is not None:
+        return f"a switchover to {pending.to} is pending: wait for it, or `fos switchover --cancel`"
+    if state.reserved_for is not None:
+        return f"a switchover is under way (the lease is handed over to {state.reserved_for}): try again in a moment"
+    return "the database refused it: see `fos status`"
 
 
 def acknowledged(row: NodeRecord, on: bool) -> bool:

@@ -107,24 +107,35 @@ def _switchover_trigger(request: Event | None) -> str:
     return f"operator {by}"
 
 
+_ENDS = (EventKind.STEPPED_DOWN, EventKind.FENCED, EventKind.DEMOTED)
+
+
 def timeline(events: Sequence[Event]) -> list[Transition]:
-    """The transitions in `events` (oldest first)."""
+    """The transitions in `events` (oldest first). Two passes: the event saying why a holder let go (stepped
+    down, fenced, demoted) is recorded after its release, and may come after the next node's acquisition."""
     released: dict[int, Event] = {}  # epoch given up -> its RELEASED / HANDOVER event
-    stepped_down: dict[int, Event] = {}
+    ended: dict[int, Event] = {}  # epoch -> why its holder let go
+    requests: dict[int, Event] = {}  # handed-over epoch -> the switchover request before the HANDOVER
     request: Event | None = None
-    out: list[Transition] = []
-    by_epoch: dict[int, Transition] = {}
     for e in events:
         if e.kind == EventKind.SWITCHOVER_REQUESTED:
             request = e
-        elif e.kind in (EventKind.RELEASED, EventKind.HANDOVER) and e.epoch is not None:
+        elif e.epoch is None:
+            continue
+        elif e.kind in (EventKind.RELEASED, EventKind.HANDOVER):
             released[e.epoch] = e
-        elif e.kind == EventKind.STEPPED_DOWN and e.epoch is not None:
-            stepped_down[e.epoch] = e
-        elif e.kind in _ACQUIRES and e.epoch is not None:
-            t = _transition(e, released.get(e.epoch - 1), stepped_down.get(e.epoch - 1), request)
-            if released.get(e.epoch - 1) is not None and released[e.epoch - 1].kind == EventKind.HANDOVER:
-                request = None  # that request is done
+            if e.kind == EventKind.HANDOVER and request is not None:
+                requests[e.epoch], request = request, None
+        elif e.kind in _ENDS:
+            ended.setdefault(e.epoch, e)
+    out: list[Transition] = []
+    by_epoch: dict[int, Transition] = {}
+    for e in events:
+        if e.epoch is None:
+            continue
+        if e.kind in _ACQUIRES:
+            before = e.epoch - 1
+            t = _transition(e, released.get(before), ended.get(before), requests.get(before))
             out.append(t)
             by_epoch[e.epoch] = t
         elif e.kind == EventKind.IP_BOUND and e.epoch in by_epoch:
@@ -134,7 +145,7 @@ def timeline(events: Sequence[Event]) -> list[Transition]:
     return out
 
 
-def _transition(e: Event, release: Event | None, step_down: Event | None, request: Event | None) -> Transition:
+def _transition(e: Event, release: Event | None, end: Event | None, request: Event | None) -> Transition:
     assert e.epoch is not None
     t = Transition(e.epoch, e.node, "start", e.at, kind=e.kind)
     if e.kind == EventKind.RESUMED:
@@ -146,13 +157,15 @@ def _transition(e: Event, release: Event | None, step_down: Event | None, reques
             t.from_node = m.group("node")
             t.start_at = e.at - timedelta(milliseconds=max(0, int(m.group("ms"))))
     elif release is not None:
-        t.from_node, t.start_at = release.node, release.at
+        t.from_node, t.start_at, t.start = release.node, release.at, "released"
         if release.kind == EventKind.HANDOVER:
             t.start, t.trigger = "handed over", _switchover_trigger(request)
-        elif step_down is not None:
-            t.start, t.trigger = "released", f"fault ({step_down.detail or 'stepped down'})"
+        elif end is not None and end.kind != EventKind.DEMOTED:
+            what = "fenced" if end.kind == EventKind.FENCED else "stepped down"
+            t.trigger = f"fault ({what}: {end.detail})" if end.detail else f"fault ({what})"
         else:
-            t.start, t.trigger = "released", f"release ({release.detail or 'the holder gave the lease up'})"
+            why = (end.detail if end is not None else None) or release.detail or "the holder gave the lease up"
+            t.trigger = f"release ({why})"
     return t
 
 

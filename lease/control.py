@@ -79,11 +79,11 @@ class SqlControl(LeaseRows):
     async def request_switchover(
         self, cluster: str, to: str, due_in_ms: int, by: str, *, timeout: float | None = None
     ) -> bool:
-        """Record a switchover request if none is pending and the cluster is neither disabled nor in maintenance.
-        Two round trips (three when the cluster had no row)."""
+        """Record a switchover request if none is pending and the cluster is not disabled, in maintenance or with
+        failover off. Two round trips (three when the cluster had no row)."""
         check_name("cluster", cluster)
         check_name("node", to)
-        _ms(due_in_ms, "due_in_ms")
+        _ms(due_in_ms, "due_in_ms", low=-MAX_MS)  # negative: already overdue (the holder then drops it as stale)
         by = by[:BY_MAX]
         params = (to, due_in_ms, by, cluster)
         event = (None, str(EventKind.SWITCHOVER_REQUESTED), None, switchover_detail(to, due_in_ms, by))
@@ -113,7 +113,8 @@ class SqlControl(LeaseRows):
         return await self._call(op, timeout)
 
     async def set_maintenance(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
-        """Maintenance on (stamped now) or off. Two round trips (three for `on` without a row)."""
+        """Maintenance on (stamped now; not during a switchover) or off. Two round trips (three for `on` without
+        a row)."""
         check_name("cluster", cluster)
         by = by[:BY_MAX]
         kind = EventKind.MAINTENANCE_ON if on else EventKind.MAINTENANCE_OFF

@@ -158,9 +158,10 @@ class ControlStore(Protocol):
     async def request_switchover(
         self, cluster: str, to: str, due_in_ms: int, by: str, *, timeout: float | None = None
     ) -> bool:
-        """Record a switchover to `to`, due at the database's now + due_in_ms (0: at once), only if none is
-        pending and the cluster is neither disabled nor in maintenance. Event SWITCHOVER_REQUESTED. False: one
-        of those held (the caller reads the row to say which). The target is the caller's to check."""
+        """Record a switchover to `to`, due at the database's now + due_in_ms (0: at once; |due_in_ms| < 2**31),
+        only if none is pending and the cluster is neither disabled, in maintenance, nor with automatic failover
+        off (the target could not acquire the handed-over lease then). Event SWITCHOVER_REQUESTED. False: one of
+        those held (the caller reads the row to say which). The target is the caller's to check."""
         ...
 
     async def cancel_switchover(
@@ -178,7 +179,8 @@ class ControlStore(Protocol):
 
     async def set_maintenance(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
         """Turn maintenance mode on (stamped with the database's now) or off. Event MAINTENANCE_ON / _OFF.
-        False: it already was in that state."""
+        False: it already was in that state, or (on) a switchover is pending or its hand-over reservation runs
+        (maintenance would keep the target out, and nobody would serve)."""
         ...
 
     async def set_disabled(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:

@@ -22,6 +22,7 @@ from .model import (
     switchover_detail,
 )
 from .names import check_name
+from .statements import BY_MAX, REASON_MAX
 
 
 @dataclass
@@ -124,6 +125,8 @@ class MemoryLeaseStore:
         check_name("node", node)
         row = self._row(cluster)
         seen = expected if expected is not None else self._state(cluster)
+        if seen.acquire_refusal(node, instance) is not None:  # as SqlLeaseStore: no round trip that cannot win
+            return AcquireResult(False, seen.epoch, seen)
         current = self._state(cluster)
         if row.epoch != seen.epoch or current.acquire_refusal(node, instance) is not None:
             return AcquireResult(False, row.epoch, current)
@@ -190,9 +193,11 @@ class MemoryLeaseStore:
     ) -> bool:
         self._check()
         check_name("node", to)
+        by = by[:BY_MAX]
         row = self._row(cluster)
         pending = row.switchover_requested_at is not None
-        if pending or row.disabled_since is not None or row.maintenance_since is not None:
+        gated = row.disabled_since is not None or row.maintenance_since is not None
+        if pending or gated or row.failover_off_since is not None:
             return False
         now = self.clock()
         row.switchover_to, row.switchover_by = to, by
@@ -210,6 +215,7 @@ class MemoryLeaseStore:
         timeout: float | None = None,
     ) -> bool:
         self._check()
+        by = by[:BY_MAX]
         row = self.rows.get(check_name("cluster", cluster))
         if row is None or row.switchover_requested_at is None:
             return False
@@ -220,8 +226,11 @@ class MemoryLeaseStore:
 
     async def set_maintenance(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
         self._check()
+        by = by[:BY_MAX]
         row = self._row(cluster)
         if (row.maintenance_since is not None) == on:
+            return False
+        if on and (row.switchover_requested_at is not None or self._state(cluster).reserved_for is not None):
             return False
         row.maintenance_since, row.maintenance_by = (self.clock(), by) if on else (None, None)
         kind = EventKind.MAINTENANCE_ON if on else EventKind.MAINTENANCE_OFF
@@ -230,6 +239,7 @@ class MemoryLeaseStore:
 
     async def set_disabled(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
         self._check()
+        by = by[:BY_MAX]
         row = self._row(cluster)
         if on:
             if row.disabled_since is not None:
@@ -248,7 +258,7 @@ class MemoryLeaseStore:
         row = self._row(cluster)
         if row.failover_off_since is not None:
             return False
-        row.failover_off_since, row.failover_off_reason = self.clock(), reason
+        row.failover_off_since, row.failover_off_reason = self.clock(), reason[:REASON_MAX]
         self._event(cluster, node, EventKind.FLAPPING, None, reason)
         return True
 

@@ -144,17 +144,22 @@ def build(d: Dialect, schema: str | None = None, events_limit: int = 50) -> Stat
             f"expires_at = {d.plus_ms('?')}, renewed_at = {now}, transitions = transitions + 1, {no_switchover} "
             f"WHERE cluster_name = {p} AND holder_node = {p} AND epoch = ? AND expires_at > {now}"
         ),
+        # Not while the cluster is disabled, in maintenance, or with failover off: the target could not acquire
+        # the handed-over lease then (the acquire gates), and nobody would serve.
         request_switchover=(
             f"UPDATE {lease} SET switchover_to = {p}, switchover_due_at = {d.plus_ms('?')}, switchover_by = ?, "
             f"switchover_requested_at = {now} WHERE cluster_name = {p} AND switchover_requested_at IS NULL "
-            "AND disabled_since IS NULL AND maintenance_since IS NULL"
+            "AND disabled_since IS NULL AND maintenance_since IS NULL AND failover_off_since IS NULL"
         ),
         cancel_switchover=(
             f"UPDATE {lease} SET {no_switchover} WHERE cluster_name = {p} AND switchover_requested_at IS NOT NULL"
         ),
+        # Not while a switchover is pending or its hand-over reservation runs: maintenance would keep the target
+        # from acquiring the released lease, and nobody would serve until it is turned off.
         maintenance_on=(
             f"UPDATE {lease} SET maintenance_since = {now}, maintenance_by = ? "
-            f"WHERE cluster_name = {p} AND maintenance_since IS NULL"
+            f"WHERE cluster_name = {p} AND maintenance_since IS NULL AND switchover_requested_at IS NULL "
+            f"AND (holder_node IS NOT NULL OR handover_to IS NULL OR expires_at IS NULL OR expires_at <= {now})"
         ),
         maintenance_off=(
             f"UPDATE {lease} SET maintenance_since = NULL, maintenance_by = NULL "

@@ -240,7 +240,8 @@ def test_node_is_down_after_three_heartbeats_or_when_stopped(role: str, age: flo
 def test_status_shows_dead_and_stopped_nodes_as_down_with_their_age(tmp_path: Path) -> None:
     db = str(tmp_path / "lease.db")
     dsn = f"Driver=SQLite3;Database={db};Timeout=2000"
-    cfg = write_config(tmp_path / "fos.toml", "c1", dsn)
+    # heartbeat 10 s: m3's fresh row stays "alive" (3 heartbeats) however slowly `fos status` starts on a busy machine
+    cfg = write_config(tmp_path / "fos.toml", "c1", dsn, ttl=30, heartbeat=10)
     cfg.write_text(cfg.read_text().replace("[cluster]", '[cluster]\nalias_url = "http://helpdesk.example.com/"'))
     assert fos("init-db", "--config", str(cfg), dsn=dsn).returncode == 0
 

@@ -141,6 +141,11 @@ REFUSALS: dict[str, tuple[Callable[[SqlLeaseStore], Awaitable[None]], list[str],
         ["--to", "m2"],
         "another switchover is pending (to m3, due in 60 s, by bob@h): wait for it, or `fos switchover --cancel`",
     ),
+    "failover off": (
+        _setup(_holds, lambda s: _standby(s, "m2"), lambda s: s.set_failover_off("ops", "m1", "4 take-overs")),
+        ["--to", "m2"],
+        "automatic failover is off (4 take-overs): run `fos enable` first",
+    ),
     "no other node alive": (
         _setup(_holds, lambda s: _standby(s, "m2", "stopped")),
         [],
@@ -396,13 +401,13 @@ async def test_maintenance_wait_returns_when_every_live_agent_acknowledged(wait_
 
 async def test_maintenance_wait_names_the_agent_that_did_not_acknowledge(tmp_path: Path) -> None:
     dsn = sqlite_dsn(str(tmp_path / "ack.db"))
-    config = write_config(tmp_path / "fos.toml", dsn, heartbeat=0.25)
+    config = write_config(tmp_path / "fos.toml", dsn, heartbeat=0.5)
     store = await _init(dsn)
     nodes = {"m1": Node("active", True, "maintenance"), "m2": Node(sees=None)}  # m2: an agent older than 0.3
     async with agents(dsn, nodes, lambda s: asyncio.sleep(0)):
         started = time.monotonic()
         code, _, err = await fos_process(config, "maintenance", "on", "--wait")
-    assert code == 1 and "fos maintenance: not acknowledged within 1 s: no acknowledgement from m2" in err
+    assert code == 1 and "fos maintenance: not acknowledged within 2 s: no acknowledgement from m2" in err
     assert time.monotonic() - started < 20
     await store.close()
 
@@ -428,10 +433,14 @@ def test_maintenance_on_and_off_are_written_and_repeatable(ops: Ops) -> None:
     assert not ops.db(lambda s: s.read("ops")).control.maintenance
 
 
-def test_maintenance_is_refused_while_a_switchover_is_pending(ops: Ops) -> None:
+def test_maintenance_is_refused_while_a_switchover_is_pending_or_under_way(ops: Ops) -> None:
     ops.db(_setup(_holds, lambda s: s.request_switchover("ops", "m2", 0, "bob@h")))
     code, _, err = ops.fos("maintenance", "on")
     assert code == 1 and "a switchover to m2 is pending: wait for it, or `fos switchover --cancel`" in err
+    assert not ops.db(lambda s: s.read("ops")).control.maintenance
+    assert ops.db(lambda s: s.handover("ops", "m1", 1, "m2", 30_000))
+    code, _, err = ops.fos("maintenance", "on")
+    assert code == 1 and "a switchover is under way (the lease is handed over to m2): try again in a moment" in err
     assert not ops.db(lambda s: s.read("ops")).control.maintenance
 
 

@@ -93,24 +93,30 @@ def test_a_switchover_starts_at_the_handover_and_names_who_asked(request_detail:
     assert t.durations() == {"to_acquire": 0.05, "to_bind": 0.05, "to_healthy": 1.0, "total": 1.1}
 
 
-def test_a_step_down_is_a_fault_and_a_graceful_stop_a_release() -> None:
+def test_a_step_down_or_fence_is_a_fault_and_a_graceful_stop_a_release() -> None:
+    # The agent records why it let go after its release: that event may follow the next node's acquisition.
     events = [
         ev(1, 0, "m1", EventKind.ACQUIRED, 1),
-        ev(2, 1_000, "m1", EventKind.STEPPED_DOWN, 1, "the application failed"),
-        ev(3, 1_500, "m1", EventKind.RELEASED, 1, "stepped down"),
-        ev(4, 1_600, "m2", EventKind.ACQUIRED, 2),
-        ev(5, 9_000, "m2", EventKind.RELEASED, 2, "graceful stop"),
-        ev(6, 9_100, "m1", EventKind.ACQUIRED, 3),
-        ev(7, 20_000, "m1", EventKind.RESUMED, 4, "re-acquired own lease of epoch 3"),
+        ev(2, 1_500, "m1", EventKind.RELEASED, 1, "the application failed: stepping down"),
+        ev(3, 1_600, "m2", EventKind.ACQUIRED, 2),
+        ev(4, 1_610, "m1", EventKind.STEPPED_DOWN, 1, "the application failed"),
+        ev(5, 9_000, "m2", EventKind.RELEASED, 2, "SIGTERM: letting go"),
+        ev(6, 9_050, "m2", EventKind.DEMOTED, 2, "SIGTERM: letting go"),
+        ev(7, 9_100, "m1", EventKind.ACQUIRED, 3),
+        ev(8, 20_000, "m1", EventKind.RESUMED, 4, "re-acquired own lease of epoch 3"),
+        ev(9, 30_000, "m1", EventKind.FENCED, 4, "no renewal before the fence deadline"),
+        ev(10, 30_100, "m1", EventKind.RELEASED, 4, "fenced"),
+        ev(11, 30_200, "m2", EventKind.ACQUIRED, 5),
     ]
-    _, down, stop, resumed = timeline(events)
+    _, down, stop, resumed, fenced = timeline(events)
     assert (down.trigger, down.start, down.durations()["to_acquire"]) == (
-        "fault (the application failed)",
+        "fault (stepped down: the application failed)",
         "released",
         0.1,
     )
-    assert stop.trigger == "release (graceful stop)" and stop.from_node == "m2"
+    assert stop.trigger == "release (SIGTERM: letting go)" and stop.from_node == "m2"
     assert resumed.trigger.startswith("restart") and resumed.start_at is None
+    assert fenced.trigger == "fault (fenced: no renewal before the fence deadline)"
 
 
 def test_the_text_timeline_lists_every_event_and_each_transitions_phases() -> None:

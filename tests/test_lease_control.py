@@ -65,7 +65,9 @@ async def test_a_switchover_request_is_stored_on_the_database_clock_and_only_one
 
 async def test_the_holder_drops_a_stale_request_with_its_own_kind_and_reason(store: SqlLeaseStore) -> None:
     c = unique("sw")
-    assert await store.request_switchover(c, "m2", 0, "alice@db1")
+    assert await store.request_switchover(c, "m2", -5000, "alice@db1")  # overdue, as a stopped holder finds it
+    pending = (await store.read(c)).control.switchover
+    assert pending is not None and pending.due and -6000 < pending.due_in_ms <= -5000
     reason = "due 5.2 s ago, more than two heartbeats"
     assert await store.cancel_switchover(c, "m1", kind=EventKind.SWITCHOVER_STALE, detail=reason)
     (event, _) = await store.list_events(c)
@@ -189,3 +191,24 @@ async def test_a_pending_switchover_reads_as_a_switchover(store: SqlLeaseStore) 
     assert await store.request_switchover(c, "m2", 0, "failback")
     pending = (await store.read(c)).control.switchover
     assert isinstance(pending, Switchover) and pending.by == "failback" and pending.due_in_ms <= 0
+
+
+async def test_maintenance_cannot_start_during_a_switchover_and_failover_off_refuses_one(store: SqlLeaseStore) -> None:
+    # Either would keep the target out of the handed-over lease (the acquire gates), and nobody would serve.
+    c = unique("race")
+    got = await store.try_acquire(c, "m1", 30_000, instance="i1")
+    assert await store.request_switchover(c, "m2", 0, "op@h")
+    assert not await store.set_maintenance(c, True, "op@h")  # pending
+    assert await store.handover(c, "m1", got.epoch, "m2", 300)
+    assert not await store.set_maintenance(c, True, "op@h")  # the reservation runs
+    await _expire(store)(c)
+    assert await store.set_maintenance(c, True, "op@h")  # the reservation is over: a plain free lease
+    assert await store.set_maintenance(c, False, "op@h")
+    assert await store.set_failover_off(c, "m1", "flapping")
+    assert not await store.request_switchover(c, "m2", 0, "op@h")
+    assert [e.kind for e in await store.list_events(c, limit=4)] == [
+        "flapping",
+        "maintenance_off",
+        "maintenance_on",
+        "handover",
+    ]

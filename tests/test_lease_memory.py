@@ -170,3 +170,18 @@ async def test_node_rows_carry_what_the_agent_sees_and_their_age() -> None:
     clock.now += 1.5
     (row,) = await store.list_nodes("c")
     assert row.sees == "maintenance" and row.last_seen_age_s == 1.5
+
+
+async def test_maintenance_cannot_start_during_a_switchover_and_failover_off_refuses_one() -> None:
+    clock = Clock()
+    store = MemoryLeaseStore(clock)
+    got = await store.try_acquire("c", "m1", 3000, instance="a")
+    assert await store.request_switchover("c", "m2", 0, "op@h")
+    assert not await store.set_maintenance("c", True, "op@h")
+    assert await store.handover("c", "m1", got.epoch, "m2", 300)
+    assert not await store.set_maintenance("c", True, "op@h")
+    clock.now += 1
+    assert await store.set_maintenance("c", True, "op@h")
+    assert await store.set_maintenance("c", False, "op@h")
+    assert await store.set_failover_off("c", "m1", "flapping")
+    assert not await store.request_switchover("c", "m2", 0, "op@h")

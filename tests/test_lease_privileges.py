@@ -132,6 +132,7 @@ async def _every_control_operation(agent: SqlLeaseStore) -> None:
     assert await agent.cancel_switchover("c1", "op@h")
     got = await agent.try_acquire("c1", "m1", 5000, instance="i1")
     assert got.acquired and await agent.handover("c1", "m1", got.epoch, "m2", 5000)
+    assert (await agent.try_acquire("c1", "m2", 5000, instance="i2")).acquired  # the target takes it
     assert await agent.set_maintenance("c1", True, "op@h") and await agent.set_maintenance("c1", False, "op@h")
     assert await agent.set_failover_off("c1", "m2", "flapping")
     assert await agent.set_disabled("c1", True, "op@h") and await agent.set_disabled("c1", False, "op@h")
