@@ -50,7 +50,7 @@ async def test_a_switchover_hands_the_lease_to_the_target_at_once_and_the_ip_mov
     # Seen within half a heartbeat, handed over (not expired: the ttl is 3 s), promoted without waiting.
     assert took < 0.5 + 0.5, f"switchover took {took:.2f}s"
     let_go = min(t for t in m1.binder.times("unbind") if t > asked)
-    assert let_go - asked < 0.25 + 0.1, "m1 saw the request within half a heartbeat"
+    assert let_go - asked < 0.25 + 0.15, "m1 saw the request within half a heartbeat"
     assert m1.agent.role is Role.STANDBY and not m1.binder.bound and m2.binder.bound
     assert let_go < m2.binder.times("bind")[0], "the IP left m1 before m2 bound it"
     assert m1.app.stopped_at[-1] < m2.app.started_at[0], "m1's app stopped before m2's started"
@@ -146,7 +146,7 @@ async def test_a_scheduled_switchover_happens_at_its_time_not_a_heartbeat_later(
     asked = time.monotonic()
     await until(lambda: any(t > asked for t in m1.binder.times("unbind")), 3, "m1 lets go")
     let_go = min(t for t in m1.binder.times("unbind") if t > asked) - asked
-    assert 0.69 <= let_go < 0.7 + 0.2, f"let go {let_go:.2f}s after a request due in 0.7s"
+    assert 0.69 <= let_go < 0.7 + 0.25, f"let go {let_go:.2f}s after a request due in 0.7s"
     await until(lambda: m2.agent.role is Role.ACTIVE, 3, "m2 active")
     await m1.kill()
     await m2.kill()
