@@ -40,11 +40,14 @@ class Application(Protocol):
 
     def running(self) -> bool | None: ...  # None: fos cannot tell (start/stop commands)
 
+    def detach(self) -> None: ...  # maintenance: the app must outlive this agent's exit (a restart adopts it)
+
 
 KEEPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "keeper.py")
 ORPHAN_GRACE = 0.5  # after the agent died: how long the keeper lets the application end on SIGTERM before SIGKILL
 KILL_WAIT = 5.0  # a stop (which runs to its end even when cancelled) gives up on a process SIGKILL cannot end
 _POLL = 0.02  # polling a process group that is not our child (nothing to wait() on)
+ADOPTED_POLL_S = 0.2  # how soon an adopted application's exit is noticed
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,23 @@ async def _terminate_group(proc: asyncio.subprocess.Process, timeout: float) -> 
         log.error("app_unkillable", pid=pgid, waited=KILL_WAIT)
         return False
     return True
+
+
+async def _end_foreign_group(pgid: int, timeout: float) -> None:
+    """End a process group that is not our child (an orphan, an adopted application): SIGTERM, up to `timeout`
+    for it to go, then SIGKILL. Not our child: nothing to wait() on or be notified by, so poll."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    end = loop.time() + timeout
+    while loop.time() < end and keeper.group_alive(pgid):  # noqa: ASYNC110
+        await asyncio.sleep(_POLL)
+    if keeper.group_alive(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        end = loop.time() + KILL_WAIT
+        while loop.time() < end and keeper.group_alive(pgid):  # noqa: ASYNC110
+            await asyncio.sleep(_POLL)
 
 
 def _stat(pid: int) -> list[bytes] | None:
@@ -272,6 +292,7 @@ class SupervisedCommand:
         self.creds = resolve_credentials(user, group)
         self.exited = asyncio.Event()
         self._proc: asyncio.subprocess.Process | None = None
+        self._adopted: int | None = None  # the keeper's pid of an application adopted from a predecessor
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self, env: dict[str, str]) -> None:
@@ -301,6 +322,11 @@ class SupervisedCommand:
         await _to_the_end(self._stop())
 
     async def _stop(self) -> None:
+        if self._adopted is not None:
+            await _end_foreign_group(self._adopted, self.stop_timeout)
+            if keeper.group_alive(self._adopted):
+                return
+            self._adopted = None
         if self._proc is not None:
             if not await _terminate_group(self._proc, self.stop_timeout):
                 return  # still there: running() stays true, and the pidfile stays for the next agent
@@ -310,7 +336,50 @@ class SupervisedCommand:
                 os.unlink(self.pidfile)
 
     def running(self) -> bool | None:
+        if self._adopted is not None:
+            return keeper.group_alive(self._adopted)
         return self._proc is not None and self._proc.returncode is None
+
+    def detach(self) -> None:
+        """Maintenance: let the application outlive this agent. SIGUSR1 tells the keeper to ignore the agent's
+        death (keeper.py); the pidfile stays, so that the next agent adopts the application (adopt)."""
+        pid = (
+            self._adopted if self._adopted is not None else (self._proc.pid if self.running() and self._proc else None)
+        )
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGUSR1)
+        # asyncio kills a child still running when its transport is closed or collected (at the loop's end):
+        # forget the Popen so that nothing of ours ends the keeper. No public API says "let it outlive us".
+        transport = getattr(self._proc, "_transport", None)
+        if transport is not None and hasattr(transport, "_proc"):
+            transport._proc = None
+        log.info("app_left_running", pid=pid)
+
+    async def adopt(self) -> int | None:
+        """Take over the application a predecessor left running during maintenance instead of ending it: the
+        pidfile's session leader, verified as reap_orphan does. Returns its pid, None if there is none (then
+        reap_orphan cleans up). A ConfigError if its agent still runs. The adopted keeper is not our child and no
+        longer ends with an agent: it is watched by polling, and stop() ends its group like an orphan's."""
+        if not self.pidfile or (record := _read_pidfile(self.pidfile)) is None or not await _still_ours(record):
+            return None
+        if (agent := _live_supervisor(record)) is not None:
+            raise ConfigError(
+                f"the application in {self.pidfile} (pid {record['pid']}) is supervised by a running fos agent "
+                f"(pid {agent}): stop that agent first, or give this one another --state-dir"
+            )
+        pid: int = record["pid"]
+        self._adopted, self.exited = pid, asyncio.Event()
+        self._watch = asyncio.create_task(self._watch_adopted(pid))
+        log.warning("app_adopted", pid=pid)
+        return pid
+
+    async def _watch_adopted(self, pid: int) -> None:
+        while keeper.group_alive(pid):  # noqa: ASYNC110 - not our child: nothing to wait() on
+            await asyncio.sleep(ADOPTED_POLL_S)
+        log.info("app_exited", pid=pid)
+        self.exited.set()
 
     async def reap_orphan(self) -> int | None:
         """End the process group a crashed predecessor left running; return its pid, if there was one. Only a
@@ -332,15 +401,7 @@ class SupervisedCommand:
             )
         if ours:
             log.warning("app_orphan_found", pid=pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
-            end = asyncio.get_running_loop().time() + self.stop_timeout
-            # Not our child: nothing to wait() on or be notified by, so poll.
-            while asyncio.get_running_loop().time() < end and keeper.group_alive(pid):  # noqa: ASYNC110
-                await asyncio.sleep(_POLL)
-            if keeper.group_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
+            await _end_foreign_group(pid, self.stop_timeout)
         elif record.get("start_time") is None:
             log.warning("app_pidfile_unverifiable", pid=pid, pidfile=self.pidfile)
         with contextlib.suppress(FileNotFoundError):
@@ -403,6 +464,9 @@ class StartStopCommands:
     def running(self) -> bool | None:
         return None
 
+    def detach(self) -> None:
+        """Nothing to do: the application is the system's (tie it to the agent's unit with care, see README)."""
+
 
 class NoApplication:
     """Only the common IP moves (the application runs on both nodes and follows the address)."""
@@ -417,4 +481,7 @@ class NoApplication:
         return None
 
     def running(self) -> bool | None:
+        return None
+
+    def detach(self) -> None:
         return None

@@ -40,6 +40,7 @@ def status(agent: Agent) -> dict[str, Any]:
         "app_detail": agent.health.last_detail,
         "loop_age_s": round(now - agent.last_tick, 3),
         **lease_seen(agent),
+        "control": control_seen(agent),
         "replication": replication_seen(agent),
     }
 
@@ -50,6 +51,21 @@ def replication_seen(agent: Agent) -> dict[str, object] | None:
     if schedule is None or schedule.last_freshness is None:
         return None
     return schedule.last_freshness.as_dict()
+
+
+def control_seen(agent: Agent) -> dict[str, Any]:
+    """The control state as this agent last read it (pending switchover, maintenance, disabled, flapping)."""
+    c = agent.ops.control
+    sw = c.switchover
+    return {
+        "maintenance": c.maintenance,
+        "maintenance_by": c.maintenance_by,
+        "disabled": c.disabled,
+        "disabled_by": c.disabled_by,
+        "failover_off": c.failover_off,
+        "failover_off_reason": c.failover_off_reason,
+        "switchover": None if sw is None else {"to": sw.to, "due_in_s": sw.due_in_ms / 1000, "by": sw.by},
+    }
 
 
 def lease_seen(agent: Agent) -> dict[str, Any]:

@@ -15,6 +15,8 @@ Why a process of our own between agent and application: PR_SET_PDEATHSIG reaches
 if that child is still a direct child; a shell command forks, daemons double-fork. When the agent dies the keeper
 ends the whole process group: SIGTERM, up to GRACE seconds for it to go, then SIGKILL. SIGTERM while the agent
 lives is the agent's own stop (sent to the whole group): the keeper then just keeps waiting for the application.
+SIGUSR1 detaches the keeper (an agent stopped during maintenance mode): from then on the agent's death is ignored,
+the application keeps running, and every SIGTERM is a stop sent to the group (by the agent that adopted it).
 
 Stdlib only and no import from the agent package: it runs with -I -S, as root or whoever runs the agent, before
 anything of the application is set up. This module is also imported by agent/app.py for `group_alive`.
@@ -130,13 +132,19 @@ def _end_group(grace: float, app: int) -> None:
 def main(argv: list[str]) -> int:
     spec = Spec(argv)
     stopping = False
+    detached = False
 
     def on_sigterm(signum: int, frame: object) -> None:
         nonlocal stopping
-        if os.getppid() != spec.agent_pid:
+        if os.getppid() != spec.agent_pid and not detached:
             raise _Orphaned
         stopping = True  # the agent's stop reached the whole group: the application has it too
 
+    def on_detach(signum: int, frame: object) -> None:
+        nonlocal detached
+        detached = True  # maintenance: the agent exits and leaves the application running (a restart adopts it)
+
+    signal.signal(signal.SIGUSR1, on_detach)
     signal.signal(signal.SIGTERM, on_sigterm)
     app = 0
     try:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from lease.model import SEES_DISABLED, SEES_FAILOVER_OFF, SEES_MAINTENANCE
+
 from .roles import Role
+
+CONTROL_STATES = (SEES_MAINTENANCE, SEES_DISABLED, SEES_FAILOVER_OFF)
 
 
 class Metrics:
@@ -29,8 +33,20 @@ class Metrics:
         self.lease_holder = Gauge(
             "fos_lease_holder", "1 for the node this agent last saw holding the lease", ["holder"], registry=r
         )
+        self.control = Gauge(
+            "fos_control_state",
+            "1 while this control state is in force as the agent last read it (maintenance, disabled, failover_off)",
+            ["state"],
+            registry=r,
+        )
         for role in Role:
             self.role.labels(role=role.value).set(0)
+        for state in CONTROL_STATES:
+            self.control.labels(state=state).set(0)
+
+    def set_control(self, states: frozenset[str]) -> None:
+        for state in CONTROL_STATES:
+            self.control.labels(state=state).set(1 if state in states else 0)
 
     def set_role(self, role: Role) -> None:
         for r in Role:

@@ -16,7 +16,7 @@ import enum
 from dataclasses import dataclass
 from typing import assert_never
 
-from lease.model import LeaseState, NodeRecord
+from lease.model import EventKind, LeaseState, NodeRecord
 
 from .timing import MIN_RETRY_S, RHO, fence_deadline
 
@@ -40,6 +40,10 @@ class Decision:
     reason: str
     hold_off: float = 0.0  # seconds before competing for the lease again (after a step-down)
     then_stop: bool = False  # DEMOTING/FENCED: exit afterwards instead of returning to standby
+    handover_to: str | None = None  # DEMOTING for a switchover: hand the lease to this node instead of releasing
+    event: EventKind | None = None  # DEMOTING: the event to record instead of STEPPED_DOWN / DEMOTED
+    resume: bool = False  # PROMOTING while already serving: (re)start the app in place, the IP stays
+    leave_running: bool = False  # STOPPED during maintenance: the app and the IP stay, the lease is not released
 
 
 @dataclass(frozen=True)
@@ -77,19 +81,34 @@ def plan_standby(
     expired by observed_at + remaining * (1 + RHO): wake exactly then, not at the next poll. `poll` bounds the
     wait so that a release (which sets expires_at = now) is noticed within it. Only this very agent process
     (same node name and instance) may resume an unexpired lease: another process with our name — a clone, a
-    second `fos run` — waits for the expiry like any other node.
+    second `fos run` — waits for the expiry like any other node. The control state (disabled, maintenance,
+    automatic failover off, a handover reserved for another node) refuses as the acquire statement would
+    (LeaseState.acquire_refusal): no attempt that cannot succeed, and a wait of `poll` before looking again.
     """
     if observed_at < not_before:
         return StandbyPlan(StandbyAction.WAIT, min(not_before, observed_at + poll), "holding off after a step-down")
-    if not state.held:
-        why = "the lease is free" if state.holder is None else f"{state.holder}'s lease expired"
+    refusal = state.acquire_refusal(me, instance)
+    if refusal is None:
+        if state.reserved_for == me:
+            why = "the lease was handed over to us"
+        elif state.holder is not None and state.held:
+            why = "the database still names this agent: resume"
+        else:
+            why = "the lease is free" if state.holder is None else f"{state.holder}'s lease expired"
         return StandbyPlan(StandbyAction.ACQUIRE, observed_at, why)
-    if state.holder == me and instance is not None and state.holder_instance == instance:
-        return StandbyPlan(StandbyAction.ACQUIRE, observed_at, "the database still names this agent: resume")
     remaining = max(0.0, (state.remaining_ms or 0) / 1000.0)
     expiry = observed_at + remaining * (1 + RHO)
-    who = state.holder if state.holder != me else f"another agent named {me} ({state.holder_instance or '?'})"
-    return StandbyPlan(StandbyAction.WAIT, min(expiry, observed_at + poll), f"{who} holds epoch {state.epoch}")
+    if not state.held and state.reserved_for is None:  # free or expired, yet refused: the control state
+        return StandbyPlan(StandbyAction.WAIT, observed_at + poll, refusal)
+    if state.reserved_for is not None:
+        return StandbyPlan(StandbyAction.WAIT, min(expiry, observed_at + poll), refusal)
+    if state.holder == me:
+        refusal = f"another agent named {me} ({state.holder_instance or '?'}) holds epoch {state.epoch}"
+    elif state.control.disabled or state.control.maintenance or state.control.failover_off:
+        return StandbyPlan(StandbyAction.WAIT, observed_at + poll, refusal)
+    else:
+        refusal = f"{state.holder} holds epoch {state.epoch}"
+    return StandbyPlan(StandbyAction.WAIT, min(expiry, observed_at + poll), refusal)
 
 
 def plan_retry(state: LeaseState, me: str, instance: str | None, now: float, poll: float, not_before: float) -> float:
@@ -157,9 +176,29 @@ class HoldEvent(enum.Enum):
     STOP_REQUESTED = "stop_requested"
     APP_FAILED = "app_failed"
     WORK_FAILED = "work_failed"
+    SWITCHOVER = "switchover"  # a due switchover to another node (detail: the target)
+    DISABLED = "disabled"  # the cluster was disabled (detail: by whom)
+    MAINTENANCE_OVER = "maintenance_over"  # maintenance ended while the app had failed or was not running
 
 
-def after_holding(event: HoldEvent, detail: str, hold_off: float, min_hold: float) -> Decision:
+def let_go_event(decision: Decision) -> EventKind | None:
+    """The event a DEMOTING decision records once the node let go (a handover records its own, HANDOVER)."""
+    if decision.handover_to is not None:
+        return None
+    if decision.event is not None:
+        return decision.event
+    return EventKind.DEMOTED if decision.then_stop else EventKind.STEPPED_DOWN
+
+
+@dataclass(frozen=True)
+class Modes:
+    """The control state in force while holding, as far as it changes what an event means."""
+
+    maintenance: bool = False  # no step-down for the app, no app start or stop; a stop leaves everything running
+    failover_off: bool = False  # anti-flap tripped: nobody else may acquire, so restart the app here instead
+
+
+def after_holding(event: HoldEvent, detail: str, hold_off: float, min_hold: float, modes: Modes = Modes()) -> Decision:
     """The next role once holding the lease (while PROMOTING or ACTIVE) ended for `event`."""
     match event:
         case HoldEvent.WORK_DONE:
@@ -170,8 +209,14 @@ def after_holding(event: HoldEvent, detail: str, hold_off: float, min_hold: floa
             return Decision(Role.FENCED, f"the lease was lost ({detail})", min_hold)
         case HoldEvent.SUSPENDED:
             return Decision(Role.FENCED, f"the machine was suspended ({detail}): fencing at once", min_hold)
+        case HoldEvent.STOP_REQUESTED if modes.maintenance:
+            why = f"stop requested during maintenance ({detail}): the application and the IP stay, the lease is kept"
+            return Decision(Role.STOPPED, why, leave_running=True)
         case HoldEvent.STOP_REQUESTED:
             return Decision(Role.DEMOTING, f"stop requested ({detail})", 0.0, then_stop=True)
+        case HoldEvent.APP_FAILED if modes.failover_off:
+            why = f"the application failed ({detail}) while automatic failover is off: restarting it here"
+            return Decision(Role.PROMOTING, why, resume=True)
         case HoldEvent.APP_FAILED:
             return Decision(Role.DEMOTING, f"the application failed ({detail}): stepping down", max(hold_off, min_hold))
         case HoldEvent.IP_FAILED:
@@ -180,6 +225,12 @@ def after_holding(event: HoldEvent, detail: str, hold_off: float, min_hold: floa
             )
         case HoldEvent.WORK_FAILED:
             return Decision(Role.DEMOTING, f"promotion failed ({detail}): stepping down", max(hold_off, min_hold))
+        case HoldEvent.SWITCHOVER:
+            return Decision(Role.DEMOTING, f"switchover to {detail}: handing the lease over", handover_to=detail)
+        case HoldEvent.DISABLED:
+            return Decision(Role.DEMOTING, f"{detail}: letting go", event=EventKind.DEMOTED)
+        case HoldEvent.MAINTENANCE_OVER:
+            return Decision(Role.PROMOTING, f"maintenance over ({detail}): starting the application", resume=True)
         case _:
             assert_never(event)
 

@@ -15,72 +15,59 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, assert_never
 
 import structlog
 
 from lease import (
+    ControlStore,
     EventKind,
     HistoryStore,
-    InvalidName,
     LeaseState,
     LeaseStore,
-    ProtocolViolation,
-    SchemaMissing,
-    StoreConfigError,
     StoreError,
 )
 from netops import AddressBinder, NetopsError
 
-from . import __version__
 from .app import AppError, Application
 from .clock import Clock, wait_event
 from .common_ip import CommonIp
 from .config import Config, NodeConfig
+from .control_rules import standby_poll
+from .failback import FailBack
 from .health import HealthCheck
+from .letgo import emergency_let_go, let_go
 from .metrics import Metrics
+from .operations import Operations
+from .renewal import FATAL_STORE_ERRORS, MISCONFIGURED, apply_renewal, renew_lease
 from .roles import (
     Decision,
     HoldEvent,
     Holding,
-    RenewOutcome,
     Role,
     StandbyAction,
     after_holding,
-    after_renewal,
+    let_go_event,
     plan_retry,
     plan_standby,
     renewal_due,
 )
+from .timing import MIN_RETRY_S
 
 if TYPE_CHECKING:
     from .replication_schedule import ReplicationSchedule
 
-CLEANUP_TIMEOUT_S = 5.0  # each step of the emergency clean-up after an internal error
+
 IP_FAILURES_TO_STEP_DOWN = 2  # reconciliations in a row that could not manage the address (a lapse is not one)
-# A database that misreports row counts (SET NOCOUNT ON, a trigger) cannot judge any compare-and-set, and a name
-# the store refuses will be refused again: no retry cures either, and going on could let two nodes hold. Stop the
-# agent (exit 2 with the reason). A missing schema or driver at run time (a restore, a package upgrade) is only an
-# outage: the holder fences at its deadline as for any outage, and the standby keeps trying (logged at error
-# level); start-up refuses those with exit 2.
-FATAL_STORE_ERRORS = (ProtocolViolation, InvalidName)
-MISCONFIGURED = (StoreConfigError, SchemaMissing)
 
 
-class AgentStore(LeaseStore, HistoryStore, Protocol):
-    """What the agent needs of the database: the lease and the history (SqlLeaseStore, MemoryLeaseStore)."""
+class AgentStore(LeaseStore, HistoryStore, ControlStore, Protocol):
+    """What the agent needs of the database: the lease, the history and the control state (SqlLeaseStore,
+    MemoryLeaseStore)."""
 
 
 class AgentFailed(Exception):
     """The agent stopped on an internal error after dropping the IP, stopping the app and releasing the lease."""
-
-
-@dataclass(frozen=True)
-class _Renewal:
-    sent: float
-    outcome: RenewOutcome
-    error: str = ""
 
 
 class Agent:
@@ -108,12 +95,13 @@ class Agent:
         self.stop_requested = asyncio.Event()
         self.stop_reason = ""
         self.transition_reason = "starting"
-        self._not_before = 0.0
-        self._report_now = asyncio.Event()
+        self.not_before = 0.0
         self._db_down_logged = False
         self._base_log = structlog.get_logger("fos.agent").bind(node=node.name, cluster=cfg.cluster)
         self.log = self._base_log.bind(role=self.role.value)
         self.ip = CommonIp(cfg, binder, clock, self.metrics, self.log)
+        self.ops = Operations(self)
+        self.failback = FailBack(self)
 
     # ---- shorthands --------------------------------------------------------------------------------------
 
@@ -152,7 +140,7 @@ class Agent:
     async def run(self) -> None:
         """Run until stopped. On an internal error (anything but a cancellation): drop the IP, stop the app,
         release the lease, then raise AgentFailed with one line."""
-        reporter = asyncio.create_task(self._report_loop())
+        reporter = asyncio.create_task(self.ops.report_loop())
         try:
             decision = Decision(Role.STANDBY, "agent started")
             self._enter(decision)
@@ -168,7 +156,11 @@ class Agent:
                         decision = await self._demoting(decision)
                     case Role.FENCED:
                         decision = await self._fenced(decision)
+                    case Role.STOPPED if decision.leave_running and not await self.ops.maintenance_now():
+                        decision = Decision(Role.DEMOTING, f"{decision.reason}; maintenance is over", then_stop=True)
                     case Role.STOPPED:
+                        if decision.leave_running:
+                            self.app.detach()  # its keeper must not end it when this process exits
                         break
                     case _:
                         assert_never(self.role)
@@ -176,15 +168,16 @@ class Agent:
         except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             self.log.error("agent_failed", error=detail)
-            await self._emergency_let_go(detail)
+            await emergency_let_go(self, detail)
             raise AgentFailed(f"internal error, stopped after dropping the IP and the app: {detail}") from exc
         finally:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
             await self.health.close()
+            await self.ops.close()
             with contextlib.suppress(StoreError):
-                await self._record_node(Role.STOPPED, None)
+                await self.ops.record_node(Role.STOPPED, None)
 
     def _enter(self, decision: Decision) -> None:
         self.transition_reason = decision.reason
@@ -194,7 +187,7 @@ class Agent:
         log("transition", previous=previous.value, reason=decision.reason)
         self.metrics.set_role(decision.role)
         self.metrics.epoch.set(self.epoch or 0)
-        self._report_now.set()
+        self.ops.report_now.set()
 
     async def _sleep_until(self, when: float) -> None:
         """Sleep until local time `when`, or until a stop is requested."""
@@ -204,6 +197,7 @@ class Agent:
 
     async def _standby(self, _: Decision) -> Decision:
         poll = self.cfg.lease.heartbeat / 2
+        self.failback.entered_standby()
         # A standby never has the common IP: remove a leftover (a crash, a fence whose unbind failed) when the
         # period begins and until that succeeded, but not on every poll: a second agent on this machine (another
         # node name by mistake) would otherwise keep deleting a live address that carries the same marker.
@@ -217,13 +211,18 @@ class Agent:
                 raise
             except StoreError as exc:
                 self._db_down(exc)
+                self.failback.not_ready()
                 if not leftovers_checked:
                     leftovers_checked = await self.ip.drop()
                 await self._sleep_until(self.clock.now() + poll)
                 continue
             self._db_up()
             self._saw(state)
-            plan = plan_standby(state, self.node.name, self.instance, self.clock.now(), poll, self._not_before)
+            self.ops.observe(state)
+            poll = standby_poll(state.control, self.node.name, self.cfg.lease.heartbeat)
+            plan = plan_standby(state, self.node.name, self.instance, self.clock.now(), poll, self.not_before)
+            if plan.action is StandbyAction.WAIT:
+                await self.failback.consider(state, holding_off=self.clock.now() < self.not_before)
             if plan.action is StandbyAction.WAIT:
                 if not leftovers_checked:
                     leftovers_checked = await self.ip.drop()
@@ -246,6 +245,7 @@ class Agent:
                 await self._sleep_until(self.clock.now() + min(poll, 0.1))
                 continue
             if got.acquired:
+                self.ops.acquired(state)
                 took_over = state.holder is not None and (
                     state.holder != self.node.name or state.holder_instance != self.instance
                 )
@@ -258,7 +258,7 @@ class Agent:
             # A lost race, or the row was not as read: plan from what the store saw, never retry at once.
             self._saw(got.seen)
             now = self.clock.now()
-            await self._sleep_until(plan_retry(got.seen, self.node.name, self.instance, now, poll, self._not_before))
+            await self._sleep_until(plan_retry(got.seen, self.node.name, self.instance, now, poll, self.not_before))
         return Decision(Role.STOPPED, f"stop requested ({self.stop_reason})")
 
     def _saw(self, state: LeaseState | None) -> None:
@@ -280,42 +280,6 @@ class Agent:
 
     # ---- holding the lease ----------------------------------------------------------------------------------
 
-    async def _renew(self, epoch: int) -> _Renewal:
-        sent = self.clock.now()
-        try:
-            with self.metrics.renew_latency.time():
-                ok = await self.store.renew(
-                    self.cfg.cluster, self.node.name, epoch, self.ttl_ms, timeout=self.call_timeout
-                )
-            return _Renewal(sent, RenewOutcome.RENEWED if ok else RenewOutcome.LOST)
-        except FATAL_STORE_ERRORS:
-            raise
-        except StoreError as exc:
-            return _Renewal(sent, RenewOutcome.FAILED, str(exc))
-
-    def _apply_renewal(self, renewal: _Renewal) -> tuple[float, bool]:
-        """Fold one renewal into the Holding; return (next renewal time, lease lost)."""
-        assert self.holding is not None
-        lease = self.cfg.lease
-        step = after_renewal(
-            self.holding,
-            renewal.sent,
-            renewal.outcome,
-            self.clock.now(),
-            lease.ttl,
-            lease.fence_margin,
-            lease.heartbeat,
-        )
-        self.holding = step.holding
-        if step.failing:
-            self.metrics.renew_failures.inc()
-            if not self.renew_failing:
-                self.log.warning("renew_failed", error=renewal.error)
-        elif self.renew_failing and not step.lost:
-            self.log.info("renew_recovered")
-        self.renew_failing = step.failing
-        return step.next_renew_at, step.lost
-
     async def _hold(self, work: Coroutine[Any, Any, str] | None, watch_app: bool) -> tuple[HoldEvent, str]:
         """Keep the lease while `work` runs (or, without work, until something happens)."""
         assert self.holding is not None
@@ -323,6 +287,8 @@ class Agent:
         last_attempt = self.holding.last_sent
         ip_failures = 0
         reconcile_again = False
+        control_at: float | None = self.clock.now()  # when to read the control state (besides after a renewal)
+        half_beat = self.cfg.lease.heartbeat / 2
         tasks: dict[str, asyncio.Task[Any]] = {"stop": asyncio.create_task(self.stop_requested.wait())}
         if work is not None:
             tasks["work"] = asyncio.create_task(work)
@@ -338,7 +304,7 @@ class Agent:
                 renewed = False
                 if renew is not None and renew.done():
                     del tasks["renew"]
-                    next_renew, lost = self._apply_renewal(renew.result())
+                    next_renew, lost = apply_renewal(self, renew.result())
                     if lost:
                         return HoldEvent.LEASE_LOST, "a renewal found another epoch or holder"
                     renewed = not self.renew_failing
@@ -365,6 +331,23 @@ class Agent:
                     reconcile_again = False
                 elif renewed:
                     reconcile_again = True  # one is running with an older Holding: go again when it ends
+                # The control state (a switchover, maintenance, disable), read in a task of its own (the loop never
+                # waits for it, and a read uses its own connection): right after a renewal, and half a heartbeat
+                # later (or at a scheduled switchover's time) while renewals succeed, so a request is seen within
+                # half a heartbeat. Not while renewals fail: no extra calls into a database that does not answer.
+                timer_due = control_at is not None and now >= control_at and not self.renew_failing
+                if "control" not in tasks and (renewed or timer_due):
+                    tasks["control"] = asyncio.create_task(self.ops.read_as_holder(acting=work is None))
+                    control_at = None
+                control = tasks.get("control")
+                if control is not None and control.done():
+                    del tasks["control"]
+                    plan = control.result()
+                    app_dropped = watch_app and "app" not in tasks
+                    ended = self.ops.holder_event(plan, acting=work is None, app_dropped=app_dropped)
+                    if ended is not None:
+                        return ended
+                    control_at = now + min(plan.wake_in or half_beat, half_beat)
                 if tasks["stop"].done():
                     return HoldEvent.STOP_REQUESTED, self.stop_reason
                 if "work" in tasks and tasks["work"].done():
@@ -374,14 +357,19 @@ class Agent:
                     return HoldEvent.WORK_FAILED, str(exc)
                 if "app" in tasks and tasks["app"].done():
                     self.metrics.app_healthy.set(0)
-                    return HoldEvent.APP_FAILED, str(tasks["app"].result())
+                    if not self.ops.control.maintenance:
+                        return HoldEvent.APP_FAILED, str(tasks["app"].result())
+                    # Maintenance: no step-down, no restart; looked at again when maintenance ends.
+                    self.log.warning("app_failed_during_maintenance", detail=str(tasks.pop("app").result()))
                 due = renewal_due(
                     next_renew, last_attempt, self.ip.expires_at, self.cfg.lease.heartbeat, self.call_timeout
                 )
                 if "renew" not in tasks and self.clock.now() >= due:
                     last_attempt = self.clock.now()
-                    tasks["renew"] = asyncio.create_task(self._renew(self.holding.epoch))
+                    tasks["renew"] = asyncio.create_task(renew_lease(self, self.holding.epoch))
                 deadline = self.holding.fence_at if "renew" in tasks else min(self.holding.fence_at, due)
+                if control_at is not None and not self.renew_failing:
+                    deadline = min(deadline, max(control_at, now + MIN_RETRY_S))
                 timer = asyncio.create_task(self.clock.sleep_until(deadline))
                 try:
                     await asyncio.wait([*tasks.values(), timer], return_when=asyncio.FIRST_COMPLETED)
@@ -402,18 +390,44 @@ class Agent:
         holding = self.holding
         assert holding is not None
         await self.ip.claim(holding)
+        bound = None
+        if self.ip.managed:  # for `fos history`: when the address came up (recorded while the app starts)
+            bound = asyncio.create_task(self.event(EventKind.IP_BOUND, f"{self.cfg.common_ip} bound", holding.epoch))
+        try:
+            detail = await self._start_app(holding)
+        except BaseException:  # a failed start or a fence: nothing may wait for the event
+            if bound is not None:
+                bound.cancel()
+            raise
+        if bound is not None:
+            await bound  # bounded by the call timeout; in order before PROMOTED
+        await self.event(EventKind.PROMOTED, f"serving {self.cfg.common_ip or 'without a common IP'}: {detail}")
+        self.ops.serving(holding)
+        return f"promotion complete: {detail}"
+
+    async def _start_app(self, holding: Holding) -> str:
+        """Start the app (nothing if it runs: adopted, or still running) and wait until it is healthy."""
         env = {"FOS_NODE": self.node.name, "FOS_CLUSTER": self.cfg.cluster, "FOS_EPOCH": str(holding.epoch)}
         await self.app.start(env)
         ok, detail = await self.health.wait_healthy(self.cfg.app.health.start_grace)
         if not ok:
             raise AppError(detail)
         self.metrics.app_healthy.set(1)
-        await self._event(EventKind.PROMOTED, f"serving {self.cfg.common_ip or 'without a common IP'}: {detail}")
-        return f"promotion complete: {detail}"
+        return detail
 
-    async def _promoting(self, _: Decision) -> Decision:
-        event, detail = await self._hold(self._promote(), watch_app=False)
-        return after_holding(event, detail, self.cfg.app.hold_off, self.cfg.lease.min_hold)
+    async def _resume(self) -> str:
+        """Already serving (the IP stays bound by the renewals): only the application, started in place."""
+        assert self.holding is not None
+        return f"application running again: {await self._start_app(self.holding)}"
+
+    async def _promoting(self, decision: Decision) -> Decision:
+        event, detail = await self._hold(self._resume() if decision.resume else self._promote(), watch_app=False)
+        return self._after_holding(event, detail)
+
+    def _after_holding(self, event: HoldEvent, detail: str) -> Decision:
+        decision = after_holding(event, detail, self.cfg.app.hold_off, self.cfg.lease.min_hold, self.ops.modes)
+        self.failback.after_holding(event)
+        return decision
 
     async def _active(self, _: Decision) -> Decision:
         announcer = asyncio.create_task(self._announce_loop()) if self.cfg.announce.refresh > 0 else None
@@ -426,7 +440,7 @@ class Agent:
                 # ARP may follow the drop of the IP.
                 with contextlib.suppress(asyncio.CancelledError):
                     await announcer
-        return after_holding(event, detail, self.cfg.app.hold_off, self.cfg.lease.min_hold)
+        return self._after_holding(event, detail)
 
     async def _announce_loop(self) -> None:
         while True:
@@ -435,70 +449,22 @@ class Agent:
 
     # ---- letting go ---------------------------------------------------------------------------------------
 
-    async def _let_go(self, kind: EventKind, decision: Decision) -> None:
-        """IP first (from then on no user traffic reaches this node), then the app, then the lease."""
-        ip_gone = await self.ip.drop()
-        await self.app.stop()
-        self.metrics.app_healthy.set(0)
-        self.health.forget("the application is stopped on this node")
-        holding, self.holding = self.holding, None
-        if holding is not None:
-            await self._release(holding, decision.reason, ip_gone)
-            await self._event(kind, decision.reason, holding.epoch)
-        self.renew_failing = False
-        self.metrics.epoch.set(0)
-        self.metrics.lease_seconds_left.set(0)
-        self._not_before = self.clock.now() + decision.hold_off
-
-    async def _release(self, holding: Holding, detail: str, ip_gone: bool) -> None:
-        """Release the lease, but only once the IP is confirmed gone: a release lets the next node in at once,
-        while the address we could not remove is still here. Kept instead, the lease expires by itself after
-        the kernel removed the address (its lifetime ends before F, and F before the expiry)."""
-        if not ip_gone:
-            self.log.error("lease_kept_until_expiry", epoch=holding.epoch, reason="the common IP could not be removed")
-            return
-        try:
-            released = await self.store.release(
-                self.cfg.cluster, self.node.name, holding.epoch, detail=detail[:200], timeout=self.call_timeout
-            )
-            self.log.info("lease_released" if released else "lease_already_gone", epoch=holding.epoch)
-        except StoreError as exc:
-            self.log.warning("lease_release_failed", epoch=holding.epoch, error=str(exc))
-
-    async def _emergency_let_go(self, detail: str) -> None:
-        """After an internal error: IP, app and lease, each bounded; the lease only once the IP is gone."""
-        ip_gone = False
-        try:
-            async with asyncio.timeout(CLEANUP_TIMEOUT_S):
-                ip_gone = await self.ip.drop()
-        except Exception as exc:
-            self.log.error("cleanup_failed", step="ip", error=f"{type(exc).__name__}: {exc}")
-        try:
-            async with asyncio.timeout(CLEANUP_TIMEOUT_S):
-                await self.app.stop()
-        except Exception as exc:
-            self.log.error("cleanup_failed", step="app", error=f"{type(exc).__name__}: {exc}")
-        holding, self.holding = self.holding, None
-        if holding is not None:
-            try:
-                async with asyncio.timeout(CLEANUP_TIMEOUT_S):
-                    await self._release(holding, detail, ip_gone)
-            except Exception as exc:
-                self.log.error("cleanup_failed", step="lease", error=f"{type(exc).__name__}: {exc}")
-
     async def _demoting(self, decision: Decision) -> Decision:
-        await self._let_go(EventKind.DEMOTED if decision.then_stop else EventKind.STEPPED_DOWN, decision)
+        await let_go(self, let_go_event(decision), decision)
         if decision.then_stop:
             return Decision(Role.STOPPED, f"stopped ({self.stop_reason})")
+        if decision.handover_to is not None:
+            return Decision(Role.STANDBY, f"handed the lease over to {decision.handover_to}")
         return Decision(Role.STANDBY, f"stepped down; competing again in {decision.hold_off:g}s")
 
     async def _fenced(self, decision: Decision) -> Decision:
-        await self._let_go(EventKind.FENCED, decision)
+        await let_go(self, EventKind.FENCED, decision)
         if self.stop_requested.is_set():
             return Decision(Role.STOPPED, f"stopped ({self.stop_reason})")
         return Decision(Role.STANDBY, "fenced; back to standby")
 
-    async def _event(self, kind: EventKind, detail: str, epoch: int | None = None) -> None:
+    async def event(self, kind: EventKind, detail: str, epoch: int | None = None) -> None:
+        """Record an event (best effort: a database error is only logged)."""
         try:
             await self.store.record_event(
                 self.cfg.cluster,
@@ -510,26 +476,3 @@ class Agent:
             )
         except StoreError as exc:
             self.log.debug("event_not_recorded", kind=kind.value, error=str(exc))
-
-    # ---- node row -----------------------------------------------------------------------------------------
-
-    async def _record_node(self, role: Role, healthy: bool | None) -> None:
-        await self.store.record_node(
-            self.cfg.cluster,
-            self.node.name,
-            role.value,
-            healthy,
-            self.node.url,
-            __version__,
-            instance=self.instance,
-            timeout=self.call_timeout,
-        )
-
-    async def _report_loop(self) -> None:
-        while True:
-            self._report_now.clear()
-            try:
-                await self._record_node(self.role, self.health.healthy)
-            except StoreError as exc:
-                self.log.debug("node_row_not_recorded", error=str(exc))
-            await wait_event(self._report_now, self.cfg.lease.heartbeat)

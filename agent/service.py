@@ -35,9 +35,10 @@ from .config_notify import require_secrets
 from .exits import EXIT_FAILED, EXIT_OK
 from .http import start_server
 from .notifier import Notifier, start_notifier
+from .renewal import FATAL_STORE_ERRORS
 from .replication_schedule import ReplicationSchedule
 from .roles import Role, live_namesake
-from .runner import FATAL_STORE_ERRORS, Agent, AgentFailed
+from .runner import Agent, AgentFailed
 from .statedir import StateDir
 from .stores import open_store
 from .timing import check
@@ -130,6 +131,16 @@ async def _check_database(store: SqlLeaseStore, cfg: Config, node: NodeConfig, i
         )
 
 
+async def _holder_in_maintenance(store: SqlLeaseStore, cfg: Config, node: NodeConfig) -> bool:
+    """This node holds (or held last) the lease and maintenance mode is on: the application its predecessor left
+    running (an agent stopped during maintenance) is adopted, not ended. Unreadable: False (end it, as always)."""
+    try:
+        state = await store.read(cfg.cluster, timeout=max(cfg.call_timeout, 2.0))
+    except StoreError:
+        return False
+    return state.holder == node.name and state.control.maintenance
+
+
 async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
     """Run the agent until SIGTERM/SIGINT. Bad input raises ConfigError before anything is started."""
     log = structlog.get_logger("fos.run").bind(node=node.name, cluster=cfg.cluster)
@@ -157,7 +168,9 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
                     runner = await start_server(agent, cfg.http_listen)
                 except OSError as exc:
                     raise ConfigError(f"http.listen = {cfg.http_listen!r} cannot be used: {exc.strerror}") from None
-            if isinstance(app, SupervisedCommand):
+            if isinstance(app, SupervisedCommand) and not (
+                await _holder_in_maintenance(store, cfg, node) and await app.adopt() is not None
+            ):
                 await app.reap_orphan()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -3,9 +3,11 @@
 Two nodes and a client; the lease database on PostgreSQL in its own host (fos); the demo web app on each node
 answering with its node name; the client requests the common IP every 20 ms; a sampler records every 10 ms which
 node has the common IP bound. Faults: kill -9 of the active agent with its app (process death), the active host's
-link cut (machine death), SIGTERM (graceful). Reported per setup and fault: median and max over the repetitions
-of fault -> client served by the new node, and for fos the part of it after the lease expired; plus the number
-of samples in which both nodes had the common IP bound.
+link cut (machine death), SIGTERM (graceful), and a planned switchover: for fos the command `fos switchover --to`
+(timed from its launch; "after command" is the part after it returned, having written the request), for
+keepalived the graceful move of the master (SIGTERM: it resigns with a priority-0 advert). Reported per
+setup and fault: median and max over the repetitions of fault -> client served by the new node, and for fos the
+part of it after the lease expired; plus the number of samples in which both nodes had the common IP bound.
 
     .venv/bin/python bench/failover.py [--reps 5] [--timings 2/0.5,3/1,10/3] [--with-default] [--no-keepalived]
 """
@@ -30,7 +32,8 @@ from common import save, table
 from tests.support.cluster import VIP, WEBAPP, Cluster, IpSampler, Prober
 from tests.support.netns import Host, Lan, wait_for
 
-FAULTS = ["kill9", "linkcut", "sigterm"]
+FAULTS = ["kill9", "linkcut", "sigterm", "switchover"]
+SWITCHOVER_VIA = "cli"  # or "store": --switchover-via
 TAKEOVER = re.compile(r"expired (-?\d+) ms before the read")
 
 
@@ -44,17 +47,30 @@ def log_time_of(text: str, node: str, role: str, after_wall: float) -> float | N
     return None
 
 
-def inject(c: Cluster, fault: str, active: str) -> None:
+def inject(c: Cluster, fault: str, active: str) -> tuple[float, float | None]:
+    """Inject the fault; return when it began and, for the switchover, when the command returned (monotonic)."""
     host = c.host(active)
+    began = time.monotonic()
+    if fault == "switchover":
+        standby = "m2" if active == "m1" else "m1"
+        if SWITCHOVER_VIA == "store":  # the request statement alone: the agents' part, without the command's start
+            assert c.store_call("request_switchover", standby, 0, "bench@failover") is True
+            return c.last_call
+        out = c.fos("switchover", "--to", standby)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return began, time.monotonic()
     if fault == "kill9":
         c.kill_agent(active, with_app=True)
     elif fault == "linkcut":
         host.cut_link()
     else:
         c.agents[active].send_signal(signal.SIGTERM)
+    return began, None
 
 
 def heal(c: Cluster, fault: str, failed: str) -> None:
+    if fault == "switchover":
+        return  # the old holder is a standby already
     if fault == "linkcut":
         c.host(failed).restore_link()
         if c.agents[failed].poll() is None:
@@ -81,8 +97,8 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> 
                 0.02,
                 "the client to be served",
             )
-            t0, w0 = time.monotonic(), time.time()
-            inject(c, fault, active)
+            w0 = time.time()
+            t0, command_done = inject(c, fault, active)
             served = wait_for(
                 lambda s=standby, t=t0: c.prober.first_answer_from(s, t), ttl * 3 + 20, 0.01, "the take-over"
             )
@@ -91,7 +107,7 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> 
             events = c.client.run(
                 sys.executable, "-m", "agent", "status", "--json", "--config", c.config, check=False
             ).stdout
-            match = TAKEOVER.search(events) if fault != "sigterm" else None
+            match = TAKEOVER.search(events) if fault not in ("sigterm", "switchover") else None
             if acquired_wall is not None and match:
                 expiry_wall = acquired_wall - int(match.group(1)) / 1000.0
                 after_expiry = served - (t0 + (expiry_wall - w0))
@@ -100,6 +116,7 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> 
                     "served": served - t0,
                     "after_expiry": after_expiry,
                     "read_after_expiry": int(match.group(1)) / 1000.0 if match else None,
+                    "after_command": None if command_done is None else served - command_done,
                 }
             )
             heal(c, fault, active)
@@ -108,13 +125,15 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> 
     finally:
         c.close()
         lan.close()
-    return summarise(f"fos ttl {ttl:g}/hb {heartbeat:g}", fault, results, both)
+    via = f" ({SWITCHOVER_VIA})" if fault == "switchover" else ""
+    return summarise(f"fos ttl {ttl:g}/hb {heartbeat:g}{via}", fault, results, both)
 
 
 def summarise(setup: str, fault: str, results: list[dict[str, Any]], both: int) -> dict[str, Any]:
     served = [r["served"] for r in results]
     after = [r["after_expiry"] for r in results if r.get("after_expiry") is not None]
     late = [r["read_after_expiry"] for r in results if r.get("read_after_expiry") is not None]
+    after_command = [r["after_command"] for r in results if r.get("after_command") is not None]
     return {
         "setup": setup,
         "fault": fault,
@@ -124,6 +143,8 @@ def summarise(setup: str, fault: str, results: list[dict[str, Any]], both: int) 
         "after_expiry_median_s": statistics.median(after) if after else None,
         "after_expiry_max_s": max(after) if after else None,
         "read_after_expiry_max_s": max(late) if late else None,
+        "after_command_median_s": statistics.median(after_command) if after_command else None,
+        "after_command_max_s": max(after_command) if after_command else None,
         "both_bound_samples": both,
         "raw": results,
     }
@@ -203,7 +224,7 @@ def keepalived_fault(lan: Lan, fault: str, reps: int) -> dict[str, Any]:
                 hosts[active].run("ip", "addr", "del", f"{VIP}/24", "dev", "eth0", check=False)
             elif fault == "linkcut":
                 hosts[active].cut_link()
-            else:
+            else:  # sigterm, and the switchover: keepalived's graceful move is the master resigning
                 kad[active].send_signal(signal.SIGTERM)
             served = wait_for(lambda s=standby, t=t0: prober.first_answer_from(s, t), 30, 0.01, "take-over")
             results.append({"served": served - t0})
@@ -235,6 +256,12 @@ def main() -> None:
     parser.add_argument("--no-keepalived", action="store_true")
     parser.add_argument("--faults", default=",".join(FAULTS), help="subset of " + ",".join(FAULTS))
     parser.add_argument("--no-fos", action="store_true")
+    parser.add_argument(
+        "--switchover-via",
+        choices=["cli", "store"],
+        default="cli",
+        help="the switchover request: the fos switchover command (timed from its launch), or the store's statement",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/failover.py needs root: it builds network namespaces")
@@ -242,6 +269,8 @@ def main() -> None:
     if args.with_default:
         timings.append((180.0, 10.0))
     FAULTS[:] = [f for f in args.faults.split(",") if f in FAULTS]
+    global SWITCHOVER_VIA
+    SWITCHOVER_VIA = args.switchover_via
     rows: list[dict[str, Any]] = []
     if not args.no_keepalived:
         rows += keepalived_runs(Lan, args.reps)
@@ -261,6 +290,8 @@ COLUMNS = [
     ("after_expiry_median_s", "after expiry median s"),
     ("after_expiry_max_s", "after expiry max s"),
     ("read_after_expiry_max_s", "standby read late max s"),
+    ("after_command_median_s", "after command median s"),
+    ("after_command_max_s", "after command max s"),
     ("both_bound_samples", "both bound"),
 ]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.app import AppError, NoApplication, StartStopCommands, SupervisedCommand
+from agent.app import ORPHAN_GRACE, AppError, NoApplication, StartStopCommands, SupervisedCommand
 from agent.config import ConfigError
 from tests.support.procs import alive
 
@@ -413,3 +413,55 @@ def test_an_unknown_application_user_or_group_is_a_one_line_config_error() -> No
         SupervisedCommand("true", 1, user="no-such-user-fos")
     with pytest.raises(ConfigError, match=r"application\.group = 'no-such-group-fos'"):
         StartStopCommands("true", "true", 1, 1, user="nobody", group="no-such-group-fos")
+
+
+# A stand-in agent stopped during maintenance: supervises argv[1] with pidfile argv[2], detaches it and exits.
+DETACHING = """
+import asyncio, sys
+from agent.app import SupervisedCommand
+
+async def main() -> None:
+    app = SupervisedCommand(sys.argv[1], stop_timeout=10, pidfile=sys.argv[2])
+    await app.start({})
+    await asyncio.sleep(0.3)
+    app.detach()
+
+asyncio.run(main())
+"""
+
+
+async def test_an_app_left_running_in_maintenance_outlives_its_agent_and_the_next_one_adopts_it(
+    tmp_path: Path, leftovers: Leftovers
+) -> None:
+    pidfile, leader = tmp_path / "app.pid", tmp_path / "leader"
+    command = f"echo $$ > {leader}; while true; do sleep 0.05; done"
+    agent = await asyncio.create_subprocess_exec(sys.executable, "-c", DETACHING, command, str(pidfile), cwd=REPO)
+    app = await wait_for_pid(leader, 10)
+    keeper_pid = json.loads(pidfile.read_text())["pid"]
+    leftovers.add(app, keeper_pid)
+    assert await agent.wait() == 0
+    await asyncio.sleep(ORPHAN_GRACE + 0.5)  # the keeper would have ended the group by now
+    assert alive(app) and alive(keeper_pid), "the app outlived the agent that left it running"
+    # The next agent adopts it: no second copy, running() follows it, stop() ends the group.
+    adopter = SupervisedCommand("sleep 60", stop_timeout=1, pidfile=str(pidfile))
+    assert await adopter.adopt() == keeper_pid
+    assert adopter.running() is True
+    await adopter.start({})  # already running: nothing started
+    assert json.loads(pidfile.read_text())["pid"] == keeper_pid
+    await adopter.stop()
+    await gone_within([app, keeper_pid], 1)
+    assert adopter.running() is False and not pidfile.exists()
+
+
+async def test_an_adopted_app_that_exits_is_noticed(tmp_path: Path, leftovers: Leftovers) -> None:
+    pidfile, leader = tmp_path / "app.pid", tmp_path / "leader"
+    command = f"echo $$ > {leader}; while true; do sleep 0.05; done"
+    agent = await asyncio.create_subprocess_exec(sys.executable, "-c", DETACHING, command, str(pidfile), cwd=REPO)
+    app = await wait_for_pid(leader, 10)
+    leftovers.add(app, json.loads(pidfile.read_text())["pid"])
+    await agent.wait()
+    adopter = SupervisedCommand("sleep 60", stop_timeout=1, pidfile=str(pidfile))
+    assert await adopter.adopt() is not None
+    os.kill(app, signal.SIGKILL)
+    await asyncio.wait_for(adopter.exited.wait(), 3)
+    assert adopter.running() is False

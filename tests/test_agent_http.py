@@ -121,3 +121,25 @@ async def test_health_url_credentials_never_reach_status() -> None:
         await client.close()
         await node.kill()
         await server.close()
+
+
+async def test_status_and_metrics_show_maintenance_and_a_pending_switchover(
+    active: tuple[Node, TestClient[Any, Any]],
+) -> None:
+    node, client = active
+    store = node.agent.store
+    assert isinstance(store, MemoryLeaseStore)
+    doc = await (await client.get("/status")).json()
+    assert doc["control"]["maintenance"] is False and doc["control"]["switchover"] is None
+    assert await store.request_switchover("c1", "m2", 60_000, "op@host")
+    await until(lambda: node.agent.ops.control.switchover is not None, 3, "the holder's control read")
+    doc = await (await client.get("/status")).json()
+    assert doc["control"]["switchover"]["to"] == "m2" and doc["control"]["switchover"]["due_in_s"] > 50
+    assert await store.cancel_switchover("c1", "op@host")
+    assert await store.set_maintenance("c1", True, "op@host")
+    await until(lambda: node.agent.ops.control.maintenance, 3, "the holder's control read")
+    doc = await (await client.get("/status")).json()
+    assert doc["control"]["maintenance"] is True and doc["control"]["maintenance_by"] == "op@host"
+    text = await (await client.get("/metrics")).text()
+    assert 'fos_control_state{state="maintenance"} 1.0' in text
+    assert 'fos_control_state{state="disabled"} 0.0' in text

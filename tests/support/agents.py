@@ -14,14 +14,28 @@ from agent.runner import Agent
 from tests.support.fakes import FakeApp, FakeBinder
 
 
-def config(ttl: float = 0.6, heartbeat: float = 0.15, driver: str = "none", **app: Any) -> Config:
+def config(
+    ttl: float = 0.6,
+    heartbeat: float = 0.15,
+    driver: str = "none",
+    cluster: dict[str, Any] | None = None,
+    priorities: tuple[int, int] = (0, 0),
+    tables: dict[str, Any] | None = None,
+    **app: Any,
+) -> Config:
+    """Two nodes m1, m2 (with these priorities); `cluster` adds [cluster] keys, `tables` whole tables ([flap],
+    [maintenance]); the keyword arguments go to [application]."""
     return parse(
         {
-            "cluster": {"name": "c1", "address_driver": driver, "common_ip": "10.0.0.100/24"},
-            "nodes": [{"name": "m1", "interface": "eth0"}, {"name": "m2", "interface": "eth0"}],
+            "cluster": {"name": "c1", "address_driver": driver, "common_ip": "10.0.0.100/24", **(cluster or {})},
+            "nodes": [
+                {"name": "m1", "interface": "eth0", "priority": priorities[0]},
+                {"name": "m2", "interface": "eth0", "priority": priorities[1]},
+            ],
             "database": {"dsn": "unused", "call_timeout": heartbeat / 2},
             "lease": {"ttl": ttl, "heartbeat": heartbeat, "fence_margin": 0.1, "min_hold": 0.2},
             "application": {"hold_off": 0.5, "health": {"interval": 0.05, "timeout": 0.05, "start_grace": 1}, **app},
+            **(tables or {}),
         }
     )
 

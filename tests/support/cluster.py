@@ -156,6 +156,7 @@ class Cluster:
         self.sampler = IpSampler(list(self.hosts.values()), self.vip, family=self.family)  # started below
         self.config = os.path.join(self.work, "fos.toml")
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.last_call = (0.0, 0.0)  # when the last store_call was sent and answered (monotonic)
         self.logs: dict[str, Any] = {}
         try:  # whatever was started is stopped again if a later step fails
             if db_kind == "postgresql":
@@ -179,11 +180,13 @@ class Cluster:
     def _write_config(self, dsn: str, ttl: float, heartbeat: float, extra: dict[str, Any], name: str) -> None:
         app = extra.get("app", f'command = "{sys.executable} {WEBAPP} --port 8080"')
         prefix = 64 if self.family == AF_INET6 else 24
+        priorities: dict[str, int] = extra.get("priorities", {})
         nodes = "".join(
             f'''[[nodes]]
 name = "{n}"
 interface = "eth0"
 url = "http://{h.ip}:8080/"
+priority = {priorities.get(n, 0)}
 '''
             for n, h in self.hosts.items()
         )
@@ -191,6 +194,7 @@ url = "http://{h.ip}:8080/"
 [cluster]
 name = "{name}"
 common_ip = "{self.vip}/{prefix}"
+{extra.get("cluster_keys", "")}
 {nodes}[database]
 dsn = "{dsn}"
 [lease]
@@ -214,6 +218,7 @@ interval = 0.05
 listen = "0.0.0.0:8470"
 {f'token = "{extra["token"]}"' if extra.get("token") else ""}
 {extra.get("toml", "")}
+{extra.get("tables", "")}
 """
         with open(self.config, "w") as f:
             f.write(text)
@@ -258,6 +263,40 @@ listen = "0.0.0.0:8470"
     def fos(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """A `fos` command with this cluster's config, run on m1's host."""
         return self.m1.run(sys.executable, "-m", "agent", *args, "--config", self.config, check=False, timeout=timeout)
+
+    def store_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One lease-store method with this cluster's config, run on m1's host (the database is reachable from
+        every node's namespace): how the tests write an operator's intent, e.g.
+        store_call("request_switchover", "m2", 0, "op@test"). Returns the result as JSON allows; `last_call`
+        then holds when the call was sent and answered (without the interpreter's start)."""
+        code = (
+            "import asyncio,json,sys\n"
+            "from agent.config import load\nfrom agent.stores import command_store\n"
+            "from lease import EventKind\n"
+            "async def main():\n"
+            f" cfg=load({self.config!r})\n store=command_store(cfg)\n"
+            f" kw=json.loads({json.dumps(kwargs)!r})\n"
+            " if 'kind' in kw: kw['kind']=EventKind(kw['kind'])\n"
+            " import time\n sent=time.monotonic()\n"
+            f" out=await getattr(store,{method!r})(cfg.cluster,*json.loads({json.dumps(args)!r}),**kw)\n"
+            " done=time.monotonic()\n await store.close()\n"
+            " print(json.dumps({'out':out,'sent':sent,'done':done},"
+            " default=lambda o: o.__dict__ if hasattr(o, '__dict__') else str(o)))\n"
+            "asyncio.run(main())\n"
+        )
+        out = self.m1.run(sys.executable, "-c", code, check=False, timeout=30)
+        assert out.returncode == 0, f"store {method} failed: {out.stderr.strip()[-500:]}"
+        doc = json.loads(out.stdout.strip().splitlines()[-1])
+        self.last_call = (float(doc["sent"]), float(doc["done"]))  # CLOCK_MONOTONIC is the same in every netns
+        return doc["out"]
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The cluster's events (oldest first), optionally of one kind."""
+        found = self.store_call("list_events", limit=500)
+        return [e for e in reversed(found) if kind is None or e["kind"] == kind]
+
+    def lease(self) -> dict[str, Any]:
+        return dict(self.store_call("read"))
 
     def status(self, name: str) -> dict[str, Any] | None:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}

@@ -109,6 +109,7 @@ class FakeApp:
         self.env: dict[str, str] | None = None
         self.started_at: list[float] = []
         self.stopped_at: list[float] = []
+        self.detached = False
         self._running = False
 
     async def start(self, env: dict[str, str]) -> None:
@@ -123,6 +124,9 @@ class FakeApp:
 
     def running(self) -> bool | None:
         return self._running
+
+    def detach(self) -> None:
+        self.detached = True
 
     def crash(self) -> None:
         self._running = False

@@ -1,0 +1,88 @@
+"""Automatic fail-back (`[cluster] failback = "auto"`): the preferred node (highest `[[nodes]] priority`), once it
+has been a ready standby for `failback_delay` seconds while a node of lower priority holds, requests a switchover
+to itself (by "failback"), never by waiting for an expiry. A node that stepped down for an application failure is
+not preferred again until it has served healthy for the delay (kept in this agent's memory). The rule is
+agent/control_rules.plan_failback; this is its bookkeeping and I/O, on the standby's loop.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lease import LeaseState, StoreError
+
+from .control_rules import FailbackStep, plan_failback
+from .roles import HoldEvent
+
+if TYPE_CHECKING:
+    from .runner import Agent
+
+
+class FailBack:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.ready_since: float | None = None  # a ready standby (reads answered, no hold-off) since then
+        self.serving_since: float | None = None
+        self.unproven = False  # stepped down for an app failure and has not served healthy for the delay since
+        self._next_try = 0.0
+
+    @property
+    def auto(self) -> bool:
+        return self.agent.cfg.policy.failback == "auto"
+
+    def entered_standby(self) -> None:
+        self.ready_since = None
+
+    def not_ready(self) -> None:
+        self.ready_since = None
+
+    def after_holding(self, event: HoldEvent) -> None:
+        """Holding ended (or the promotion completed) for `event`: an application failure makes this node
+        unproven; having served healthy for the delay proves it again."""
+        now, delay = self.agent.clock.now(), self.agent.cfg.policy.failback_delay
+        if self.serving_since is not None and now - self.serving_since >= delay:
+            self.unproven = False
+        if event is HoldEvent.WORK_DONE:
+            self.serving_since = now
+            return
+        self.serving_since = None
+        if event in (HoldEvent.APP_FAILED, HoldEvent.WORK_FAILED):
+            self.unproven = True
+
+    async def consider(self, state: LeaseState, holding_off: bool) -> None:
+        """After a standby's read: request the fail-back when the rule says so (at most one attempt per
+        heartbeat; the request's compare-and-set refuses a second pending one)."""
+        a = self.agent
+        now = a.clock.now()
+        if not self.auto or holding_off or self.unproven:
+            self.ready_since = None
+            return
+        if self.ready_since is None:
+            self.ready_since = now
+        holder = state.holder if state.held else None
+        priorities = {n.name: n.priority for n in a.cfg.nodes}
+        if holder is None or priorities.get(holder, 0) >= a.node.priority or now < self._next_try:
+            return
+        if now - self.ready_since < a.cfg.policy.failback_delay:
+            return
+        self._next_try = now + a.cfg.lease.heartbeat
+        try:
+            rows = await a.store.list_nodes(a.cfg.cluster, timeout=a.call_timeout)
+            step, why = plan_failback(
+                a.node.name,
+                priorities,
+                holder,
+                state.control,
+                rows,
+                now - self.ready_since,
+                a.cfg.policy.failback_delay,
+                a.cfg.lease.heartbeat,
+                a.call_timeout,
+            )
+            if step is FailbackStep.REQUEST:
+                requested = await a.store.request_switchover(
+                    a.cfg.cluster, a.node.name, 0, "failback", timeout=a.call_timeout
+                )
+                a.log.info("failback_requested" if requested else "failback_not_requested", reason=why)
+        except StoreError as exc:
+            a.log.debug("failback_failed", error=str(exc))

@@ -1,0 +1,92 @@
+"""Letting go of the lease on purpose (a step-down, a stop, a switchover, a disabled cluster), after a fence, or
+after an internal error: the common IP first (from then on no user traffic reaches this node), then the
+application, then the lease, released or handed over only once the IP is confirmed gone."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from lease import EventKind, StoreError
+
+from .roles import Decision, Holding
+
+if TYPE_CHECKING:
+    from .runner import Agent
+
+CLEANUP_TIMEOUT_S = 5.0  # each step of the emergency clean-up after an internal error
+
+
+async def let_go(agent: Agent, kind: EventKind | None, decision: Decision) -> None:
+    """IP first (from then on no user traffic reaches this node), then the app, then the lease: released,
+    or handed over to a switchover's target (only once the IP is confirmed gone, like a release)."""
+    ip_gone = await agent.ip.drop()
+    await agent.app.stop()
+    agent.metrics.app_healthy.set(0)
+    agent.health.forget("the application is stopped on this node")
+    holding, agent.holding = agent.holding, None
+    if holding is not None:
+        await _give_up(agent, holding, decision, ip_gone)
+        if kind is not None:
+            await agent.event(kind, decision.reason, holding.epoch)
+    agent.renew_failing = False
+    agent.metrics.epoch.set(0)
+    agent.metrics.lease_seconds_left.set(0)
+    agent.not_before = agent.clock.now() + decision.hold_off
+
+
+async def _give_up(agent: Agent, holding: Holding, decision: Decision, ip_gone: bool) -> None:
+    """Hand the lease over (a switchover), release it, or keep it for this node: during maintenance or with
+    automatic failover off only the holder's node may acquire, so a release (or a handover, which the acquire
+    statement refuses its target then) would leave the cluster to nobody; kept, the lease expires and this
+    node resumes. The control state is read again before a handover: the let-go (the app's stop) may have
+    taken seconds since the switchover was seen."""
+    control = agent.ops.control
+    if decision.handover_to is not None and ip_gone:
+        control = await agent.ops.read_control()
+        if not (control.maintenance or control.failover_off or control.disabled):
+            await agent.ops.hand_over(holding, decision.handover_to, decision.reason)
+            return
+        agent.log.warning("handover_abandoned", to=decision.handover_to, control=control.sees())
+    if (control.maintenance or control.failover_off) and not control.disabled:
+        agent.log.warning("lease_kept_for_this_node", epoch=holding.epoch, control=control.sees())
+        return
+    await release(agent, holding, decision.reason, ip_gone)
+
+
+async def release(agent: Agent, holding: Holding, detail: str, ip_gone: bool) -> None:
+    """Release the lease, but only once the IP is confirmed gone: a release lets the next node in at once,
+    while the address we could not remove is still here. Kept instead, the lease expires by itself after
+    the kernel removed the address (its lifetime ends before F, and F before the expiry)."""
+    if not ip_gone:
+        agent.log.error("lease_kept_until_expiry", epoch=holding.epoch, reason="the common IP could not be removed")
+        return
+    try:
+        released = await agent.store.release(
+            agent.cfg.cluster, agent.node.name, holding.epoch, detail=detail[:200], timeout=agent.call_timeout
+        )
+        agent.log.info("lease_released" if released else "lease_already_gone", epoch=holding.epoch)
+    except StoreError as exc:
+        agent.log.warning("lease_release_failed", epoch=holding.epoch, error=str(exc))
+
+
+async def emergency_let_go(agent: Agent, detail: str) -> None:
+    """After an internal error: IP, app and lease, each bounded; the lease only once the IP is gone."""
+    ip_gone = False
+    try:
+        async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+            ip_gone = await agent.ip.drop()
+    except Exception as exc:
+        agent.log.error("cleanup_failed", step="ip", error=f"{type(exc).__name__}: {exc}")
+    try:
+        async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+            await agent.app.stop()
+    except Exception as exc:
+        agent.log.error("cleanup_failed", step="app", error=f"{type(exc).__name__}: {exc}")
+    holding, agent.holding = agent.holding, None
+    if holding is not None:
+        try:
+            async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+                await release(agent, holding, detail, ip_gone)
+        except Exception as exc:
+            agent.log.error("cleanup_failed", step="lease", error=f"{type(exc).__name__}: {exc}")
