@@ -174,40 +174,25 @@ def _s(value: float | None) -> str:
 
 
 def control_rows(lease: LeaseState | None) -> list[tuple[str, str]]:
-    """Maintenance, disabled, anti-flap and a pending switchover, when the lease row carries them.
-
-    HOOK: issue #11 adds `LeaseState.control` (lease/model.py Control). Read with getattr so this page works
-    before and after that change; with no `control` attribute, nothing is shown.
-    """
-    control = getattr(lease, "control", None)
-    if control is None:
+    """Maintenance, disabled, anti-flap and a pending switchover, from the control state on the lease row."""
+    if lease is None:
         return []
+    control = lease.control
     rows: list[tuple[str, str]] = []
-    maintenance = getattr(control, "maintenance_ms", None)
-    rows.append(
-        (
-            "maintenance",
-            "off"
-            if maintenance is None
-            else f"ON for {maintenance / 1000:.0f} s by {getattr(control, 'maintenance_by', None) or '?'}",
-        )
-    )
-    disabled = getattr(control, "disabled_ms", None)
-    rows.append(
-        (
-            "failover",
-            "enabled"
-            if disabled is None
-            else f"DISABLED for {disabled / 1000:.0f} s by {getattr(control, 'disabled_by', None) or '?'}",
-        )
-    )
-    if getattr(control, "failover_off_ms", None) is not None:
-        rows.append(("anti-flap", f"automatic failover OFF: {getattr(control, 'failover_off_reason', '') or ''}"))
-    switchover = getattr(control, "switchover", None)
+    if control.maintenance_ms is None:
+        rows.append(("maintenance", "off"))
+    else:
+        rows.append(("maintenance", f"ON for {control.maintenance_ms / 1000:.0f} s by {control.maintenance_by or '?'}"))
+    if control.disabled_ms is None:
+        rows.append(("failover", "enabled"))
+    else:
+        rows.append(("failover", f"DISABLED for {control.disabled_ms / 1000:.0f} s by {control.disabled_by or '?'}"))
+    if control.failover_off_ms is not None:
+        rows.append(("anti-flap", f"automatic failover OFF: {control.failover_off_reason or ''}"))
+    switchover = control.switchover
     if switchover is not None:
-        due = getattr(switchover, "due_in_ms", 0) or 0
-        when = "due now" if due <= 0 else f"in {due / 1000:.0f} s"
-        rows.append(("switchover", f"to {getattr(switchover, 'to', None) or 'best node'} {when}"))
+        when = "due now" if switchover.due else f"in {switchover.due_in_ms / 1000:.0f} s"
+        rows.append(("switchover", f"to {switchover.to or 'best node'} {when}"))
     else:
         rows.append(("switchover", "none pending"))
     return rows

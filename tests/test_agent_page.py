@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from agent.http import make_app
 from agent.page import Snapshot, control_rows, render, takeovers
 from agent.roles import Role
-from lease import Event, LeaseState, NodeRecord
+from lease import Control, Event, LeaseState, NodeRecord, Switchover
 from lease.memory import MemoryLeaseStore
 from tests.support.agents import Node, boottime, config, until
 
@@ -116,35 +116,23 @@ def test_the_timeline_gives_each_acquisition_its_trigger_and_phases() -> None:
     ]
 
 
-@dataclasses.dataclass(frozen=True)
-class _Switchover:
-    to: str | None
-    due_in_ms: int
-
-
-@dataclasses.dataclass(frozen=True)
-class _Control:  # the shape issue #11 gives lease.model.Control
-    switchover: _Switchover | None = None
-    maintenance_ms: int | None = None
-    maintenance_by: str | None = None
-    disabled_ms: int | None = None
-    disabled_by: str | None = None
-    failover_off_ms: int | None = None
-    failover_off_reason: str | None = None
-
-
-def test_control_rows_show_maintenance_disabled_flapping_and_a_pending_switchover_when_the_lease_has_them() -> None:
-    assert control_rows(LeaseState("c", "m1", 3, 1000)) == []  # a lease row without Control: nothing shown
-    lease: Any = LeaseState("c", "m1", 3, 1000)
-    object.__setattr__(
-        lease, "control", _Control(_Switchover("m2", 30_000), 120_000, "ops@h1", None, None, 5, "4 in 1h")
-    )
-    assert dict(control_rows(lease)) == {
+def test_control_rows_show_maintenance_disabled_flapping_and_a_pending_switchover() -> None:
+    assert dict(control_rows(LeaseState("c", "m1", 3, 1000))) == {
+        "maintenance": "off",
+        "failover": "enabled",
+        "switchover": "none pending",
+    }
+    control = Control(Switchover("m2", 30_000, "ops@h1", 100), 120_000, "ops@h1", None, None, 5, "4 in 1h")
+    assert dict(control_rows(LeaseState("c", "m1", 3, 1000, control=control))) == {
         "maintenance": "ON for 120 s by ops@h1",
         "failover": "enabled",
         "anti-flap": "automatic failover OFF: 4 in 1h",
         "switchover": "to m2 in 30 s",
     }
+    disabled = Control(None, None, None, 2_000, "ops@h2")
+    assert (
+        dict(control_rows(LeaseState("c", None, 3, None, control=disabled)))["failover"] == "DISABLED for 2 s by ops@h2"
+    )
 
 
 def test_every_value_on_the_page_is_escaped() -> None:
