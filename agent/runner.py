@@ -401,12 +401,21 @@ class Agent:
     async def _promote(self) -> str:
         holding = self.holding
         assert holding is not None
-        await self.ip.claim(holding)
-        env = {"FOS_NODE": self.node.name, "FOS_CLUSTER": self.cfg.cluster, "FOS_EPOCH": str(holding.epoch)}
-        await self.app.start(env)
-        ok, detail = await self.health.wait_healthy(self.cfg.app.health.start_grace)
-        if not ok:
-            raise AppError(detail)
+        await self.ip.claim(holding, announce=False)
+        # The announcement (announce.count x interval) goes out beside the app's start, not before it: the app
+        # still starts only once the address is bound, and the promotion ends once both are done.
+        announcing = asyncio.create_task(self.ip.announce(holding))
+        try:
+            env = {"FOS_NODE": self.node.name, "FOS_CLUSTER": self.cfg.cluster, "FOS_EPOCH": str(holding.epoch)}
+            await self.app.start(env)
+            ok, detail = await self.health.wait_healthy(self.cfg.app.health.start_grace)
+            if not ok:
+                raise AppError(detail)
+            await announcing
+        finally:
+            announcing.cancel()  # the binder ends its raw-socket work before the cancel returns
+            with contextlib.suppress(asyncio.CancelledError):
+                await announcing
         self.metrics.app_healthy.set(1)
         await self._event(EventKind.PROMOTED, f"serving {self.cfg.common_ip or 'without a common IP'}: {detail}")
         return f"promotion complete: {detail}"

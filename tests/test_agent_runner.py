@@ -156,6 +156,18 @@ async def test_a_conflicting_address_aborts_promotion_and_releases_the_lease(sto
     await m1.kill()
 
 
+async def test_the_app_starts_once_the_address_is_bound_while_it_is_being_announced(store: MemoryLeaseStore) -> None:
+    binder = FakeBinder()
+    binder.announce_seconds = 1.0  # announce.count x announce.interval
+    m1 = Node(config(ttl=4, heartbeat=0.5, driver="netlink"), "m1", store, binder=binder).start()
+    await until(lambda: m1.app.started_at, 3, "the app's start")
+    bound = binder.times("bind")[0]
+    assert bound <= binder.times("announce")[0] and bound <= m1.app.started_at[0] < bound + 0.3
+    await until(lambda: m1.agent.role is Role.ACTIVE, 3, "active once announced and healthy")
+    assert time.monotonic() >= binder.times("announce")[0] + binder.announce_seconds
+    await m1.kill()
+
+
 async def test_a_standby_removes_a_common_ip_left_bound_by_a_crash(store: MemoryLeaseStore) -> None:
     cfg = config(ttl=30, heartbeat=2)
     holder = Node(cfg, "m2", store).start()
