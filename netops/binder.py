@@ -20,6 +20,7 @@ import errno
 import ipaddress
 import math
 import platform
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -195,19 +196,34 @@ class NetlinkBinder:
     def _state(self) -> tuple[bool, bool]:
         """(present on the interface, present and added by fos)."""
         with IPRoute() as ipr:
-            index = self._index(ipr)
-            msg = self._find(ipr, index)
+            msg = self._find(ipr, self._index())
             return msg is not None, msg is not None and self._ours(msg)
 
-    def _index(self, ipr: IPRoute) -> int:
-        found = ipr.link_lookup(ifname=self.interface)
-        if not found:
+    def _replace_if_ours(self, lifetime: int | None, not_after: float | None) -> tuple[bool, bool]:
+        """(present, ours) as _state; when ours, its lifetime is set at once, on the same netlink socket: the
+        holder's every renewal comes here, and one socket and one dump instead of two halve its netlink work."""
+        with IPRoute() as ipr:
+            index = self._index()
+            msg = self._find(ipr, index)
+            ours = msg is not None and self._ours(msg)
+            if ours:
+                self._write_on(ipr, index, "replace", lifetime, not_after)
+            return msg is not None, ours
+
+    def _index(self) -> int:
+        # if_nametoindex is one ioctl; pyroute2's link_lookup dumps and decodes every link of the machine.
+        try:
+            return socket.if_nametoindex(self.interface)
+        except OSError:
             raise NetopsError(
                 f"interface {self.interface!r} does not exist on this machine: pick one from `fos iflist`"
-            )
-        return int(found[0])
+            ) from None
 
     def _write(self, command: str, lifetime: int | None, not_after: float | None = None) -> None:
+        with IPRoute() as ipr:
+            self._write_on(ipr, self._index(), command, lifetime, not_after)
+
+    def _write_on(self, ipr: IPRoute, index: int, command: str, lifetime: int | None, not_after: float | None) -> None:
         life = FOREVER if lifetime is None else int(lifetime)
         attrs: dict[str, Any] = {
             "index": 0,
@@ -220,35 +236,34 @@ class NetlinkBinder:
             attrs["label"] = self._label
         else:
             attrs["IFA_FLAGS"] = IFA_F_NODAD  # we probed already; DAD would leave it unusable for a second
-        with IPRoute() as ipr:
-            attrs["index"] = self._index(ipr)
-            if not_after is not None:
-                # The last moment before the write: whatever delayed us (a freeze, a suspend, the scheduler),
-                # the address must still be gone by not_after.
-                room = not_after - time.clock_gettime(time.CLOCK_BOOTTIME) - KERNEL_LATENESS_S
-                if room < 1:
+        attrs["index"] = index
+        if not_after is not None:
+            # The last moment before the write: whatever delayed us (a freeze, a suspend, the scheduler),
+            # the address must still be gone by not_after.
+            room = not_after - time.clock_gettime(time.CLOCK_BOOTTIME) - KERNEL_LATENESS_S
+            if room < 1:
+                raise DeadlinePassed(1 - room)
+            life = min(life, math.floor(room))
+            attrs["IFA_CACHEINFO"] = {"ifa_preferred": life, "ifa_valid": life, "cstamp": 0, "tstamp": 0}
+        ipr.addr(command, **attrs)
+        if not_after is not None:
+            # A freeze between the cut above and the write would count the lifetime from the thaw: check
+            # again, and shorten or remove the address at once if it could now outlive not_after.
+            room = not_after - time.clock_gettime(time.CLOCK_BOOTTIME) - KERNEL_LATENESS_S
+            if room < life:
+                if room >= 1:
+                    life = math.floor(room)
+                    attrs["IFA_CACHEINFO"] = {"ifa_preferred": life, "ifa_valid": life, "cstamp": 0, "tstamp": 0}
+                    ipr.addr("replace", **attrs)
+                else:
+                    ipr.addr("del", index=attrs["index"], address=self.ip, prefixlen=attrs["prefixlen"])
+                    self.written_lifetime = None
                     raise DeadlinePassed(1 - room)
-                life = min(life, math.floor(room))
-                attrs["IFA_CACHEINFO"] = {"ifa_preferred": life, "ifa_valid": life, "cstamp": 0, "tstamp": 0}
-            ipr.addr(command, **attrs)
-            if not_after is not None:
-                # A freeze between the cut above and the write would count the lifetime from the thaw: check
-                # again, and shorten or remove the address at once if it could now outlive not_after.
-                room = not_after - time.clock_gettime(time.CLOCK_BOOTTIME) - KERNEL_LATENESS_S
-                if room < life:
-                    if room >= 1:
-                        life = math.floor(room)
-                        attrs["IFA_CACHEINFO"] = {"ifa_preferred": life, "ifa_valid": life, "cstamp": 0, "tstamp": 0}
-                        ipr.addr("replace", **attrs)
-                    else:
-                        ipr.addr("del", index=attrs["index"], address=self.ip, prefixlen=attrs["prefixlen"])
-                        self.written_lifetime = None
-                        raise DeadlinePassed(1 - room)
         self.written_lifetime = None if life == FOREVER else life
 
     def _delete(self) -> bool:
         with IPRoute() as ipr:
-            index = self._index(ipr)
+            index = self._index()
             msg = self._find(ipr, index)
             if msg is None or not self._ours(msg):
                 return False
@@ -269,9 +284,10 @@ class NetlinkBinder:
         return (await settled(self._state, self._what("read")))[1]
 
     async def bind(self, lifetime: int | None = None, *, force: bool = False, not_after: float | None = None) -> bool:
-        present, ours = await settled(self._state, self._what("read"))
+        present, ours = await settled(
+            lambda: self._replace_if_ours(lifetime, not_after), self._what("set the lifetime of")
+        )
         if ours:
-            await settled(lambda: self._write("replace", lifetime, not_after), self._what("set the lifetime of"))
             return False
         if present:
             raise NetopsError(
@@ -287,10 +303,8 @@ class NetlinkBinder:
         return True
 
     async def refresh(self, lifetime: int, *, not_after: float | None = None) -> bool:
-        if not (await settled(self._state, self._what("read")))[1]:
-            return False
-        await settled(lambda: self._write("replace", lifetime, not_after), self._what("set the lifetime of"))
-        return True
+        _, ours = await settled(lambda: self._replace_if_ours(lifetime, not_after), self._what("set the lifetime of"))
+        return ours
 
     async def unbind(self) -> bool:
         return await settled(self._delete, self._what("remove"))
