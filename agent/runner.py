@@ -40,6 +40,7 @@ from .common_ip import CommonIp
 from .config import Config, NodeConfig
 from .health import HealthCheck
 from .metrics import Metrics
+from .timing import NODE_ROW_HEARTBEATS
 from .roles import (
     Decision,
     HoldEvent,
@@ -535,10 +536,19 @@ class Agent:
         )
 
     async def _report_loop(self) -> None:
+        """The node row: at once on a change of role or health, else every NODE_ROW_HEARTBEATS heartbeats."""
+        heartbeat = self.cfg.lease.heartbeat
+        written: tuple[Role, bool | None] | None = None
+        written_at = 0.0
         while True:
             self._report_now.clear()
-            try:
-                await self._record_node(self.role, self.health.healthy)
-            except StoreError as exc:
-                self.log.debug("node_row_not_recorded", error=str(exc))
-            await wait_event(self._report_now, self.cfg.lease.heartbeat)
+            now = (self.role, self.health.healthy)
+            if now != written or self.clock.now() - written_at >= (NODE_ROW_HEARTBEATS - 0.5) * heartbeat:
+                written_at = self.clock.now()
+                try:
+                    await self._record_node(*now)
+                    written = now
+                except StoreError as exc:
+                    written = None
+                    self.log.debug("node_row_not_recorded", error=str(exc))
+            await wait_event(self._report_now, heartbeat)

@@ -38,7 +38,7 @@ from .roles import Role, live_namesake
 from .runner import FATAL_STORE_ERRORS, Agent, AgentFailed
 from .statedir import StateDir
 from .stores import open_store
-from .timing import check
+from .timing import NODE_ROW_HEARTBEATS, check
 
 
 def build_app(cfg: Config, node: NodeConfig, state: StateDir) -> Application:
@@ -106,9 +106,10 @@ async def _check_database(store: SqlLeaseStore, cfg: Config, node: NodeConfig, i
         namesake = await namesake_now()
         if namesake is not None:
             # A recent row may be the last words of this machine's previous life (a fast reboot changes the
-            # instance): only an agent that keeps writing its row is alive. Watch it for 1.5 heartbeats.
+            # instance): only an agent that keeps writing its row is alive. Watch it for longer than it takes to
+            # rewrite it (every NODE_ROW_HEARTBEATS heartbeats).
             seen = namesake.last_seen_age_s or 0.0
-            waited = 1.5 * cfg.lease.heartbeat + cfg.call_timeout
+            waited = (NODE_ROW_HEARTBEATS + 0.5) * cfg.lease.heartbeat + cfg.call_timeout
             await asyncio.sleep(waited)
             again = await namesake_now()
             if again is None or (again.last_seen_age_s or 0.0) < seen + waited - cfg.call_timeout:
