@@ -160,7 +160,7 @@ async def test_the_app_starts_once_the_address_is_bound_while_it_is_being_announ
     binder = FakeBinder()
     binder.announce_seconds = 1.0  # announce.count x announce.interval
     m1 = Node(config(ttl=4, heartbeat=0.5, driver="netlink"), "m1", store, binder=binder).start()
-    await until(lambda: m1.app.started_at, 3, "the app's start")
+    await until(lambda: m1.app.started_at and binder.times("announce"), 3, "the app's start and the announcement")
     bound = binder.times("bind")[0]
     assert bound <= binder.times("announce")[0] and bound <= m1.app.started_at[0] < bound + 0.3
     await until(lambda: m1.agent.role is Role.ACTIVE, 3, "active once announced and healthy")
