@@ -24,15 +24,13 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import Protocol
 
 from .arp import arp_probe, send_gratuitous_arp
 from .errors import AddressConflict, DeadlinePassed, NetopsError
 from .interfaces import Interface, find_interface
 from .ndp import ns_probe, send_unsolicited_na
+from .rtnl import Address, Rtnl
 from .settle import dump_retrying, settled
 
 FOS_ADDR_PROTO = 222
@@ -177,66 +175,66 @@ class NetlinkBinder:
 
     # ---- netlink, run in a worker thread (each call opens its own socket) ----------------------------------
 
-    def _find(self, ipr: IPRoute, index: int) -> Any | None:
-        family = 2 if self.address.version == 4 else 10
-        for a in dump_retrying(lambda: list(ipr.get_addr(family=family, index=index))):
-            if a.get("IFA_ADDRESS") == self.ip or (self.address.version == 4 and a.get("IFA_LOCAL") == self.ip):
+    def _find(self, ipr: Rtnl, index: int) -> Address | None:
+        family = socket.AF_INET if self.address.version == 4 else socket.AF_INET6
+        for a in dump_retrying(lambda: ipr.addresses(family, index)):
+            if a.address == self.ip or (self.address.version == 4 and a.local == self.ip):
                 return a
         return None
 
-    def _ours(self, msg: Any) -> bool:
-        proto = msg.get("IFA_PROTO")
+    def _ours(self, msg: Address) -> bool:
+        proto = msg.proto
         if proto is not None:  # kernels >= 6.3 report a non-zero protocol: the primary marker
-            return bool(proto == FOS_ADDR_PROTO)
-        label = msg.get("IFA_LABEL")
+            return proto == FOS_ADDR_PROTO
+        label = msg.label
         # Older kernels drop IFA_PROTO: fall back to the label, but never to one equal to the interface name,
         # which is what the operator's own addresses carry.
         return self._label is not None and label == self._label and label != self.interface
 
     def _state(self) -> tuple[bool, bool]:
         """(present on the interface, present and added by fos)."""
-        with IPRoute() as ipr:
-            msg = self._find(ipr, self._index())
+        with Rtnl() as ipr:
+            msg = self._find(ipr, self._index(ipr))
             return msg is not None, msg is not None and self._ours(msg)
 
     def _replace_if_ours(self, lifetime: int | None, not_after: float | None) -> tuple[bool, bool]:
         """(present, ours) as _state; when ours, its lifetime is set at once, on the same netlink socket: the
         holder's every renewal comes here, and one socket and one dump instead of two halve its netlink work."""
-        with IPRoute() as ipr:
-            index = self._index()
+        with Rtnl() as ipr:
+            index = self._index(ipr)
             msg = self._find(ipr, index)
             ours = msg is not None and self._ours(msg)
             if ours:
                 self._write_on(ipr, index, "replace", lifetime, not_after)
             return msg is not None, ours
 
-    def _index(self) -> int:
-        # if_nametoindex is one ioctl; pyroute2's link_lookup dumps and decodes every link of the machine.
+    def _index(self, ipr: Rtnl) -> int:
+        # if_nametoindex is one ioctl, where a link dump decodes every link of the machine; but it only says "no"
+        # (also when it could not open its socket): then the dump tells what is wrong.
         try:
             return socket.if_nametoindex(self.interface)
         except OSError:
-            raise NetopsError(
-                f"interface {self.interface!r} does not exist on this machine: pick one from `fos iflist`"
-            ) from None
+            pass
+        for link in dump_retrying(ipr.links):
+            if link.name == self.interface:
+                return link.index
+        raise NetopsError(f"interface {self.interface!r} does not exist on this machine: pick one from `fos iflist`")
 
     def _write(self, command: str, lifetime: int | None, not_after: float | None = None) -> None:
-        with IPRoute() as ipr:
-            self._write_on(ipr, self._index(), command, lifetime, not_after)
+        with Rtnl() as ipr:
+            self._write_on(ipr, self._index(ipr), command, lifetime, not_after)
 
-    def _write_on(self, ipr: IPRoute, index: int, command: str, lifetime: int | None, not_after: float | None) -> None:
+    def _write_on(self, ipr: Rtnl, index: int, command: str, lifetime: int | None, not_after: float | None) -> None:
         life = FOREVER if lifetime is None else int(lifetime)
-        attrs: dict[str, Any] = {
-            "index": 0,
-            "address": self.ip,
-            "prefixlen": self.address.network.prefixlen,
-            "IFA_CACHEINFO": {"ifa_preferred": life, "ifa_valid": life, "cstamp": 0, "tstamp": 0},
-            "IFA_PROTO": FOS_ADDR_PROTO,
-        }
-        if self._label:
-            attrs["label"] = self._label
-        else:
-            attrs["IFA_FLAGS"] = IFA_F_NODAD  # we probed already; DAD would leave it unusable for a second
-        attrs["index"] = index
+        prefixlen = self.address.network.prefixlen
+        # IPv6: no DAD, we probed already (DAD would leave the address unusable for a second); IPv4 has the label.
+        flags = 0 if self._label else IFA_F_NODAD
+
+        def write(replace: bool, seconds: int) -> None:
+            ipr.set_address(
+                replace, index, self.ip, prefixlen, seconds, proto=FOS_ADDR_PROTO, label=self._label, flags=flags
+            )
+
         if not_after is not None:
             # The last moment before the write: whatever delayed us (a freeze, a suspend, the scheduler),
             # the address must still be gone by not_after.
@@ -244,8 +242,7 @@ class NetlinkBinder:
             if room < 1:
                 raise DeadlinePassed(1 - room)
             life = min(life, math.floor(room))
-            attrs["IFA_CACHEINFO"] = {"ifa_preferred": life, "ifa_valid": life, "cstamp": 0, "tstamp": 0}
-        ipr.addr(command, **attrs)
+        write(command == "replace", life)
         if not_after is not None:
             # A freeze between the cut above and the write would count the lifetime from the thaw: check
             # again, and shorten or remove the address at once if it could now outlive not_after.
@@ -253,24 +250,23 @@ class NetlinkBinder:
             if room < life:
                 if room >= 1:
                     life = math.floor(room)
-                    attrs["IFA_CACHEINFO"] = {"ifa_preferred": life, "ifa_valid": life, "cstamp": 0, "tstamp": 0}
-                    ipr.addr("replace", **attrs)
+                    write(True, life)
                 else:
-                    ipr.addr("del", index=attrs["index"], address=self.ip, prefixlen=attrs["prefixlen"])
+                    ipr.delete_address(index, self.ip, prefixlen)
                     self.written_lifetime = None
                     raise DeadlinePassed(1 - room)
         self.written_lifetime = None if life == FOREVER else life
 
     def _delete(self) -> bool:
-        with IPRoute() as ipr:
-            index = self._index()
+        with Rtnl() as ipr:
+            index = self._index(ipr)
             msg = self._find(ipr, index)
             if msg is None or not self._ours(msg):
                 return False
             try:
-                ipr.addr("del", index=index, address=self.ip, prefixlen=msg["prefixlen"])
-            except NetlinkError as exc:
-                if exc.code == errno.EADDRNOTAVAIL:  # the kernel's lifetime ran out in between
+                ipr.delete_address(index, self.ip, msg.prefixlen)
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:  # the kernel's lifetime ran out in between
                     return False
                 raise
             return True
