@@ -35,6 +35,16 @@ TAKEOVER = re.compile(r"expired (-?\d+) ms before the read")
 APP_HEALTHY = re.compile(r"app_healthy\s+after=([0-9.]+)")
 
 
+def first_log_time(text: str, event: str, after_wall: float) -> float | None:
+    """Wall-clock time of the first `event` logged after `after_wall`."""
+    for line in text.splitlines():
+        if f" {event} " in line:
+            stamp = datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+            if stamp >= after_wall:
+                return stamp
+    return None
+
+
 def app_start_of(text: str, after_wall: float) -> float | None:
     """The application's own start-to-healthy time, as the promoting agent logged it (app_healthy after=...),
     for the first promotion logged after `after_wall`."""
@@ -107,12 +117,16 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> 
                 expiry_wall = acquired_wall - int(match.group(1)) / 1000.0
                 after_expiry = served - (t0 + (expiry_wall - w0))
             app_start = app_start_of(c.log_text(standby), w0)
+            spawned = first_log_time(c.log_text(standby), "app_started", w0)
+            # From the acquisition to the app's spawn: the conflict probe, the bind and the spawn itself.
+            claim = None if spawned is None or acquired_wall is None else spawned - acquired_wall
             results.append(
                 {
                     "served": served - t0,
                     "after_expiry": after_expiry,
                     "read_after_expiry": int(match.group(1)) / 1000.0 if match else None,
                     "app_start": app_start,
+                    "acquired_to_app_spawned": claim,
                     "after_expiry_less_app": None
                     if after_expiry is None or app_start is None
                     else after_expiry - app_start,
@@ -137,6 +151,7 @@ def summarise(setup: str, fault: str, results: list[dict[str, Any]], both: int) 
     late = [r["read_after_expiry"] for r in results if r.get("read_after_expiry") is not None]
     app = [r["app_start"] for r in results if r.get("app_start") is not None]
     fos_part = [r["after_expiry_less_app"] for r in results if r.get("after_expiry_less_app") is not None]
+    claim = [r["acquired_to_app_spawned"] for r in results if r.get("acquired_to_app_spawned") is not None]
     return {
         "setup": setup,
         "fault": fault,
@@ -147,6 +162,7 @@ def summarise(setup: str, fault: str, results: list[dict[str, Any]], both: int) 
         "after_expiry_max_s": max(after) if after else None,
         "read_after_expiry_max_s": max(late) if late else None,
         "app_start_median_s": statistics.median(app) if app else None,
+        "acquired_to_app_spawned_median_s": statistics.median(claim) if claim else None,
         "after_expiry_less_app_median_s": statistics.median(fos_part) if fos_part else None,
         "after_expiry_less_app_max_s": max(fos_part) if fos_part else None,
         "both_bound_samples": both,
@@ -286,6 +302,7 @@ COLUMNS = [
     ("after_expiry_median_s", "after expiry median s"),
     ("after_expiry_max_s", "after expiry max s"),
     ("read_after_expiry_max_s", "standby read late max s"),
+    ("acquired_to_app_spawned_median_s", "acquired to app spawned (probe, bind) median s"),
     ("app_start_median_s", "app start-to-healthy median s"),
     ("after_expiry_less_app_median_s", "after expiry less app median s"),
     ("after_expiry_less_app_max_s", "after expiry less app max s"),
