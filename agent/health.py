@@ -106,8 +106,9 @@ class HealthCheck:
                     location = value.strip().decode("latin-1")
             return int(status_line[1]), location
         finally:
-            # The answer is in (or will never be): no graceful close, whose TLS shutdown could outlast the check.
-            writer.transport.abort()
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
     async def wait_healthy(self, grace: float) -> tuple[bool, str]:
         """Check every STARTING_POLL_S (the interval, if shorter) until the first success or until `grace`
