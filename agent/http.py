@@ -20,7 +20,6 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
-import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import __version__
@@ -32,8 +31,6 @@ MAX_REQUEST_HEAD = 8192  # request line and headers; a longer one is refused (43
 READ_TIMEOUT_S = 5.0  # a client that sends no complete request head within this is dropped
 SHUTDOWN_TIMEOUT_S = 1.0  # never let a lingering client connection hold up a graceful stop
 JSON = "application/json; charset=utf-8"
-
-log = structlog.get_logger("fos.http")
 
 
 def status(agent: Agent) -> dict[str, Any]:
@@ -173,11 +170,7 @@ class HttpServer:
             except asyncio.LimitOverrunError:
                 (code, kind, body), send_body = (431, "text/plain", b"request head too large\n"), True
             else:
-                try:
-                    (code, kind, body), send_body = respond(self.routes, head)
-                except Exception as exc:  # a defect in a view: answer 500 and keep serving
-                    log.error("http_view_failed", error=f"{type(exc).__name__}: {exc}"[:300])
-                    (code, kind, body), send_body = (500, "text/plain", b"internal error\n"), True
+                (code, kind, body), send_body = respond(self.routes, head)
             reason = HTTPStatus(code).phrase
             writer.write(
                 f"HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"

@@ -13,7 +13,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from agent import http as agent_http
 from agent.http import HttpServer, start_server
 from agent.roles import Role
 from agent.runner import Agent
@@ -177,18 +176,3 @@ async def test_a_client_that_never_finishes_its_request_does_not_hold_up_the_shu
     await client.server.cleanup()
     assert asyncio.get_running_loop().time() - began < 1.5
     writer.close()
-
-
-async def test_a_view_that_fails_answers_500_and_the_server_keeps_serving(
-    active: tuple[Node, Client], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _, client = active
-    working = agent_http.status
-
-    def broken(_: Agent) -> dict[str, Any]:
-        raise RuntimeError("a defect")
-
-    monkeypatch.setattr(agent_http, "status", broken)
-    assert await client.status("/status") == 500
-    monkeypatch.setattr(agent_http, "status", working)
-    assert await client.status("/status") == 200
