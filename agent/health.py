@@ -8,11 +8,9 @@ to every failover. Once healthy, the configured interval applies."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import ssl
-import urllib.parse
 
+import aiohttp
 import structlog
 
 from .app import Application, _spawn, _terminate_group
@@ -20,8 +18,6 @@ from .clock import Clock, wait_event, within
 from .config import HealthConfig, redact_url, scrub_url
 
 STARTING_POLL_S = 0.05  # between checks of a starting application, until its first success
-MAX_REDIRECTS = 5  # an HTTP check follows this many redirects (301, 302, 303, 307, 308) to the final answer
-_REDIRECTS = (301, 302, 303, 307, 308)
 
 log = structlog.get_logger("fos.health")
 
@@ -33,10 +29,12 @@ class HealthCheck:
         self.clock = clock
         self.healthy: bool | None = None
         self.last_detail = "not checked yet"
-        self._tls: ssl.SSLContext | None = None  # made at the first https check and kept: it costs CPU to build
+        self._session: aiohttp.ClientSession | None = None  # one for all checks: a new one each time costs CPU
 
     async def close(self) -> None:
-        """Nothing stays open between checks (each HTTP check is one connection); kept for the agent's shutdown."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def forget(self, detail: str) -> None:
         """The app was stopped on purpose: its last health result no longer describes anything."""
@@ -46,8 +44,10 @@ class HealthCheck:
         cfg = self.cfg
         try:
             if cfg.http:
-                status = await within(self._get(cfg.http), cfg.timeout)
-                return 200 <= status < 300, f"GET {redact_url(cfg.http)} -> {status}"
+                if self._session is None:
+                    self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=cfg.timeout))
+                async with self._session.get(cfg.http) as resp:
+                    return 200 <= resp.status < 300, f"GET {redact_url(cfg.http)} -> {resp.status}"
             if cfg.tcp is not None:
                 _, writer = await within(asyncio.open_connection("127.0.0.1", cfg.tcp), cfg.timeout)
                 writer.close()
@@ -62,53 +62,11 @@ class HealthCheck:
                     await _terminate_group(proc, 0.5)
                     return False, f"health command timed out after {cfg.timeout:g}s"
                 return code == 0, f"health command exited {code}"
-        except (TimeoutError, OSError, ValueError, EOFError, asyncio.LimitOverrunError) as exc:
+        except (TimeoutError, OSError, aiohttp.ClientError) as exc:
             # The detail reaches logs, events and /status: never with the URL's credentials.
             return False, scrub_url(f"{type(exc).__name__}: {exc}", cfg.http)[:200]
         running = self.app.running()
         return running is not False, "process running" if running else "no health check configured"
-
-    async def _get(self, url: str) -> int:
-        """The status of GET `url`, after at most MAX_REDIRECTS redirects. A URL's user:password@ goes out as
-        HTTP basic authentication."""
-        status, location = await self._get_once(url)
-        for _ in range(MAX_REDIRECTS):
-            if status not in _REDIRECTS or not location:
-                break
-            url = urllib.parse.urljoin(url, location)
-            status, location = await self._get_once(url)
-        return status
-
-    async def _get_once(self, url: str) -> tuple[int, str | None]:
-        """(status, Location header) of one GET on a connection of its own (HTTP/1.1, Connection: close).
-        Raises OSError, ValueError (not an HTTP answer) or EOFError (the server closed early)."""
-        parts = urllib.parse.urlsplit(url)
-        tls = None
-        if parts.scheme == "https":
-            tls = self._tls = self._tls or ssl.create_default_context()
-        port = parts.port or (443 if tls else 80)
-        reader, writer = await asyncio.open_connection(parts.hostname or "", port, ssl=tls)
-        try:
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            head = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc.rpartition('@')[2]}", "Connection: close"]
-            if parts.username is not None:
-                user = urllib.parse.unquote(parts.username)
-                secret = urllib.parse.unquote(parts.password or "")
-                head.append("Authorization: Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode())
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
-            status_line = (await reader.readuntil(b"\n")).split(None, 2)
-            if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/") or not status_line[1].isdigit():
-                raise ValueError("the answer is not HTTP")
-            location = None
-            while (line := await reader.readuntil(b"\n")).strip():
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"location":
-                    location = value.strip().decode("latin-1")
-            return int(status_line[1]), location
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
 
     async def wait_healthy(self, grace: float) -> tuple[bool, str]:
         """Check every STARTING_POLL_S (the interval, if shorter) until the first success or until `grace`

@@ -1,4 +1,4 @@
-"""The agent's read-only HTTP endpoint for monitoring and load balancers.
+"""The agent's read-only HTTP endpoint for monitoring and load balancers (aiohttp).
 
 GET /health   200 while the loop is alive and consistent; 503 if it stalled, or if we hold the lease but
               renewals are failing
@@ -6,31 +6,18 @@ GET /active   200 only on the node that holds the lease, has the common IP bound
 GET /standby  200 on a node that is a ready standby
 GET /status   JSON of the agent's view
 GET /metrics  Prometheus text
-
-Served on asyncio streams: five read-only GETs (and HEADs), one request per connection, need no web framework,
-and aiohttp cost each agent about 12 MB of memory (100 modules), a quarter of its footprint budget.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any
 
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import __version__
-from .clock import within
 from .roles import Role
 from .runner import Agent
-
-MAX_REQUEST_HEAD = 8192  # request line and headers; a longer one is refused (431)
-READ_TIMEOUT_S = 5.0  # a client that sends no complete request head within this is dropped
-SHUTDOWN_TIMEOUT_S = 1.0  # never let a lingering client connection hold up a graceful stop
-JSON = "application/json; charset=utf-8"
 
 
 def status(agent: Agent) -> dict[str, Any]:
@@ -91,115 +78,42 @@ def is_active(agent: Agent) -> bool:
     )
 
 
-Response = tuple[int, str, bytes]  # status, content type, body
-
-
-def _json(doc: dict[str, Any], status: int = 200) -> Response:
-    return status, JSON, json.dumps(doc).encode()
-
-
-def routes(agent: Agent) -> dict[str, Callable[[], Response]]:
-    """The endpoints: path -> the response, computed from the agent's state at the time of the request."""
-
-    def health() -> Response:
+def make_app(agent: Agent) -> web.Application:
+    async def health(_: web.Request) -> web.Response:
         doc = status(agent)
         if loop_stalled(agent):
-            return _json({**doc, "problem": "the agent loop stalled"}, 503)
+            return web.json_response({**doc, "problem": "the agent loop stalled"}, status=503)
         if agent.role in (Role.ACTIVE, Role.PROMOTING) and agent.renew_failing:
-            return _json({**doc, "problem": "holding the lease but cannot renew it"}, 503)
-        return _json(doc)
+            return web.json_response({**doc, "problem": "holding the lease but cannot renew it"}, status=503)
+        return web.json_response(doc)
 
-    def active() -> Response:
+    async def active(_: web.Request) -> web.Response:
         ok = is_active(agent) and not loop_stalled(agent)
-        return _json(status(agent), 200 if ok else 503)
+        return web.json_response(status(agent), status=200 if ok else 503)
 
-    def standby() -> Response:
+    async def standby(_: web.Request) -> web.Response:
         ok = agent.role is Role.STANDBY and not loop_stalled(agent)
-        return _json(status(agent), 200 if ok else 503)
+        return web.json_response(status(agent), status=200 if ok else 503)
 
-    def metrics() -> Response:
-        return 200, CONTENT_TYPE_LATEST, agent.metrics.render()
+    async def status_view(_: web.Request) -> web.Response:
+        return web.json_response(status(agent))
 
-    return {
-        "/health": health,
-        "/active": active,
-        "/standby": standby,
-        "/status": lambda: _json(status(agent)),
-        "/metrics": metrics,
-    }
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=agent.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-
-def respond(table: dict[str, Callable[[], Response]], head: bytes) -> tuple[Response, bool]:
-    """The response to one request head (request line and headers), and whether to send its body (not for HEAD)."""
-    parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        return (400, "text/plain", b"bad request\n"), True
-    method, path = parts[0], parts[1].split("?", 1)[0]
-    if method not in ("GET", "HEAD"):
-        return (405, "text/plain", b"only GET and HEAD\n"), True
-    view = table.get(path)
-    if view is None:
-        return (404, "text/plain", b"not found\n"), method == "GET"
-    return view(), method == "GET"
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/active", active)
+    app.router.add_get("/standby", standby)
+    app.router.add_get("/status", status_view)
+    app.router.add_get("/metrics", metrics)
+    return app
 
 
-class HttpServer:
-    """The listening endpoint; `cleanup` stops it (bounded by SHUTDOWN_TIMEOUT_S)."""
-
-    def __init__(self, agent: Agent) -> None:
-        self.routes = routes(agent)
-        self.server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def start(self, host: str, port: int) -> None:
-        """Listen on host:port; OSError (e.g. the port is in use) if it cannot."""
-        self.server = await asyncio.start_server(self._serve, host, port, limit=MAX_REQUEST_HEAD)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            try:
-                head = await within(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
-            except asyncio.LimitOverrunError:
-                (code, kind, body), send_body = (431, "text/plain", b"request head too large\n"), True
-            else:
-                (code, kind, body), send_body = respond(self.routes, head)
-            reason = HTTPStatus(code).phrase
-            writer.write(
-                f"HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode("latin-1")
-                + (body if send_body else b"")
-            )
-            await within(writer.drain(), READ_TIMEOUT_S)
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
-            pass  # the client went away or never finished its request: nothing to answer
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(OSError, TimeoutError):
-                await within(writer.wait_closed(), SHUTDOWN_TIMEOUT_S)
-
-    async def cleanup(self) -> None:
-        """Stop listening and end the open connections."""
-        if self.server is not None:
-            self.server.close()
-            for task in list(self._connections):
-                task.cancel()
-            with contextlib.suppress(TimeoutError):
-                await within(self.server.wait_closed(), SHUTDOWN_TIMEOUT_S)
-            self.server = None
-
-
-async def start_server(agent: Agent, listen: str) -> HttpServer:
-    """Serve the endpoints on `listen` (host:port, [v6]:port, :port for every address)."""
+async def start_server(agent: Agent, listen: str) -> web.AppRunner:
     host, _, port = listen.rpartition(":")
-    server = HttpServer(agent)
-    await server.start(host.strip("[]") or "0.0.0.0", int(port))
-    return server
+    # Never let a lingering client connection hold up a graceful stop.
+    runner = web.AppRunner(make_app(agent), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port)).start()
+    return runner

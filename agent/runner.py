@@ -40,6 +40,7 @@ from .common_ip import CommonIp
 from .config import Config, NodeConfig
 from .health import HealthCheck
 from .metrics import Metrics
+from .timing import NODE_ROW_HEARTBEATS
 from .roles import (
     Decision,
     HoldEvent,
@@ -53,7 +54,6 @@ from .roles import (
     plan_standby,
     renewal_due,
 )
-from .timing import NODE_ROW_HEARTBEATS
 
 if TYPE_CHECKING:
     from .replication_schedule import ReplicationSchedule

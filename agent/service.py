@@ -13,6 +13,7 @@ import signal
 import sys
 
 import structlog
+from aiohttp import web
 
 from lease import (
     NodeRecord,
@@ -31,7 +32,7 @@ from .app import Application, NoApplication, StartStopCommands, SupervisedComman
 from .clock import SystemClock
 from .config import Config, ConfigError, NodeConfig, check_listen
 from .exits import EXIT_FAILED, EXIT_OK
-from .http import HttpServer, start_server
+from .http import start_server
 from .replication_schedule import ReplicationSchedule
 from .roles import Role, live_namesake
 from .runner import FATAL_STORE_ERRORS, Agent, AgentFailed
@@ -138,7 +139,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
         check_name("instance", instance)
         if cfg.address_driver == "netlink":
             assert cfg.common_ip is not None
-            # NetopsError: interface missing, down, wrong subnet. In a thread: netlink calls block.
+            # NetopsError: interface missing, down, wrong subnet. In a thread: pyroute2 runs its own event loop.
             await asyncio.to_thread(validate, node.interface, cfg.common_ip)
         binder = build_binder(cfg, node)
         store = open_store(cfg)
@@ -147,7 +148,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
             app = build_app(cfg, node, state)
             agent = Agent(cfg, node, store, binder, app, SystemClock(), instance=instance)
             replication: Replication | None = None
-            runner: HttpServer | None = None
+            runner: web.AppRunner | None = None
             if cfg.http_listen:  # before reaping an orphan: a port in use must refuse with nothing changed
                 try:
                     runner = await start_server(agent, cfg.http_listen)
