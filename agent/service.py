@@ -139,7 +139,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
         check_name("instance", instance)
         if cfg.address_driver == "netlink":
             assert cfg.common_ip is not None
-            # NetopsError: interface missing, down, wrong subnet. In a thread: pyroute2 runs its own event loop.
+            # NetopsError: interface missing, down, wrong subnet. In a thread: netlink calls block.
             await asyncio.to_thread(validate, node.interface, cfg.common_ip)
         binder = build_binder(cfg, node)
         store = open_store(cfg)
