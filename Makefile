@@ -25,6 +25,7 @@ bench: bootstrap
 	$(PY) bench/lease_ops.py
 	$(PY) bench/lease_scale.py
 	$(PY) bench/failover.py
+	$(PY) bench/probe_cost.py
 	$(PY) bench/footprint.py
 
 clean:

@@ -36,8 +36,9 @@ class CommonIp:
         """False with address_driver = "none": the binder only records the state (NoneBinder)."""
         return self.cfg.address_driver == "netlink"
 
-    async def claim(self, holding: Holding) -> None:
-        """Probe for another owner, then bind. Right after taking over an *expired* lease the old holder's address
+    async def claim(self, holding: Holding, announce: bool = True) -> None:
+        """Probe for another owner, then bind (and announce, unless `announce` is False: the caller announces
+        beside other work, e.g. the app's start). Right after taking over an *expired* lease the old holder's address
         may still be up for up to G (the kernel's lateness): probe again until it is gone before calling it a
         conflict (AddressConflict). If not even a 1 s lifetime fits before F any more (a slow acquisition, a long
         probe), wait for the next successful renewal to make room: the caller's fence deadline bounds the wait."""
@@ -47,12 +48,14 @@ class CommonIp:
             if mac:
                 raise AddressConflict(str(self.cfg.common_ip.ip if self.cfg.common_ip else ""), mac)
         self._wanted = True
-        await self.reconcile(lambda: holding, rebinding_is_news=False)  # a NetopsError fails the promotion
+        await self.reconcile(lambda: holding, rebinding_is_news=False, announce=announce)  # NetopsError: fails it
         if not self.bound:
             self.log.info("ip_waits_for_renewal")
             await self._up.wait()
 
-    async def reconcile(self, holding_now: Callable[[], Holding | None], rebinding_is_news: bool = True) -> None:
+    async def reconcile(
+        self, holding_now: Callable[[], Holding | None], rebinding_is_news: bool = True, announce: bool = True
+    ) -> None:
         """Make the address match the lease: present, with a lifetime that ends before F.
 
         The binder cuts the lifetime again in its worker thread right before the netlink write (`not_after`), so
@@ -80,7 +83,7 @@ class CommonIp:
                 if added:
                     if rebinding_is_news:
                         self.log.warning("ip_rebound", lifetime=lifetime)  # the kernel had let it lapse
-                    if self.clock.now() < holding.fence_at:
+                    if announce and self.clock.now() < holding.fence_at:
                         await self.binder.announce()
             except DeadlinePassed as exc:
                 self.log.warning("ip_not_extended", error=str(exc))

@@ -46,7 +46,7 @@ async def check_network(cfg: Config, node: NodeConfig, holder: bool) -> list[Che
     if cfg.address_driver != "netlink" or cfg.common_ip is None:
         return [Check("interface", SKIP, "address_driver = 'none': no common IP on this node")]
     try:
-        iface = await asyncio.to_thread(validate, node.interface, cfg.common_ip)  # pyroute2 wants no running loop
+        iface = await asyncio.to_thread(validate, node.interface, cfg.common_ip)  # netlink calls block
     except NetopsError as exc:
         return [Check("interface", FAIL, str(exc), "fix nodes.interface or cluster.common_ip (fos iflist)")]
     out = [Check("interface", PASS, f"{iface.name} is up and on the subnet of {cfg.common_ip}")]

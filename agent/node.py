@@ -17,7 +17,7 @@ def local_addresses() -> set[str]:
     """This machine's addresses; a ConfigError (asking for --node) when the kernel will not list them."""
     try:
         return {a.split("/")[0] for i in list_interfaces() for a in i.addresses}
-    except Exception as exc:  # pyroute2's NetlinkError is no OSError; any failure here means: cannot tell
+    except Exception as exc:  # any failure here means: cannot tell
         raise ConfigError(
             f"cannot list this machine's addresses to find its node ({type(exc).__name__}): pass --node"
         ) from None

@@ -26,6 +26,7 @@ from .control_rules import (
     takeovers_since_enable,
 )
 from .roles import HoldEvent, Holding, Modes, Role
+from .timing import NODE_ROW_HEARTBEATS
 
 if TYPE_CHECKING:
     from .runner import Agent
@@ -80,15 +81,24 @@ class Operations:
         )
 
     async def report_loop(self) -> None:
-        """The node row every heartbeat, and at once after a transition."""
+        """The node row: at once after a transition or a change of app health or of the control state seen,
+        else every NODE_ROW_HEARTBEATS heartbeats (a database write per heartbeat per idle agent is waste)."""
         a = self.agent
+        heartbeat = a.cfg.lease.heartbeat
+        written: tuple[Role, bool | None, str] | None = None
+        written_at = 0.0
         while True:
             self.report_now.clear()
-            try:
-                await self.record_node(a.role, a.health.healthy)
-            except StoreError as exc:
-                a.log.debug("node_row_not_recorded", error=str(exc))
-            await wait_event(self.report_now, a.cfg.lease.heartbeat)
+            now = (a.role, a.health.healthy, self.sees())
+            if now != written or a.clock.now() - written_at >= (NODE_ROW_HEARTBEATS - 0.5) * heartbeat:
+                written_at = a.clock.now()
+                try:
+                    await self.record_node(a.role, a.health.healthy)
+                    written = now
+                except StoreError as exc:
+                    written = None
+                    a.log.debug("node_row_not_recorded", error=str(exc))
+            await wait_event(self.report_now, heartbeat)
 
     # ---- what was read ----------------------------------------------------------------------------------
 

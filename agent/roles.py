@@ -239,7 +239,8 @@ def live_namesake(
     nodes: list[NodeRecord], me: str, instance: str | None, heartbeat: float, call_timeout: float
 ) -> NodeRecord | None:
     """Another live agent process using our node name (a cloned VM, a second `fos run --node`), if its row says
-    so: another instance id, not stopped, and seen within three heartbeats (it writes its row every one)."""
+    so: another instance id, not stopped, and seen within three heartbeats (it writes its row at least every
+    timing.NODE_ROW_HEARTBEATS)."""
     recent = 3 * heartbeat + call_timeout
     for n in nodes:
         if n.node != me or n.instance == instance or n.role == Role.STOPPED.value:

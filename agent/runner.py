@@ -389,16 +389,24 @@ class Agent:
     async def _promote(self) -> str:
         holding = self.holding
         assert holding is not None
-        await self.ip.claim(holding)
+        await self.ip.claim(holding, announce=False)
+        # The announcement (announce.count x interval) goes out beside the app's start, not before it: the app
+        # still starts only once the address is bound, and the promotion ends once both are done.
+        announcing = asyncio.create_task(self.ip.announce(holding))
         bound = None
         if self.ip.managed:  # for `fos history`: when the address came up (recorded while the app starts)
             bound = asyncio.create_task(self.event(EventKind.IP_BOUND, f"{self.cfg.common_ip} bound", holding.epoch))
         try:
             detail = await self._start_app(holding)
+            await announcing
         except BaseException:  # a failed start or a fence: nothing may wait for the event
             if bound is not None:
                 bound.cancel()
             raise
+        finally:
+            announcing.cancel()  # the binder ends its raw-socket work before the cancel returns
+            with contextlib.suppress(asyncio.CancelledError):
+                await announcing
         if bound is not None:
             await bound  # bounded by the call timeout; in order before PROMOTED
         await self.event(EventKind.PROMOTED, f"serving {self.cfg.common_ip or 'without a common IP'}: {detail}")

@@ -41,7 +41,7 @@ from .roles import Role, live_namesake
 from .runner import Agent, AgentFailed
 from .statedir import StateDir
 from .stores import open_store
-from .timing import check
+from .timing import NODE_ROW_HEARTBEATS, check
 
 
 def build_app(cfg: Config, node: NodeConfig, state: StateDir) -> Application:
@@ -109,9 +109,10 @@ async def _check_database(store: SqlLeaseStore, cfg: Config, node: NodeConfig, i
         namesake = await namesake_now()
         if namesake is not None:
             # A recent row may be the last words of this machine's previous life (a fast reboot changes the
-            # instance): only an agent that keeps writing its row is alive. Watch it for 1.5 heartbeats.
+            # instance): only an agent that keeps writing its row is alive. Watch it for longer than it takes to
+            # rewrite it (every NODE_ROW_HEARTBEATS heartbeats).
             seen = namesake.last_seen_age_s or 0.0
-            waited = 1.5 * cfg.lease.heartbeat + cfg.call_timeout
+            waited = (NODE_ROW_HEARTBEATS + 0.5) * cfg.lease.heartbeat + cfg.call_timeout
             await asyncio.sleep(waited)
             again = await namesake_now()
             if again is None or (again.last_seen_age_s or 0.0) < seen + waited - cfg.call_timeout:
@@ -152,7 +153,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
         check_name("instance", instance)
         if cfg.address_driver == "netlink":
             assert cfg.common_ip is not None
-            # NetopsError: interface missing, down, wrong subnet. In a thread: pyroute2 runs its own event loop.
+            # NetopsError: interface missing, down, wrong subnet. In a thread: netlink calls block.
             await asyncio.to_thread(validate, node.interface, cfg.common_ip)
         binder = build_binder(cfg, node)
         store = open_store(cfg)

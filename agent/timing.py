@@ -18,6 +18,10 @@ RHO = 1e-3
 MIN_FENCE_MARGIN_S = 0.1  # M must cover removing the address, scheduling jitter and DB timestamp resolution
 MIN_LIFETIME_S = 1  # the kernel counts address lifetimes in whole seconds
 MIN_RETRY_S = 0.02  # the shortest wait between two attempts of any loop: nothing may spin
+# The agent rewrites its fos_node row when its role or app health changes, else every this many heartbeats (a
+# write per heartbeat cost each idle agent a database write a second). Whoever judges a row's age allows for it:
+# `fos status`/doctor call a row older than 3 heartbeats down, a live namesake is watched for longer than this.
+NODE_ROW_HEARTBEATS = 2
 
 
 def fence_deadline(sent: float, ttl: float, margin: float) -> float:

@@ -35,6 +35,27 @@ from tests.support.netns import Host, Lan, wait_for
 FAULTS = ["kill9", "linkcut", "sigterm", "switchover"]
 SWITCHOVER_VIA = "cli"  # or "store": --switchover-via
 TAKEOVER = re.compile(r"expired (-?\d+) ms before the read")
+APP_HEALTHY = re.compile(r"app_healthy\s+after=([0-9.]+)")
+
+
+def first_log_time(text: str, event: str, after_wall: float) -> float | None:
+    """Wall-clock time of the first `event` logged after `after_wall`."""
+    for line in text.splitlines():
+        if f" {event} " in line:
+            stamp = datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+            if stamp >= after_wall:
+                return stamp
+    return None
+
+
+def app_start_of(text: str, after_wall: float) -> float | None:
+    """The application's own start-to-healthy time, as the promoting agent logged it (app_healthy after=...),
+    for the first promotion logged after `after_wall`."""
+    for line in text.splitlines():
+        match = APP_HEALTHY.search(line)
+        if match and datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp() >= after_wall:
+            return float(match.group(1))
+    return None
 
 
 def log_time_of(text: str, node: str, role: str, after_wall: float) -> float | None:
@@ -111,17 +132,30 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> 
             if acquired_wall is not None and match:
                 expiry_wall = acquired_wall - int(match.group(1)) / 1000.0
                 after_expiry = served - (t0 + (expiry_wall - w0))
+            app_start = app_start_of(c.log_text(standby), w0)
+            spawned = first_log_time(c.log_text(standby), "app_started", w0)
+            # From the acquisition to the app's spawn: the conflict probe, the bind and the spawn itself.
+            claim = None if spawned is None or acquired_wall is None else spawned - acquired_wall
             results.append(
                 {
                     "served": served - t0,
                     "after_expiry": after_expiry,
                     "read_after_expiry": int(match.group(1)) / 1000.0 if match else None,
                     "after_command": None if command_done is None else served - command_done,
+                    "app_start": app_start,
+                    "acquired_to_app_spawned": claim,
+                    "after_expiry_less_app": None
+                    if after_expiry is None or app_start is None
+                    else after_expiry - app_start,
                 }
             )
             heal(c, fault, active)
             wait_for(lambda a=active: c.role(a) == "standby", 60, 0.1, "the failed node to be standby again")
         both = len(c.sampler.both_bound())
+    except BaseException:
+        for name in c.names:  # what the agents said, for a run that failed
+            print(f"----- {name} agent log -----\n{c.log_text(name)[-4000:]}", file=sys.stderr)
+        raise
     finally:
         c.close()
         lan.close()
@@ -134,6 +168,9 @@ def summarise(setup: str, fault: str, results: list[dict[str, Any]], both: int) 
     after = [r["after_expiry"] for r in results if r.get("after_expiry") is not None]
     late = [r["read_after_expiry"] for r in results if r.get("read_after_expiry") is not None]
     after_command = [r["after_command"] for r in results if r.get("after_command") is not None]
+    app = [r["app_start"] for r in results if r.get("app_start") is not None]
+    fos_part = [r["after_expiry_less_app"] for r in results if r.get("after_expiry_less_app") is not None]
+    claim = [r["acquired_to_app_spawned"] for r in results if r.get("acquired_to_app_spawned") is not None]
     return {
         "setup": setup,
         "fault": fault,
@@ -145,6 +182,10 @@ def summarise(setup: str, fault: str, results: list[dict[str, Any]], both: int) 
         "read_after_expiry_max_s": max(late) if late else None,
         "after_command_median_s": statistics.median(after_command) if after_command else None,
         "after_command_max_s": max(after_command) if after_command else None,
+        "app_start_median_s": statistics.median(app) if app else None,
+        "acquired_to_app_spawned_median_s": statistics.median(claim) if claim else None,
+        "after_expiry_less_app_median_s": statistics.median(fos_part) if fos_part else None,
+        "after_expiry_less_app_max_s": max(fos_part) if fos_part else None,
         "both_bound_samples": both,
         "raw": results,
     }
@@ -292,6 +333,10 @@ COLUMNS = [
     ("read_after_expiry_max_s", "standby read late max s"),
     ("after_command_median_s", "after command median s"),
     ("after_command_max_s", "after command max s"),
+    ("acquired_to_app_spawned_median_s", "acquired to app spawned (probe, bind) median s"),
+    ("app_start_median_s", "app start-to-healthy median s"),
+    ("after_expiry_less_app_median_s", "after expiry less app median s"),
+    ("after_expiry_less_app_max_s", "after expiry less app max s"),
     ("both_bound_samples", "both bound"),
 ]
 

@@ -20,18 +20,17 @@ import errno
 import ipaddress
 import math
 import platform
+import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import Protocol
 
 from .arp import arp_probe, send_gratuitous_arp
 from .errors import AddressConflict, DeadlinePassed, NetopsError
 from .interfaces import Interface, find_interface
 from .ndp import ns_probe, send_unsolicited_na
+from .rtnl import Address, Rtnl
 from .settle import dump_retrying, settled
 
 FOS_ADDR_PROTO = 222
@@ -176,86 +175,98 @@ class NetlinkBinder:
 
     # ---- netlink, run in a worker thread (each call opens its own socket) ----------------------------------
 
-    def _find(self, ipr: IPRoute, index: int) -> Any | None:
-        family = 2 if self.address.version == 4 else 10
-        for a in dump_retrying(lambda: list(ipr.get_addr(family=family, index=index))):
-            if a.get("IFA_ADDRESS") == self.ip or (self.address.version == 4 and a.get("IFA_LOCAL") == self.ip):
+    def _find(self, ipr: Rtnl, index: int) -> Address | None:
+        family = socket.AF_INET if self.address.version == 4 else socket.AF_INET6
+        for a in dump_retrying(lambda: ipr.addresses(family, index)):
+            if a.address == self.ip or (self.address.version == 4 and a.local == self.ip):
                 return a
         return None
 
-    def _ours(self, msg: Any) -> bool:
-        proto = msg.get("IFA_PROTO")
+    def _ours(self, msg: Address) -> bool:
+        proto = msg.proto
         if proto is not None:  # kernels >= 6.3 report a non-zero protocol: the primary marker
-            return bool(proto == FOS_ADDR_PROTO)
-        label = msg.get("IFA_LABEL")
+            return proto == FOS_ADDR_PROTO
+        label = msg.label
         # Older kernels drop IFA_PROTO: fall back to the label, but never to one equal to the interface name,
         # which is what the operator's own addresses carry.
         return self._label is not None and label == self._label and label != self.interface
 
     def _state(self) -> tuple[bool, bool]:
         """(present on the interface, present and added by fos)."""
-        with IPRoute() as ipr:
-            index = self._index(ipr)
-            msg = self._find(ipr, index)
+        with Rtnl() as ipr:
+            msg = self._find(ipr, self._index(ipr))
             return msg is not None, msg is not None and self._ours(msg)
 
-    def _index(self, ipr: IPRoute) -> int:
-        found = ipr.link_lookup(ifname=self.interface)
-        if not found:
-            raise NetopsError(
-                f"interface {self.interface!r} does not exist on this machine: pick one from `fos iflist`"
-            )
-        return int(found[0])
+    def _replace_if_ours(self, lifetime: int | None, not_after: float | None) -> tuple[bool, bool]:
+        """(present, ours) as _state; when ours, its lifetime is set at once, on the same netlink socket: the
+        holder's every renewal comes here, and one socket and one dump instead of two halve its netlink work."""
+        with Rtnl() as ipr:
+            index = self._index(ipr)
+            msg = self._find(ipr, index)
+            ours = msg is not None and self._ours(msg)
+            if ours:
+                self._write_on(ipr, index, "replace", lifetime, not_after)
+            return msg is not None, ours
+
+    def _index(self, ipr: Rtnl) -> int:
+        # if_nametoindex is one ioctl, where a link dump decodes every link of the machine; but it only says "no"
+        # (also when it could not open its socket): then the dump tells what is wrong.
+        try:
+            return socket.if_nametoindex(self.interface)
+        except OSError:
+            pass
+        for link in dump_retrying(ipr.links):
+            if link.name == self.interface:
+                return link.index
+        raise NetopsError(f"interface {self.interface!r} does not exist on this machine: pick one from `fos iflist`")
 
     def _write(self, command: str, lifetime: int | None, not_after: float | None = None) -> None:
+        with Rtnl() as ipr:
+            self._write_on(ipr, self._index(ipr), command, lifetime, not_after)
+
+    def _write_on(self, ipr: Rtnl, index: int, command: str, lifetime: int | None, not_after: float | None) -> None:
         life = FOREVER if lifetime is None else int(lifetime)
-        attrs: dict[str, Any] = {
-            "index": 0,
-            "address": self.ip,
-            "prefixlen": self.address.network.prefixlen,
-            "IFA_CACHEINFO": {"ifa_preferred": life, "ifa_valid": life, "cstamp": 0, "tstamp": 0},
-            "IFA_PROTO": FOS_ADDR_PROTO,
-        }
-        if self._label:
-            attrs["label"] = self._label
-        else:
-            attrs["IFA_FLAGS"] = IFA_F_NODAD  # we probed already; DAD would leave it unusable for a second
-        with IPRoute() as ipr:
-            attrs["index"] = self._index(ipr)
-            if not_after is not None:
-                # The last moment before the write: whatever delayed us (a freeze, a suspend, the scheduler),
-                # the address must still be gone by not_after.
-                room = not_after - time.clock_gettime(time.CLOCK_BOOTTIME) - KERNEL_LATENESS_S
-                if room < 1:
+        prefixlen = self.address.network.prefixlen
+        # IPv6: no DAD, we probed already (DAD would leave the address unusable for a second); IPv4 has the label.
+        flags = 0 if self._label else IFA_F_NODAD
+
+        def write(replace: bool, seconds: int) -> None:
+            ipr.set_address(
+                replace, index, self.ip, prefixlen, seconds, proto=FOS_ADDR_PROTO, label=self._label, flags=flags
+            )
+
+        if not_after is not None:
+            # The last moment before the write: whatever delayed us (a freeze, a suspend, the scheduler),
+            # the address must still be gone by not_after.
+            room = not_after - time.clock_gettime(time.CLOCK_BOOTTIME) - KERNEL_LATENESS_S
+            if room < 1:
+                raise DeadlinePassed(1 - room)
+            life = min(life, math.floor(room))
+        write(command == "replace", life)
+        if not_after is not None:
+            # A freeze between the cut above and the write would count the lifetime from the thaw: check
+            # again, and shorten or remove the address at once if it could now outlive not_after.
+            room = not_after - time.clock_gettime(time.CLOCK_BOOTTIME) - KERNEL_LATENESS_S
+            if room < life:
+                if room >= 1:
+                    life = math.floor(room)
+                    write(True, life)
+                else:
+                    ipr.delete_address(index, self.ip, prefixlen)
+                    self.written_lifetime = None
                     raise DeadlinePassed(1 - room)
-                life = min(life, math.floor(room))
-                attrs["IFA_CACHEINFO"] = {"ifa_preferred": life, "ifa_valid": life, "cstamp": 0, "tstamp": 0}
-            ipr.addr(command, **attrs)
-            if not_after is not None:
-                # A freeze between the cut above and the write would count the lifetime from the thaw: check
-                # again, and shorten or remove the address at once if it could now outlive not_after.
-                room = not_after - time.clock_gettime(time.CLOCK_BOOTTIME) - KERNEL_LATENESS_S
-                if room < life:
-                    if room >= 1:
-                        life = math.floor(room)
-                        attrs["IFA_CACHEINFO"] = {"ifa_preferred": life, "ifa_valid": life, "cstamp": 0, "tstamp": 0}
-                        ipr.addr("replace", **attrs)
-                    else:
-                        ipr.addr("del", index=attrs["index"], address=self.ip, prefixlen=attrs["prefixlen"])
-                        self.written_lifetime = None
-                        raise DeadlinePassed(1 - room)
         self.written_lifetime = None if life == FOREVER else life
 
     def _delete(self) -> bool:
-        with IPRoute() as ipr:
+        with Rtnl() as ipr:
             index = self._index(ipr)
             msg = self._find(ipr, index)
             if msg is None or not self._ours(msg):
                 return False
             try:
-                ipr.addr("del", index=index, address=self.ip, prefixlen=msg["prefixlen"])
-            except NetlinkError as exc:
-                if exc.code == errno.EADDRNOTAVAIL:  # the kernel's lifetime ran out in between
+                ipr.delete_address(index, self.ip, msg.prefixlen)
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:  # the kernel's lifetime ran out in between
                     return False
                 raise
             return True
@@ -269,9 +280,10 @@ class NetlinkBinder:
         return (await settled(self._state, self._what("read")))[1]
 
     async def bind(self, lifetime: int | None = None, *, force: bool = False, not_after: float | None = None) -> bool:
-        present, ours = await settled(self._state, self._what("read"))
+        present, ours = await settled(
+            lambda: self._replace_if_ours(lifetime, not_after), self._what("set the lifetime of")
+        )
         if ours:
-            await settled(lambda: self._write("replace", lifetime, not_after), self._what("set the lifetime of"))
             return False
         if present:
             raise NetopsError(
@@ -287,10 +299,8 @@ class NetlinkBinder:
         return True
 
     async def refresh(self, lifetime: int, *, not_after: float | None = None) -> bool:
-        if not (await settled(self._state, self._what("read")))[1]:
-            return False
-        await settled(lambda: self._write("replace", lifetime, not_after), self._what("set the lifetime of"))
-        return True
+        _, ours = await settled(lambda: self._replace_if_ours(lifetime, not_after), self._what("set the lifetime of"))
+        return ours
 
     async def unbind(self) -> bool:
         return await settled(self._delete, self._what("remove"))

@@ -1,4 +1,4 @@
-"""Network interfaces as the kernel reports them over netlink (pyroute2): never by parsing `ip` output."""
+"""Network interfaces as the kernel reports them over netlink (netops.rtnl): never by parsing `ip` output."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from .errors import NetopsError
+from .rtnl import Rtnl
 from .settle import describe, dump_retrying
 
 
@@ -43,40 +41,39 @@ class Interface:
 IFF_UP = 0x1
 
 
-def list_interfaces(ipr: IPRoute | None = None) -> list[Interface]:
+def list_interfaces(ipr: Rtnl | None = None) -> list[Interface]:
     """Every interface with its addresses; NetopsError (one line) if the kernel cannot be asked."""
     try:
         return _list(ipr)
-    except (OSError, NetlinkError) as exc:
+    except OSError as exc:
         raise describe(exc, "list the network interfaces") from exc
 
 
-def _list(ipr: IPRoute | None) -> list[Interface]:
+def _list(ipr: Rtnl | None) -> list[Interface]:
     own = ipr is None
-    ipr = ipr or IPRoute()
+    rtnl = ipr or Rtnl()
     try:
         addrs: dict[int, list[str]] = {}
-        for a in dump_retrying(lambda: list(ipr.get_addr())):
-            addrs.setdefault(a["index"], []).append(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
-        out = []
-        for link in dump_retrying(lambda: list(ipr.get_links())):
-            out.append(
-                Interface(
-                    name=link.get("IFLA_IFNAME"),
-                    index=link["index"],
-                    mac=link.get("IFLA_ADDRESS") or "",
-                    state=link.get("IFLA_OPERSTATE") or "UNKNOWN",
-                    admin_up=bool(link["flags"] & IFF_UP),
-                    addresses=addrs.get(link["index"], []),
-                )
+        for a in dump_retrying(rtnl.addresses):
+            addrs.setdefault(a.index, []).append(f"{a.address}/{a.prefixlen}")
+        out = [
+            Interface(
+                name=link.name,
+                index=link.index,
+                mac=link.mac,
+                state=link.operstate,
+                admin_up=bool(link.flags & IFF_UP),
+                addresses=addrs.get(link.index, []),
             )
+            for link in dump_retrying(rtnl.links)
+        ]
         return sorted(out, key=lambda i: i.index)
     finally:
         if own:
-            ipr.close()
+            rtnl.close()
 
 
-def find_interface(name: str, ipr: IPRoute | None = None) -> Interface:
+def find_interface(name: str, ipr: Rtnl | None = None) -> Interface:
     for iface in list_interfaces(ipr):
         if iface.name == name:
             return iface

@@ -17,9 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
-
 from .errors import NetopsError
+from .rtnl import DumpInterrupted
 
 T = TypeVar("T")
 DUMP_RETRIES = 5
@@ -58,7 +57,7 @@ def _translated(work: Callable[[], T], what: str) -> T:
 
 def describe(exc: BaseException, what: str) -> NetopsError:
     """A one-line NetopsError for a failure of `what`, saying what to do where there is something to do."""
-    code = exc.code if isinstance(exc, NetlinkError) else exc.errno if isinstance(exc, OSError) else None
+    code = exc.errno if isinstance(exc, OSError) else None
     if code in (errno.EPERM, errno.EACCES):
         return NetopsError(f"cannot {what}: not permitted; fos needs CAP_NET_ADMIN and CAP_NET_RAW: run it as root")
     if code in (errno.ENODEV, errno.ENXIO):
@@ -71,10 +70,10 @@ def describe(exc: BaseException, what: str) -> NetopsError:
 
 
 def dump_retrying(dump: Callable[[], T]) -> T:
-    """A netlink dump (get_addr, get_links), repeated when a concurrent change interrupted it."""
+    """A netlink dump (addresses, links), repeated when a concurrent change interrupted it."""
     for _ in range(DUMP_RETRIES - 1):
         try:
             return dump()
-        except NetlinkDumpInterrupted:
+        except DumpInterrupted:
             continue
     return dump()

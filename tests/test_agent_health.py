@@ -10,7 +10,7 @@ from aiohttp import web
 
 from agent.clock import SystemClock
 from agent.config import HealthConfig
-from agent.health import HealthCheck
+from agent.health import STARTING_POLL_S, HealthCheck
 from tests.support.dbservers import free_port
 from tests.support.fakes import FakeApp
 
@@ -78,3 +78,25 @@ async def test_watch_reports_a_process_exit_at_once() -> None:
     await asyncio.sleep(0.02)
     app.crash()
     assert await asyncio.wait_for(task, 1) == "the application process exited"
+
+
+async def test_a_starting_app_is_polled_fast_whatever_the_interval() -> None:
+    # With a 2 s interval, an app that listens after 0.3 s would be found healthy only after 2 s: the promotion
+    # (and every failover) would wait that long. Until its first success it is checked every STARTING_POLL_S.
+    port = free_port()
+    hc = HealthCheck(HealthConfig(interval=2.0, timeout=0.3, failures=2, tcp=port), FakeApp(), SystemClock())
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+
+    async def listen_later() -> asyncio.Server:
+        await asyncio.sleep(0.3)
+        return await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port)
+
+    server = asyncio.create_task(listen_later())
+    try:
+        ok, detail = await asyncio.wait_for(hc.wait_healthy(10), 5)
+        took = loop.time() - began
+        assert ok and "accepts" in detail
+        assert 0.3 <= took < 0.3 + STARTING_POLL_S + 0.15, f"healthy only after {took:.3f}s"
+    finally:
+        (await server).close()

@@ -12,7 +12,7 @@ import pytest
 
 from agent.roles import Role
 from agent.runner import AgentFailed
-from agent.timing import KERNEL_LATENESS_S
+from agent.timing import KERNEL_LATENESS_S, NODE_ROW_HEARTBEATS
 from lease import AcquireResult, EventKind, LeaseState, SchemaMissing
 from lease.memory import MemoryLeaseStore
 from netops import NetopsError
@@ -153,6 +153,18 @@ async def test_a_conflicting_address_aborts_promotion_and_releases_the_lease(sto
     await until(lambda: any(e.kind == EventKind.STEPPED_DOWN for e in store.events), 3, "step-down")
     assert not m1.binder.bound and m1.app.started_at == []
     assert store.rows["c1"].holder is None
+    await m1.kill()
+
+
+async def test_the_app_starts_once_the_address_is_bound_while_it_is_being_announced(store: MemoryLeaseStore) -> None:
+    binder = FakeBinder()
+    binder.announce_seconds = 1.0  # announce.count x announce.interval
+    m1 = Node(config(ttl=4, heartbeat=0.5, driver="netlink"), "m1", store, binder=binder).start()
+    await until(lambda: m1.app.started_at and binder.times("announce"), 3, "the app's start and the announcement")
+    bound = binder.times("bind")[0]
+    assert bound <= binder.times("announce")[0] and bound <= m1.app.started_at[0] < bound + 0.3
+    await until(lambda: m1.agent.role is Role.ACTIVE, 3, "active once announced and healthy")
+    assert time.monotonic() >= binder.times("announce")[0] + binder.announce_seconds
     await m1.kill()
 
 
@@ -450,4 +462,28 @@ async def test_renewals_failing_at_once_are_not_retried_back_to_back(store: Memo
     await until(lambda: m1.agent.role is not Role.ACTIVE, 4, "fenced")
     # about 2.8 s until the fence at one attempt per quarter heartbeat: a dozen, not thousands
     assert store.calls - calls < 30, f"{store.calls - calls} calls before the fence"
+    await m1.kill()
+
+
+async def test_an_idle_agent_writes_its_node_row_every_few_heartbeats_and_at_once_on_a_change(
+    store: MemoryLeaseStore,
+) -> None:
+    writes: list[tuple[float, str]] = []
+    record = store.record_node
+
+    async def counted(cluster: str, node: str, role: str, healthy: bool | None, *args: Any, **kwargs: Any) -> None:
+        writes.append((time.monotonic(), role))
+        await record(cluster, node, role, healthy, *args, **kwargs)
+
+    store.record_node = counted  # type: ignore[method-assign]
+    heartbeat = 0.2
+    m1 = Node(config(ttl=2, heartbeat=heartbeat), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE and writes[-1][1] == "active", 3, "active, and recorded")
+    began = time.monotonic()
+    await asyncio.sleep(12 * heartbeat)  # observing a rate: the writes of an idle holder over 12 heartbeats
+    idle = [w for w in writes if w[0] >= began]
+    assert 12 / NODE_ROW_HEARTBEATS - 2 <= len(idle) <= 12 / NODE_ROW_HEARTBEATS + 1, idle
+    crashed = time.monotonic()
+    m1.app.crash()
+    await until(lambda: any(t >= crashed and r != "active" for t, r in writes), 2 * heartbeat, "the step-down row")
     await m1.kill()

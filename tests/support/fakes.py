@@ -26,6 +26,7 @@ class FakeBinder:
         self.lifetime: int | None = None
         self.fail_with: BaseException | None = None  # raised by the next bind/refresh (an unexpected error)
         self.freeze_before_write = 0.0  # the next bind/refresh stops the whole process this long before writing
+        self.announce_seconds = 0.0  # how long an announcement takes (count x interval)
 
     @property
     def written_lifetime(self) -> int | None:
@@ -98,6 +99,7 @@ class FakeBinder:
 
     async def announce(self) -> None:
         self.ops.append(("announce", time.monotonic(), None))
+        await asyncio.sleep(self.announce_seconds)
 
     def times(self, op: str) -> list[float]:
         return [t for name, t, _ in self.ops if name == op]

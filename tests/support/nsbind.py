@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures.thread  # noqa: F401 - asyncio.to_thread imports it at first use: before the fd limit
 import contextlib
 import ipaddress
 import json
@@ -87,7 +88,7 @@ async def main() -> int:
         binder.probe_timeout = args.probe_timeout
     add_seams(binder, args)
     if args.max_files is not None:
-        open_now = len(os.listdir("/proc/self/fd"))
+        open_now = len(os.listdir("/proc/self/fd")) - 1  # less the listing's own descriptor
         resource.setrlimit(
             resource.RLIMIT_NOFILE, (open_now + args.max_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         )
