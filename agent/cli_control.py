@@ -286,8 +286,6 @@ async def _disable(cfg: Config, store: Store, by: str) -> int:
         c = state.control
         print(f"the cluster was already disabled (by {c.disabled_by}, {_ago(c.disabled_ms)})")
         return EXIT_OK
-    if state.control.switchover is not None:
-        await store.cancel_switchover(cfg.cluster, by, detail="the cluster was disabled")
     holder = f"{state.holder} releases the common IP, the application and the lease; " if state.held else ""
     print(f"cluster {cfg.cluster} disabled by {by}: {holder}no node acquires until `fos enable`")
     return EXIT_OK

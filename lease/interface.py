@@ -147,12 +147,20 @@ class ControlStore(Protocol):
         reserve_ms: int,
         *,
         detail: str | None = None,
+        request_id: int | None = None,
         timeout: float | None = None,
     ) -> bool:
-        """The holder gives the lease to `to`: only if `node` still holds `epoch` (expired or not: it has let go
-        of the IP and the app before calling), set holder and instance NULL, handover_to = to, expires_at = now
-        + reserve_ms (the reservation: only `to` may acquire before it ends, everyone after), renewed_at = now,
-        transitions + 1, and clear the pending switchover. Event HANDOVER. False: the lease was not ours."""
+        """The holder gives the lease to `to`, in one compare-and-set that requires: `node` still holds `epoch`
+        unexpired (it has let go of the IP and the app before calling); a switchover request to `to` is pending
+        (with `request_id`, Switchover.id as the holder read it: that very request, not a later one); and the
+        cluster is neither disabled, in maintenance, nor with automatic failover off (the target could not
+        acquire then). It sets holder and instance NULL, handover_to = to, expires_at = now + reserve_ms capped at
+        the lease's ttl_ms (the reservation: only `to` may acquire before it ends, everyone after), renewed_at =
+        now, transitions + 1, and clears the pending request. Event HANDOVER.
+
+        False changes nothing: the request was cancelled or replaced, the control state changed, or the lease
+        was no longer ours. A caller whose lease is still unexpired still holds it: it may go on renewing, or
+        resume it with try_acquire from the same instance, and serve again."""
         ...
 
     async def request_switchover(
@@ -171,10 +179,13 @@ class ControlStore(Protocol):
         *,
         kind: EventKind = EventKind.SWITCHOVER_CANCELLED,
         detail: str | None = None,
+        request_id: int | None = None,
         timeout: float | None = None,
     ) -> bool:
-        """Remove the pending switchover request. Event `kind` (SWITCHOVER_CANCELLED by an operator; the holder
-        uses SWITCHOVER_STALE or SWITCHOVER_FAILED with its reason as `detail`). False: none was pending."""
+        """Remove the pending switchover request (with `request_id`, Switchover.id: only that request; a later
+        one stays). Event `kind` (SWITCHOVER_CANCELLED by an operator; the holder uses SWITCHOVER_STALE or
+        SWITCHOVER_FAILED with its reason as `detail`, and should pass the request_id it read). False: none (or
+        not that one) was pending."""
         ...
 
     async def set_maintenance(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
@@ -184,7 +195,8 @@ class ControlStore(Protocol):
         ...
 
     async def set_disabled(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
-        """Disable the cluster (nobody acquires; the holder lets go) or enable it; enabling also clears an
+        """Disable the cluster (nobody acquires; the holder lets go) or enable it. Disabling also clears a pending
+        switchover in the same statement (event SWITCHOVER_CANCELLED after DISABLED); enabling also clears an
         anti-flap trip (failover_off). Event DISABLED / ENABLED. False: nothing changed."""
         ...
 

@@ -43,7 +43,8 @@ def _status_view_select(d: Dialect, schema: str | None) -> str:
         f"({d.ms_until('l.switchover_due_at')} / 1000.0) AS switchover_due_in_s, "
         f"({d.ms_between('l.maintenance_since', d.now)} / 1000.0) AS maintenance_for_s, "
         f"({d.ms_between('l.disabled_since', d.now)} / 1000.0) AS disabled_for_s, "
-        f"({d.ms_between('l.failover_off_since', d.now)} / 1000.0) AS failover_off_for_s "
+        f"({d.ms_between('l.failover_off_since', d.now)} / 1000.0) AS failover_off_for_s, "
+        "l.switchover_id "
         f"FROM {lease} l LEFT JOIN {node} h "
         "ON h.cluster_name = l.cluster_name AND h.node_name = l.holder_node"
     )
@@ -107,6 +108,7 @@ def _v3(d: Dialect, schema: str | None) -> list[str]:
         ("switchover_due_at", ts),
         ("switchover_by", f"{text}({BY_MAX}) NULL"),
         ("switchover_requested_at", ts),
+        ("switchover_id", "BIGINT NULL"),  # the request's number: each request takes the next one
         ("maintenance_since", ts),
         ("maintenance_by", f"{text}({BY_MAX}) NULL"),
         ("disabled_since", ts),

@@ -13,7 +13,7 @@ import pytest
 from lease import EventKind, SqlLeaseStore, Switchover
 from lease.model import detail_by
 from tests.conftest import unique
-from tests.support.control_scenarios import SCENARIOS, Scenario, check
+from tests.support.control_scenarios import HANDOVER_CASES, SCENARIOS, Case, Scenario, check
 
 
 async def _until(probe: Callable[[], Awaitable[bool]], what: str, deadline_s: float = 5.0) -> None:
@@ -39,6 +39,11 @@ def _expire(store: SqlLeaseStore) -> Callable[[str], Awaitable[None]]:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
 async def test_the_acquire_compare_and_set_follows_the_control_state(store: SqlLeaseStore, scenario: Scenario) -> None:
     await check(scenario, store, lambda: unique("acq"), _expire(store))
+
+
+@pytest.mark.parametrize("case", HANDOVER_CASES, ids=lambda c: c.__name__)
+async def test_the_handover_is_keyed_to_the_request_and_the_control_state(store: SqlLeaseStore, case: Case) -> None:
+    await case(store, unique("ho"), _expire(store))
 
 
 async def test_a_switchover_request_is_stored_on_the_database_clock_and_only_one_at_a_time(

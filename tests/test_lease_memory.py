@@ -7,7 +7,7 @@ import pytest
 from lease import EventKind, LeaseState, Switchover
 from lease.memory import MemoryLeaseStore
 from lease.model import detail_by
-from tests.support.control_scenarios import SCENARIOS, Scenario, check
+from tests.support.control_scenarios import HANDOVER_CASES, SCENARIOS, Case, Scenario, check
 
 
 class Clock:
@@ -70,16 +70,26 @@ async def test_the_acquire_rule_matches_the_sql_scenarios(scenario: Scenario) ->
     await check(scenario, store, lambda: f"c{next(names)}", expire)
 
 
+@pytest.mark.parametrize("case", HANDOVER_CASES, ids=lambda c: c.__name__)
+async def test_the_handover_is_keyed_to_the_request_and_the_control_state(case: Case) -> None:
+    clock = Clock()
+
+    async def expire(cluster: str) -> None:
+        clock.now += 100
+
+    await case(MemoryLeaseStore(clock), "c", expire)
+
+
 async def test_a_switchover_request_is_refused_while_one_is_pending_or_in_maintenance_or_disabled() -> None:
     clock = Clock()
     store = MemoryLeaseStore(clock)
     assert await store.request_switchover("c", "m2", 5000, "op@h")
     state = await store.read("c")
-    assert state.control.switchover == Switchover("m2", 5000, "op@h", 0)
+    assert state.control.switchover == Switchover("m2", 5000, "op@h", 0, id=1)
     assert not state.control.switchover.due
     assert not await store.request_switchover("c", "m3", 0, "op2@h")
     clock.now += 6
-    assert (await store.read("c")).control.switchover == Switchover("m2", -1000, "op@h", 6000)
+    assert (await store.read("c")).control.switchover == Switchover("m2", -1000, "op@h", 6000, id=1)
     assert await store.cancel_switchover("c", "op@h")
     assert not await store.cancel_switchover("c", "op@h")
     assert await store.set_maintenance("c", True, "op@h")
@@ -139,6 +149,9 @@ async def test_maintenance_and_disable_report_whether_they_changed_something() -
 
 async def test_enable_clears_failover_off_and_failover_off_trips_once() -> None:
     store = MemoryLeaseStore(Clock())
+    assert not await store.set_failover_off("c", "m2", "no lease row yet")  # as the SQL statement: no row
+    assert (await store.read("c")).row_exists is False
+    await store.try_acquire("c", "m2", 3000)
     assert await store.set_failover_off("c", "m2", "4 take-overs within 3600 s")
     assert not await store.set_failover_off("c", "m2", "again")
     control = (await store.read("c")).control
