@@ -191,7 +191,9 @@ SQLITE = Dialect(
     text_type="TEXT",
     id_column="id INTEGER PRIMARY KEY AUTOINCREMENT",
     _plus_ms="strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.3f seconds', {ms} / 1000.0))",
-    _ms_between="CAST(ROUND((julianday({b}) - julianday({a})) * 86400000.0) AS INTEGER)",
+    # REAL, not CAST(... AS INTEGER): the SQLite ODBC driver reads an integer expression as 32 bits, so ages
+    # beyond 24.8 days wrapped (an expired lease read as held). A double holds whole milliseconds exactly.
+    _ms_between="ROUND((julianday({b}) - julianday({a})) * 86400000.0)",
     _create_table="CREATE TABLE IF NOT EXISTS {table} ({body})",
     _create_index="CREATE INDEX IF NOT EXISTS {qname} ON {table} ({columns})",  # SQLite qualifies the index
     _create_view=("DROP VIEW IF EXISTS {view}", "CREATE VIEW {view} AS {select}"),

@@ -48,7 +48,10 @@ def _as_number(value: Any) -> float | int | None:
 
 
 def _as_int(value: Any) -> int | None:
-    return None if value is None else int(value)
+    """Whole milliseconds from an int, a Decimal, or a float (SQLite's ages are REAL; see dialects.SQLITE)."""
+    if value is None or isinstance(value, int):
+        return value
+    return int(float(value))
 
 
 def _as_datetime(value: Any) -> datetime:
