@@ -263,12 +263,18 @@ async def _maintenance(cfg: Config, store: Store, on: bool, wait: bool, by: str)
 
 
 def _maintenance_refusal(state: LeaseState) -> str:
-    """Why maintenance mode could not be turned on (the statement refuses it during a switchover)."""
+    """Why maintenance mode could not be turned on (the statement refuses it during a switchover and on a lease
+    nobody holds)."""
     pending = state.control.switchover
     if pending is not None:
         return f"a switchover to {pending.to} is pending: wait for it, or `fos switchover --cancel`"
     if state.reserved_for is not None:
         return f"a switchover is under way (the lease is handed over to {state.reserved_for}): try again in a moment"
+    if not state.held:
+        return (
+            "no node holds the lease, and maintenance mode would keep every node from taking it: wait until one "
+            "serves (`fos status`), then retry"
+        )
     return "the database refused it: see `fos status`"
 
 

@@ -122,14 +122,14 @@ class SqlControl(LeaseRows):
         return await self._call(op, timeout)
 
     async def set_maintenance(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
-        """Maintenance on (stamped now; not during a switchover) or off. Two round trips (three for `on` without
-        a row)."""
+        """Maintenance on (stamped now; only on a held, unexpired lease and not during a switchover) or off. Two
+        round trips."""
         check_name("cluster", cluster)
         by = by[:BY_MAX]
         kind = EventKind.MAINTENANCE_ON if on else EventKind.MAINTENANCE_OFF
         sql, params = ("maintenance_on", (by, cluster)) if on else ("maintenance_off", (cluster,))
         event = (None, str(kind), None, by_detail("", by))
-        return await self._call(lambda c: self._change(c, cluster, sql, params, event, create=on), timeout)
+        return await self._call(lambda c: self._change(c, cluster, sql, params, event), timeout)
 
     async def set_disabled(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
         """Disable (which also clears a pending switchover, in the same statement), or enable (which also clears

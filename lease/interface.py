@@ -44,16 +44,16 @@ class LeaseStore(Protocol):
     ) -> AcquireResult:
         """Take the lease in one atomic compare-and-set, for `ttl_ms` from the database's now.
 
-        Succeeds only if the epoch is still the one in `expected` (or, without `expected`, the one just read),
-        the control state allows it (never while the cluster is disabled; during maintenance or with automatic
-        failover off only for the holder's node), and the lease is free, expired by the database clock, or held
-        by this node *and* this instance (a restarted process of the same node with another instance must wait
-        for the expiry). A lease released by a handover is free only for its target (`handover_to`) until the
-        reservation ends, then for everyone. LeaseState.acquire_refusal states the same rule. On success the
-        epoch is incremented (the new fencing token, returned in the result), the holder's instance is written,
-        handover_to is cleared, and an event is appended after the compare-and-set (an event may be lost; the
-        lease change never is). A missing lease row is created first (as init-db does), whatever `expected`
-        says. On a miss the result's `seen` tells who holds the lease and for how long.
+        Succeeds only if the epoch is still the one in `expected` (or, without `expected`, the one just read), the
+        control state allows it (never while the cluster is disabled; during maintenance or with automatic failover
+        off only for the holder's node, or the node that released it), and the lease is free, expired by the
+        database clock, or held by this node *and* this instance (a restarted process of the same node with another
+        instance must wait for the expiry). A lease released by a handover is free only for its target
+        (`handover_to`) until the reservation ends, then for everyone. LeaseState.acquire_refusal states the same
+        rule. On success the epoch is incremented (the new fencing token, returned in the result), the holder's
+        instance is written, handover_to is cleared, and an event is appended after the compare-and-set (an event
+        may be lost; the lease change never is). A missing lease row is created first (as init-db does), whatever
+        `expected` says. On a miss the result's `seen` tells who holds the lease and for how long.
         """
         ...
 
@@ -70,6 +70,8 @@ class LeaseStore(Protocol):
     ) -> bool:
         """Give up our lease of this epoch now (expires_at = the database's now), in one compare-and-set.
 
+        During maintenance or with automatic failover off the release keeps `node` as handover_to: nobody else
+        may acquire then, but this node may take the lease back (any instance of it, e.g. after a restart).
         False means it was no longer ours. A RELEASED event is appended after the compare-and-set.
         """
         ...
@@ -190,8 +192,8 @@ class ControlStore(Protocol):
 
     async def set_maintenance(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
         """Turn maintenance mode on (stamped with the database's now) or off. Event MAINTENANCE_ON / _OFF.
-        False: it already was in that state, or (on) a switchover is pending or its hand-over reservation runs
-        (maintenance would keep the target out, and nobody would serve)."""
+        False: it already was in that state, or (on) no node holds an unexpired lease, or a switchover is pending
+        (maintenance keeps everyone but the holder's node out of the lease: nobody would serve)."""
         ...
 
     async def set_disabled(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:

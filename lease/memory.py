@@ -158,6 +158,8 @@ class MemoryLeaseStore:
         row = self.rows.get(cluster)
         if row is None or row.holder != node or row.epoch != epoch:
             return False
+        if row.maintenance_since is not None or row.failover_off_since is not None:
+            row.handover_to = node  # as the SQL release: the node that released may take it back, nobody else
         row.holder, row.instance, row.expires_at = None, None, self.clock()
         self._event(cluster, node, EventKind.RELEASED, epoch, detail)
         return True
@@ -250,10 +252,10 @@ class MemoryLeaseStore:
     async def set_maintenance(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
         self._check()
         by = by[:BY_MAX]
-        row = self._row(cluster)
-        if (row.maintenance_since is not None) == on:
+        row = self.rows.get(check_name("cluster", cluster))
+        if row is None or (row.maintenance_since is not None) == on:  # as SQL: no row, no change
             return False
-        if on and (row.switchover_requested_at is not None or self._state(cluster).reserved_for is not None):
+        if on and (row.switchover_requested_at is not None or not self._state(cluster).held):
             return False
         row.maintenance_since, row.maintenance_by = (self.clock(), by) if on else (None, None)
         kind = EventKind.MAINTENANCE_ON if on else EventKind.MAINTENANCE_OFF

@@ -128,7 +128,8 @@ class LeaseState:
         None when it would succeed (the epoch permitting). The same rule as the SQL statement
         (lease/statements.py), so a caller can skip a round trip that cannot succeed:
         - nobody acquires while the cluster is disabled;
-        - during maintenance, or with automatic failover off, only the holder's node (re-)acquires;
+        - during maintenance, or with automatic failover off, only the holder's node (re-)acquires, or after a
+          release the node that released it (the release statement keeps it in handover_to then);
         - an expired (or never held) lease is free for everyone else;
         - a handover reservation is free only for its target until it ends;
         - an unexpired lease is resumed only by its own node and instance.
@@ -136,9 +137,11 @@ class LeaseState:
         c = self.control
         if c.disabled:
             return f"the cluster is disabled (by {c.disabled_by or 'unknown'})"
-        if c.maintenance and self.holder != node:
+        # the holder's node, or the node that released it (the release keeps it in handover_to then)
+        own = self.holder == node or (self.holder is None and self.handover_to == node)
+        if c.maintenance and not own:
             return f"maintenance mode is on (by {c.maintenance_by or 'unknown'}): nobody fails over"
-        if c.failover_off and self.holder != node:
+        if c.failover_off and not own:
             return f"automatic failover is off ({c.failover_off_reason or 'flapping'}): run `fos enable`"
         if self.remaining_ms is None or self.remaining_ms <= 0:
             return None

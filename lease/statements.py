@@ -59,12 +59,12 @@ STATUS_COLUMNS = (
 class Statements:
     read: str  # params: cluster
     insert_if_missing: str  # params: cluster (once, or twice on mssql)
-    # params: node, node, instance, ttl_ms, ttl_ms, cluster, expected_epoch, node x 5, instance
+    # params: node, node, instance, ttl_ms, ttl_ms, cluster, expected_epoch, node x 7, instance
     acquire: str
-    # params: node, node, None, ttl_ms, ttl_ms, cluster, expected_epoch, node x 5
+    # params: node, node, None, ttl_ms, ttl_ms, cluster, expected_epoch, node x 7
     acquire_without_instance: str
     renew: str  # params: ttl_ms, ttl_ms, cluster, node, epoch
-    release: str  # params: cluster, node, epoch
+    release: str  # params: node, cluster, node, epoch
     handover: str  # params: to, reserve_ms, reserve_ms, cluster, node, epoch, to
     handover_request: str  # params: to, reserve_ms, reserve_ms, cluster, node, epoch, to, request_id
     request_switchover: str  # params: to, due_in_ms, by, cluster
@@ -91,7 +91,8 @@ def build(d: Dialect, schema: str | None = None, events_limit: int = 50) -> Stat
     now, p = d.now, d.name_param
     lease, event, node_t = (qualify(t, schema) for t in ("fos_lease", "fos_event", "fos_node"))
     # Succeeds only if nobody acquired since we read `expected_epoch`; the control state allows it (never while
-    # disabled; during maintenance or with failover off only the holder's node); and the lease is free (a handover
+    # disabled; during maintenance or with failover off only the holder's node, or the node that released it: the
+    # release statement leaves it in handover_to then); and the lease is free (a handover
     # reservation only for its target), expired by the database clock, or already this node's from this very
     # agent process (a restarted process resumes at once; a clone with the same node name must wait for the
     # expiry). The epoch always moves on. lease.model.LeaseState.acquire_refusal states the same rule.
@@ -102,8 +103,8 @@ def build(d: Dialect, schema: str | None = None, events_limit: int = 50) -> Stat
         f"expires_at = {d.plus_ms('?')}, ttl_ms = ?, handover_to = NULL "
         f"WHERE cluster_name = {p} AND epoch = ? "
         "AND disabled_since IS NULL "
-        f"AND (maintenance_since IS NULL OR holder_node = {p}) "
-        f"AND (failover_off_since IS NULL OR holder_node = {p}) "
+        f"AND (maintenance_since IS NULL OR holder_node = {p} OR (holder_node IS NULL AND handover_to = {p})) "
+        f"AND (failover_off_since IS NULL OR holder_node = {p} OR (holder_node IS NULL AND handover_to = {p})) "
         f"AND ((holder_node IS NULL AND (handover_to IS NULL OR handover_to = {p} OR expires_at IS NULL "
         f"OR expires_at <= {now})) "
         f"OR expires_at IS NULL OR expires_at <= {now} OR (holder_node = {p} AND "
@@ -144,8 +145,13 @@ def build(d: Dialect, schema: str | None = None, events_limit: int = 50) -> Stat
             f"WHERE cluster_name = {p} AND holder_node = {p} AND epoch = ? AND expires_at > {now}"
         ),
         # expires_at = now, so a standby waiting for the expiry is not kept waiting by a lease nobody holds.
+        # During maintenance or with failover off nobody else may acquire: the releasing node stays in handover_to,
+        # so it (restarted, or back from a step-down) may take the lease back, and the cluster is not left with
+        # nobody allowed to serve. handover_to is assigned first: MySQL evaluates SET from left to right.
         release=(
-            f"UPDATE {lease} SET holder_node = NULL, holder_instance = NULL, renewed_at = {now}, expires_at = {now}, "
+            f"UPDATE {lease} SET handover_to = CASE WHEN maintenance_since IS NOT NULL "
+            f"OR failover_off_since IS NOT NULL THEN {p} ELSE handover_to END, "
+            f"holder_node = NULL, holder_instance = NULL, renewed_at = {now}, expires_at = {now}, "
             "transitions = transitions + 1 "
             f"WHERE cluster_name = {p} AND holder_node = {p} AND epoch = ?"
         ),
@@ -167,12 +173,13 @@ def build(d: Dialect, schema: str | None = None, events_limit: int = 50) -> Stat
         ),
         cancel_switchover=cancel,
         cancel_switchover_request=cancel + " AND switchover_id = ?",
-        # Not while a switchover is pending or its hand-over reservation runs: maintenance would keep the target
-        # from acquiring the released lease, and nobody would serve until it is turned off.
+        # Only on a held, unexpired lease and not while a switchover is pending: maintenance keeps everyone but
+        # the holder's node out of the lease (the acquire gate), so on a free lease or a handed-over one nobody
+        # would serve until it is turned off.
         maintenance_on=(
             f"UPDATE {lease} SET maintenance_since = {now}, maintenance_by = ? "
             f"WHERE cluster_name = {p} AND maintenance_since IS NULL AND switchover_requested_at IS NULL "
-            f"AND (holder_node IS NOT NULL OR handover_to IS NULL OR expires_at IS NULL OR expires_at <= {now})"
+            f"AND holder_node IS NOT NULL AND expires_at > {now}"
         ),
         maintenance_off=(
             f"UPDATE {lease} SET maintenance_since = NULL, maintenance_by = NULL "

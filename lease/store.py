@@ -105,7 +105,7 @@ class SqlLeaseStore(SqlControl):
         self, conn: OwnedConnection, cluster: str, node: str, ttl_ms: int, instance: str | None, epoch: int
     ) -> bool:
         params: tuple[Any, ...]
-        head = (node, node, instance, ttl_ms, ttl_ms, cluster, epoch, node, node, node, node)
+        head = (node, node, instance, ttl_ms, ttl_ms, cluster, epoch, node, node, node, node, node, node)
         if instance is None:
             sql, params = self.sql.acquire_without_instance, head
         else:
@@ -146,7 +146,7 @@ class SqlLeaseStore(SqlControl):
         check_name("node", node)
 
         async def op(conn: OwnedConnection) -> bool:
-            rowcount, _ = await conn.execute(self.sql.release, (cluster, node, epoch))
+            rowcount, _ = await conn.execute(self.sql.release, (node, cluster, node, epoch))
             if not _judge(rowcount, "the release UPDATE"):
                 return False
             await self._event_after_change(conn, (cluster, node, str(EventKind.RELEASED), epoch, detail))

@@ -420,6 +420,7 @@ async def test_switchover_wait_fails_when_the_old_holder_takes_the_lease_back(wa
 async def test_maintenance_wait_returns_when_every_live_agent_acknowledged(wait_cluster: tuple[Path, str]) -> None:
     config, dsn = wait_cluster
     store = await _init(dsn)
+    assert (await store.try_acquire("ops", "m1", 60_000, instance="i-m1")).acquired
     await store.record_node("ops", "m3", "stopped", None, None, "0.3", sees="")
     nodes = {"m1": Node("active", True), "m2": Node()}
 
@@ -443,6 +444,7 @@ async def test_maintenance_wait_names_the_agent_that_did_not_acknowledge(tmp_pat
     dsn = sqlite_dsn(str(tmp_path / "ack.db"))
     config = write_config(tmp_path / "fos.toml", dsn, heartbeat=0.5)
     store = await _init(dsn)
+    assert (await store.try_acquire("ops", "m1", 60_000, instance="i-m1")).acquired
     nodes = {"m1": Node("active", True, "maintenance"), "m2": Node(sees="")}  # m2: stuck, never acts on it
     async with agents(dsn, nodes, lambda s: asyncio.sleep(0)):
         started = time.monotonic()
@@ -469,6 +471,18 @@ def test_maintenance_on_and_off_are_written_and_repeatable(ops: Ops) -> None:
     assert ops.fos("maintenance", "off")[:2] == (
         0,
         f"maintenance mode off (by {ME}): the agents reconcile with the real state and act again\n",
+    )
+    assert not ops.db(lambda s: s.read("ops")).control.maintenance
+
+
+def test_maintenance_is_refused_while_nobody_holds_the_lease(ops: Ops) -> None:
+    # Maintenance keeps everyone but the holder's node out: on a free lease nobody would serve until it is off.
+    ops.db(_setup(_holds, lambda s: s.release("ops", "m1", 1), lambda s: _standby(s, "m1")))
+    code, out, err = ops.fos("maintenance", "on")
+    assert (code, out) == (1, "")
+    assert err == (
+        "fos maintenance: not done: no node holds the lease, and maintenance mode would keep every node from "
+        "taking it: wait until one serves (`fos status`), then retry\n"
     )
     assert not ops.db(lambda s: s.read("ops")).control.maintenance
 

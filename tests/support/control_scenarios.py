@@ -50,14 +50,23 @@ async def _maintenance_held(store: Any, cluster: str, expire: Expire) -> None:
 
 
 async def _maintenance_expired(store: Any, cluster: str, expire: Expire) -> None:
-    await _expired(store, cluster, expire)
+    # The holder's agent stopped during maintenance (application and IP left in place) and its lease ran out.
+    assert (await store.try_acquire(cluster, "m1", 1000, instance="i1")).acquired
     assert await store.set_maintenance(cluster, True, "op@h")
+    await expire(cluster)
 
 
 async def _maintenance_released(store: Any, cluster: str, expire: Expire) -> None:
+    # The holder released during maintenance (a step-down, a restart): the release keeps its node as handover_to.
     got = await store.try_acquire(cluster, "m1", TTL, instance="i1")
-    assert await store.release(cluster, "m1", got.epoch)
     assert await store.set_maintenance(cluster, True, "op@h")
+    assert await store.release(cluster, "m1", got.epoch)
+
+
+async def _failover_off_released(store: Any, cluster: str, expire: Expire) -> None:
+    got = await store.try_acquire(cluster, "m1", TTL, instance="i1")
+    assert await store.set_failover_off(cluster, "m1", "4 take-overs in 3600 s")
+    assert await store.release(cluster, "m1", got.epoch)
 
 
 async def _failover_off_expired(store: Any, cluster: str, expire: Expire) -> None:
@@ -97,8 +106,17 @@ SCENARIOS = (
         _maintenance_expired,
         (("m2", "i2", False), ("m1", "i9", True)),
     ),
-    Scenario("maintenance, released: nobody", _maintenance_released, (("m1", "i1", False), ("m2", "i2", False))),
+    Scenario(
+        "maintenance, released: only the releasing node",
+        _maintenance_released,
+        (("m2", "i2", False), ("m1", "i9", True), ("m1", None, True)),
+    ),
     Scenario("failover off: only the holder's node", _failover_off_expired, (("m2", "i2", False), ("m1", "i1", True))),
+    Scenario(
+        "failover off, released: only the releasing node",
+        _failover_off_released,
+        (("m2", "i2", False), ("m3", None, False), ("m1", "i1", True), ("m1", "i9", True)),
+    ),
     Scenario("enable clears failover off", _enabled_after_failover_off, (("m2", "i2", True),)),
     Scenario(
         "handover reservation: only the target",
@@ -206,7 +224,22 @@ async def handover_reservation_is_capped_at_the_lease_ttl(store: Any, cluster: s
     assert 0 < (await store.read(cluster)).remaining_ms <= 5_000
 
 
-HANDOVER_CASES = (
+async def maintenance_needs_a_held_lease(store: Any, cluster: str, expire: Expire) -> None:
+    # Maintenance on a free lease would keep everyone out of it (the acquire gate): nobody would serve.
+    assert not await store.set_maintenance(cluster, True, "op@h")  # no row
+    got = await store.try_acquire(cluster, "m1", TTL, instance="i1")
+    assert await store.release(cluster, "m1", got.epoch)
+    assert not await store.set_maintenance(cluster, True, "op@h")  # released
+    got = await store.try_acquire(cluster, "m2", 1000, instance="i2")
+    await expire(cluster)
+    assert not await store.set_maintenance(cluster, True, "op@h")  # expired
+    assert not (await store.read(cluster)).control.maintenance
+    assert (await store.try_acquire(cluster, "m1", TTL, instance="i1")).acquired
+    assert await store.set_maintenance(cluster, True, "op@h")  # held
+
+
+CONTROL_CASES = (
+    maintenance_needs_a_held_lease,
     handover_after_cancel_and_maintenance_on_does_nothing,
     handover_with_failover_off_does_nothing,
     handover_when_disabled_does_nothing_and_disable_clears_the_request,
