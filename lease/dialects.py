@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from .errors import StoreConfigError
 
 MAX_NAME = 64
+DDL_LOCK_WAIT_MS = 200  # how long one try of an init-db DDL statement waits for its lock (see ddl_lock_wait)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -97,6 +98,19 @@ class Dialect:
         if self.name == "mssql":
             return [f"SET LOCK_TIMEOUT {ms}; SET XACT_ABORT ON"]
         return []
+
+    def ddl_lock_wait(self, dbms_name: str = "") -> list[str]:
+        """Statements that shorten this session's lock waits for init-db's DDL. A DDL statement waiting for a
+        lock (behind a transaction left open, e.g. idle in transaction) makes every later statement on the table
+        queue behind it, the holder's renewals included: it must give up quickly and try again later instead.
+        MySQL counts whole seconds (at least 1; MariaDB takes 0: do not wait at all)."""
+        if self.name == "postgresql":
+            return [f"SELECT set_config('lock_timeout', '{DDL_LOCK_WAIT_MS}', false)"]
+        if self.name == "mysql":
+            return [f"SET SESSION lock_wait_timeout = {0 if 'mariadb' in dbms_name.lower() else 1}"]
+        if self.name == "mssql":
+            return [f"SET LOCK_TIMEOUT {DDL_LOCK_WAIT_MS}"]
+        return []  # SQLite: one writer at a time; its busy timeout (the DSN's Timeout) bounds the wait
 
     def create_view(self, view: str, select: str) -> list[str]:
         return [s.format(view=view, select=select) for s in self._create_view]
