@@ -223,3 +223,22 @@ async def test_maintenance_cannot_start_during_a_switchover_and_failover_off_ref
         "acquired",
         "handover",
     ]
+
+
+@pytest.mark.parametrize("by", ["jürgen@höst", "张伟@主机", "op😀@h", "é" * 199 + "😀"], ids=["latin1", "cjk", "emoji", "long"])
+async def test_operators_names_and_reasons_in_any_script_round_trip(store: SqlLeaseStore, by: str) -> None:
+    c = unique("text")
+    got = await store.try_acquire(c, "m1", 30_000, instance="i1")
+    assert await store.set_maintenance(c, True, by)
+    assert await store.set_maintenance(c, False, by)
+    assert await store.request_switchover(c, "m2", 60_000, by)
+    assert await store.set_failover_off(c, "m1", f"flapping, seen by {by}")
+    control = (await store.read(c)).control
+    assert control.switchover is not None and control.switchover.by == by
+    assert control.failover_off_reason == f"flapping, seen by {by}"[:400]
+    assert await store.set_disabled(c, True, by)
+    assert (await store.read(c)).control.disabled_by == by
+    await store.record_node(c, "m1", "active", True, None, "0.3", instance="i1", sees="disabled")
+    events = await store.list_events(c, limit=10)
+    assert [detail_by(e.detail) for e in events if e.kind in ("maintenance_on", "disabled")] == [by, by]
+    assert got.acquired

@@ -205,8 +205,9 @@ def v2_statements_of_release_0_2(d: Dialect, schema: str | None = None) -> list[
         f"FROM {t['fos_lease']} l LEFT JOIN {t['fos_node']} h "
         "ON h.cluster_name = l.cluster_name AND h.node_name = l.holder_node"
     )
+    v1 = [sql.replace(" CHARACTER SET utf8mb4", "") for sql in schema_module._v1(d, schema)]  # 0.2: default charset
     return [
-        *schema_module._v1(d, schema),
+        *v1,
         *schema_module._v2(d, schema),
         *d.create_view(t["fos_lease_status"], view),
         f"INSERT INTO {t['fos_schema']} (version, applied_at) VALUES (1, {d.now})",
@@ -256,8 +257,10 @@ async def test_init_db_upgrades_a_version_2_database_while_the_holder_keeps_rene
     assert row["switchover_due_in_s"] is None and row["holder_role"] == "active"
     (node,) = await admin.list_nodes("live")
     assert node.sees is None  # a 0.2 agent's row: not reported
-    assert await admin.set_maintenance("live", True, "op@h")
-    assert (await admin.read("live")).control.maintenance
+    assert await admin.set_maintenance("live", True, "张伟😀@主机")  # any script, in the new columns and old detail
+    assert (await admin.read("live")).control.maintenance_by == "张伟😀@主机"
+    (event, *_) = await admin.list_events("live", limit=1)
+    assert (event.kind, event.detail) == ("maintenance_on", "by 张伟😀@主机")
     await agent.close()
     await admin.close()
 
