@@ -225,7 +225,9 @@ async def test_maintenance_cannot_start_during_a_switchover_and_failover_off_ref
     ]
 
 
-@pytest.mark.parametrize("by", ["jürgen@höst", "张伟@主机", "op😀@h", "é" * 199 + "😀"], ids=["latin1", "cjk", "emoji", "long"])
+@pytest.mark.parametrize(
+    "by", ["jürgen@höst", "张伟@主机", "op😀@h", "é" * 199 + "😀"], ids=["latin1", "cjk", "emoji", "long"]
+)
 async def test_operators_names_and_reasons_in_any_script_round_trip(store: SqlLeaseStore, by: str) -> None:
     c = unique("text")
     got = await store.try_acquire(c, "m1", 30_000, instance="i1")
