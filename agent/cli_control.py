@@ -103,6 +103,21 @@ def target_refusal(target: str, state: LeaseState, nodes: Sequence[NodeRecord], 
     return None
 
 
+def older_agent_refusal(nodes: Sequence[NodeRecord], heartbeat: float, what: str) -> str | None:
+    """Why a command cannot be given while a live agent of the previous release runs, or None. Such an agent
+    reports no `sees` (NULL, schema 2) and ignores every schema-3 gate: it would take over during maintenance,
+    acquire a disabled cluster, or a handover's reservation. `what` names the command's effect."""
+    old = [n.node for n in nodes if n.sees is None and not node_is_down(n.role, n.last_seen_age_s, heartbeat)]
+    if not old:
+        return None
+    names = ", ".join(old)
+    runs = "runs an agent" if len(old) == 1 else "run agents"
+    return (
+        f"{names} {runs} older than schema 3 (its node row reports no `sees`), which ignores {what}: "
+        f"upgrade the agent on {names} first (it runs on the upgraded database), then retry"
+    )
+
+
 def best_target(cfg: Config, state: LeaseState, nodes: Sequence[NodeRecord]) -> str | None:
     """The other node to switch over to without --to: alive and healthy, highest priority, then most recently
     seen, then by name."""
@@ -158,7 +173,7 @@ async def _switchover(cfg: Config, store: Store, args: argparse.Namespace, by: s
         return _not_done("switchover", "no switchover is pending: nothing to cancel")
     state = await store.read(cfg.cluster)
     nodes = await store.list_nodes(cfg.cluster)
-    refused = control_refusal(state)
+    refused = control_refusal(state) or older_agent_refusal(nodes, cfg.lease.heartbeat, "switchover requests")
     if refused:
         return _not_done("switchover", refused)
     target = args.to or best_target(cfg, state, nodes)
@@ -221,6 +236,10 @@ async def _switchover_end(store: Store, cluster: str) -> str:
 
 async def _maintenance(cfg: Config, store: Store, on: bool, wait: bool, by: str) -> int:
     started = time.monotonic()
+    if on:
+        old = older_agent_refusal(await store.list_nodes(cfg.cluster), cfg.lease.heartbeat, "maintenance mode")
+        if old:
+            return _not_done("maintenance", old)
     if await store.set_maintenance(cfg.cluster, on, by):
         if on:
             print(f"maintenance mode on (by {by}): nobody fails over, fos starts and stops no application")
@@ -244,12 +263,18 @@ async def _maintenance(cfg: Config, store: Store, on: bool, wait: bool, by: str)
 
 
 def _maintenance_refusal(state: LeaseState) -> str:
-    """Why maintenance mode could not be turned on (the statement refuses it during a switchover)."""
+    """Why maintenance mode could not be turned on (the statement refuses it during a switchover and on a lease
+    nobody holds)."""
     pending = state.control.switchover
     if pending is not None:
         return f"a switchover to {pending.to} is pending: wait for it, or `fos switchover --cancel`"
     if state.reserved_for is not None:
         return f"a switchover is under way (the lease is handed over to {state.reserved_for}): try again in a moment"
+    if not state.held:
+        return (
+            "no node holds the lease, and maintenance mode would keep every node from taking it: wait until one "
+            "serves (`fos status`), then retry"
+        )
     return "the database refused it: see `fos status`"
 
 
@@ -281,13 +306,14 @@ async def wait_for_acknowledgement(store: Store, cfg: Config, on: bool, since: f
 
 
 async def _disable(cfg: Config, store: Store, by: str) -> int:
+    old = older_agent_refusal(await store.list_nodes(cfg.cluster), cfg.lease.heartbeat, "disabling")
+    if old:
+        return _not_done("disable", old)
     state = await store.read(cfg.cluster)
     if not await store.set_disabled(cfg.cluster, True, by):
         c = state.control
         print(f"the cluster was already disabled (by {c.disabled_by}, {_ago(c.disabled_ms)})")
         return EXIT_OK
-    if state.control.switchover is not None:
-        await store.cancel_switchover(cfg.cluster, by, detail="the cluster was disabled")
     holder = f"{state.holder} releases the common IP, the application and the lease; " if state.held else ""
     print(f"cluster {cfg.cluster} disabled by {by}: {holder}no node acquires until `fos enable`")
     return EXIT_OK

@@ -11,18 +11,18 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from .model import EventKind, by_detail, switchover_detail
+from .model import MAX_MS, EventKind, by_detail, check_ms, switchover_detail
 from .names import check_name
 from .odbc import OwnedConnection
 from .rows import LeaseRows, _judge
 from .statements import BY_MAX, REASON_MAX, count_events_sql
 
-MAX_MS = 2**31 - 1  # the statements add milliseconds as a 32-bit integer (24.8 days)
+__all__ = ["MAX_MS", "SqlControl"]
 
 
-def _ms(value: int, what: str, low: int = 0) -> int:
-    if not isinstance(value, int) or not low <= value <= MAX_MS:
-        raise ValueError(f"{what} must be an integer from {low} to {MAX_MS} milliseconds, not {value!r}")
+def _request_id(value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"request_id must be a positive integer (Switchover.id), not {value!r}")
     return value
 
 
@@ -64,17 +64,22 @@ class SqlControl(LeaseRows):
         reserve_ms: int,
         *,
         detail: str | None = None,
+        request_id: int | None = None,
         timeout: float | None = None,
     ) -> bool:
-        """Release our unexpired lease of `epoch`, reserved for `to` until now + reserve_ms. Two round trips."""
+        """Release our unexpired lease of `epoch` on the pending request to `to` (that request, with
+        `request_id`), reserved for `to` until now + reserve_ms (capped at the lease's ttl). Two round trips."""
         check_name("cluster", cluster)
         check_name("node", node)
         check_name("node", to)
-        _ms(reserve_ms, "reserve_ms", low=1)
-        text = detail or f"to {to}, reserved for {reserve_ms} ms"
-        params = (to, reserve_ms, cluster, node, epoch)
+        check_ms(reserve_ms, "reserve_ms", low=1)
+        text = detail or f"to {to}, reserved for up to {reserve_ms} ms"
+        params: tuple[Any, ...] = (to, reserve_ms, reserve_ms, cluster, node, epoch, to)
+        statement = "handover"
+        if request_id is not None:
+            statement, params = "handover_request", (*params, _request_id(request_id))
         event = (node, str(EventKind.HANDOVER), epoch, text)
-        return await self._call(lambda c: self._change(c, cluster, "handover", params, event), timeout)
+        return await self._call(lambda c: self._change(c, cluster, statement, params, event), timeout)
 
     async def request_switchover(
         self, cluster: str, to: str, due_in_ms: int, by: str, *, timeout: float | None = None
@@ -83,7 +88,7 @@ class SqlControl(LeaseRows):
         failover off. Two round trips (three when the cluster had no row)."""
         check_name("cluster", cluster)
         check_name("node", to)
-        _ms(due_in_ms, "due_in_ms", low=-MAX_MS)  # negative: already overdue (the holder then drops it as stale)
+        check_ms(due_in_ms, "due_in_ms", low=-MAX_MS)  # negative: already overdue (the holder then drops it as stale)
         by = by[:BY_MAX]
         params = (to, due_in_ms, by, cluster)
         event = (None, str(EventKind.SWITCHOVER_REQUESTED), None, switchover_detail(to, due_in_ms, by))
@@ -98,38 +103,54 @@ class SqlControl(LeaseRows):
         *,
         kind: EventKind = EventKind.SWITCHOVER_CANCELLED,
         detail: str | None = None,
+        request_id: int | None = None,
         timeout: float | None = None,
     ) -> bool:
-        """Clear the pending request. Three round trips: a read (for the event's detail), the UPDATE, the event."""
+        """Clear the pending request (with `request_id`: only that one). Three round trips: a read (for the
+        event's detail), the UPDATE, the event."""
         check_name("cluster", cluster)
         by = by[:BY_MAX]
+        statement = "cancel_switchover" if request_id is None else "cancel_switchover_request"
+        params: tuple[Any, ...] = (cluster,) if request_id is None else (cluster, _request_id(request_id))
 
         async def op(conn: OwnedConnection) -> bool:
             pending = (await self._read(conn, cluster)).control.switchover
             text = by_detail(detail or f"switchover to {pending.to if pending else 'nobody'}", by)
             event = (None, str(kind), None, text)
-            return await self._change(conn, cluster, "cancel_switchover", (cluster,), event)
+            return await self._change(conn, cluster, statement, params, event)
 
         return await self._call(op, timeout)
 
     async def set_maintenance(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
-        """Maintenance on (stamped now; not during a switchover) or off. Two round trips (three for `on` without
-        a row)."""
+        """Maintenance on (stamped now; only on a held, unexpired lease and not during a switchover) or off. Two
+        round trips."""
         check_name("cluster", cluster)
         by = by[:BY_MAX]
         kind = EventKind.MAINTENANCE_ON if on else EventKind.MAINTENANCE_OFF
         sql, params = ("maintenance_on", (by, cluster)) if on else ("maintenance_off", (cluster,))
         event = (None, str(kind), None, by_detail("", by))
-        return await self._call(lambda c: self._change(c, cluster, sql, params, event, create=on), timeout)
+        return await self._call(lambda c: self._change(c, cluster, sql, params, event), timeout)
 
     async def set_disabled(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
-        """Disable, or enable (which also clears failover_off). Two round trips (three for `on` without a row)."""
+        """Disable (which also clears a pending switchover, in the same statement), or enable (which also clears
+        failover_off). Disable: a read (only for the events), the UPDATE, its event and a SWITCHOVER_CANCELLED
+        event when a request was pending; enable: two round trips."""
         check_name("cluster", cluster)
         by = by[:BY_MAX]
-        kind = EventKind.DISABLED if on else EventKind.ENABLED
-        sql, params = ("disable", (by, cluster)) if on else ("enable", (cluster,))
-        event = (None, str(kind), None, by_detail("", by))
-        return await self._call(lambda c: self._change(c, cluster, sql, params, event, create=on), timeout)
+        if not on:
+            event = (None, str(EventKind.ENABLED), None, by_detail("", by))
+            return await self._call(lambda c: self._change(c, cluster, "enable", (cluster,), event), timeout)
+
+        async def op(conn: OwnedConnection) -> bool:
+            pending = (await self._read(conn, cluster)).control.switchover
+            event = (None, str(EventKind.DISABLED), None, by_detail("", by))
+            changed = await self._change(conn, cluster, "disable", (by, cluster), event, create=True)
+            if changed and pending is not None:
+                text = by_detail(f"switchover to {pending.to}: the cluster was disabled", by)
+                await self._event_after_change(conn, (cluster, None, str(EventKind.SWITCHOVER_CANCELLED), None, text))
+            return changed
+
+        return await self._call(op, timeout)
 
     async def set_failover_off(self, cluster: str, node: str, reason: str, *, timeout: float | None = None) -> bool:
         """Anti-flap: automatic failover off with `reason`, if not off already. Two round trips."""

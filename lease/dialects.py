@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from .errors import StoreConfigError
 
 MAX_NAME = 64
+DDL_LOCK_WAIT_MS = 200  # how long one try of an init-db DDL statement waits for its lock (see ddl_lock_wait)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -98,6 +99,19 @@ class Dialect:
             return [f"SET LOCK_TIMEOUT {ms}; SET XACT_ABORT ON"]
         return []
 
+    def ddl_lock_wait(self, dbms_name: str = "") -> list[str]:
+        """Statements that shorten this session's lock waits for init-db's DDL. A DDL statement waiting for a
+        lock (behind a transaction left open, e.g. idle in transaction) makes every later statement on the table
+        queue behind it, the holder's renewals included: it must give up quickly and try again later instead.
+        MySQL counts whole seconds (at least 1; MariaDB takes 0: do not wait at all)."""
+        if self.name == "postgresql":
+            return [f"SELECT set_config('lock_timeout', '{DDL_LOCK_WAIT_MS}', false)"]
+        if self.name == "mysql":
+            return [f"SET SESSION lock_wait_timeout = {0 if 'mariadb' in dbms_name.lower() else 1}"]
+        if self.name == "mssql":
+            return [f"SET LOCK_TIMEOUT {DDL_LOCK_WAIT_MS}"]
+        return []  # SQLite: one writer at a time; its busy timeout (the DSN's Timeout) bounds the wait
+
     def create_view(self, view: str, select: str) -> list[str]:
         return [s.format(view=view, select=select) for s in self._create_view]
 
@@ -157,7 +171,7 @@ MYSQL = Dialect(
     now="UTC_TIMESTAMP(6)",
     ts_type="DATETIME(6)",
     bool_type="BOOLEAN",
-    text_type="TEXT",
+    text_type="TEXT CHARACTER SET utf8mb4",  # the database's default may be latin1: details name operators
     id_column="id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
     _plus_ms="DATE_ADD(UTC_TIMESTAMP(6), INTERVAL ({ms} * 1000) MICROSECOND)",
     _ms_between="FLOOR(TIMESTAMPDIFF(MICROSECOND, {a}, {b}) / 1000)",
@@ -191,7 +205,9 @@ SQLITE = Dialect(
     text_type="TEXT",
     id_column="id INTEGER PRIMARY KEY AUTOINCREMENT",
     _plus_ms="strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.3f seconds', {ms} / 1000.0))",
-    _ms_between="CAST(ROUND((julianday({b}) - julianday({a})) * 86400000.0) AS INTEGER)",
+    # REAL, not CAST(... AS INTEGER): the SQLite ODBC driver reads an integer expression as 32 bits, so ages
+    # beyond 24.8 days wrapped (an expired lease read as held). A double holds whole milliseconds exactly.
+    _ms_between="ROUND((julianday({b}) - julianday({a})) * 86400000.0)",
     _create_table="CREATE TABLE IF NOT EXISTS {table} ({body})",
     _create_index="CREATE INDEX IF NOT EXISTS {qname} ON {table} ({columns})",  # SQLite qualifies the index
     _create_view=("DROP VIEW IF EXISTS {view}", "CREATE VIEW {view} AS {select}"),

@@ -44,16 +44,16 @@ class LeaseStore(Protocol):
     ) -> AcquireResult:
         """Take the lease in one atomic compare-and-set, for `ttl_ms` from the database's now.
 
-        Succeeds only if the epoch is still the one in `expected` (or, without `expected`, the one just read),
-        the control state allows it (never while the cluster is disabled; during maintenance or with automatic
-        failover off only for the holder's node), and the lease is free, expired by the database clock, or held
-        by this node *and* this instance (a restarted process of the same node with another instance must wait
-        for the expiry). A lease released by a handover is free only for its target (`handover_to`) until the
-        reservation ends, then for everyone. LeaseState.acquire_refusal states the same rule. On success the
-        epoch is incremented (the new fencing token, returned in the result), the holder's instance is written,
-        handover_to is cleared, and an event is appended after the compare-and-set (an event may be lost; the
-        lease change never is). A missing lease row is created first (as init-db does), whatever `expected`
-        says. On a miss the result's `seen` tells who holds the lease and for how long.
+        Succeeds only if the epoch is still the one in `expected` (or, without `expected`, the one just read), the
+        control state allows it (never while the cluster is disabled; during maintenance or with automatic failover
+        off only for the holder's node, or the node that released it), and the lease is free, expired by the
+        database clock, or held by this node *and* this instance (a restarted process of the same node with another
+        instance must wait for the expiry). A lease released by a handover is free only for its target
+        (`handover_to`) until the reservation ends, then for everyone. LeaseState.acquire_refusal states the same
+        rule. On success the epoch is incremented (the new fencing token, returned in the result), the holder's
+        instance is written, handover_to is cleared, and an event is appended after the compare-and-set (an event
+        may be lost; the lease change never is). A missing lease row is created first (as init-db does), whatever
+        `expected` says. On a miss the result's `seen` tells who holds the lease and for how long.
         """
         ...
 
@@ -70,6 +70,8 @@ class LeaseStore(Protocol):
     ) -> bool:
         """Give up our lease of this epoch now (expires_at = the database's now), in one compare-and-set.
 
+        During maintenance or with automatic failover off the release keeps `node` as handover_to: nobody else
+        may acquire then, but this node may take the lease back (any instance of it, e.g. after a restart).
         False means it was no longer ours. A RELEASED event is appended after the compare-and-set.
         """
         ...
@@ -147,12 +149,20 @@ class ControlStore(Protocol):
         reserve_ms: int,
         *,
         detail: str | None = None,
+        request_id: int | None = None,
         timeout: float | None = None,
     ) -> bool:
-        """The holder gives the lease to `to`: only if `node` still holds `epoch` (expired or not: it has let go
-        of the IP and the app before calling), set holder and instance NULL, handover_to = to, expires_at = now
-        + reserve_ms (the reservation: only `to` may acquire before it ends, everyone after), renewed_at = now,
-        transitions + 1, and clear the pending switchover. Event HANDOVER. False: the lease was not ours."""
+        """The holder gives the lease to `to`, in one compare-and-set that requires: `node` still holds `epoch`
+        unexpired (it has let go of the IP and the app before calling); a switchover request to `to` is pending
+        (with `request_id`, Switchover.id as the holder read it: that very request, not a later one); and the
+        cluster is neither disabled, in maintenance, nor with automatic failover off (the target could not
+        acquire then). It sets holder and instance NULL, handover_to = to, expires_at = now + reserve_ms capped at
+        the lease's ttl_ms (the reservation: only `to` may acquire before it ends, everyone after), renewed_at =
+        now, transitions + 1, and clears the pending request. Event HANDOVER.
+
+        False changes nothing: the request was cancelled or replaced, the control state changed, or the lease
+        was no longer ours. A caller whose lease is still unexpired still holds it: it may go on renewing, or
+        resume it with try_acquire from the same instance, and serve again."""
         ...
 
     async def request_switchover(
@@ -171,20 +181,24 @@ class ControlStore(Protocol):
         *,
         kind: EventKind = EventKind.SWITCHOVER_CANCELLED,
         detail: str | None = None,
+        request_id: int | None = None,
         timeout: float | None = None,
     ) -> bool:
-        """Remove the pending switchover request. Event `kind` (SWITCHOVER_CANCELLED by an operator; the holder
-        uses SWITCHOVER_STALE or SWITCHOVER_FAILED with its reason as `detail`). False: none was pending."""
+        """Remove the pending switchover request (with `request_id`, Switchover.id: only that request; a later
+        one stays). Event `kind` (SWITCHOVER_CANCELLED by an operator; the holder uses SWITCHOVER_STALE or
+        SWITCHOVER_FAILED with its reason as `detail`, and should pass the request_id it read). False: none (or
+        not that one) was pending."""
         ...
 
     async def set_maintenance(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
         """Turn maintenance mode on (stamped with the database's now) or off. Event MAINTENANCE_ON / _OFF.
-        False: it already was in that state, or (on) a switchover is pending or its hand-over reservation runs
-        (maintenance would keep the target out, and nobody would serve)."""
+        False: it already was in that state, or (on) no node holds an unexpired lease, or a switchover is pending
+        (maintenance keeps everyone but the holder's node out of the lease: nobody would serve)."""
         ...
 
     async def set_disabled(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
-        """Disable the cluster (nobody acquires; the holder lets go) or enable it; enabling also clears an
+        """Disable the cluster (nobody acquires; the holder lets go) or enable it. Disabling also clears a pending
+        switchover in the same statement (event SWITCHOVER_CANCELLED after DISABLED); enabling also clears an
         anti-flap trip (failover_off). Event DISABLED / ENABLED. False: nothing changed."""
         ...
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from .errors import StoreUnavailable
 from .model import (
+    MAX_MS,
     AcquireResult,
     Control,
     Event,
@@ -19,6 +20,7 @@ from .model import (
     NodeRecord,
     Switchover,
     by_detail,
+    check_ms,
     switchover_detail,
 )
 from .names import check_name
@@ -37,6 +39,7 @@ class _Row:
     switchover_due_at: float | None = None
     switchover_by: str | None = None
     switchover_requested_at: float | None = None
+    switchover_id: int | None = None  # the last request's number (kept when it is cleared)
     maintenance_since: float | None = None
     maintenance_by: str | None = None
     disabled_since: float | None = None
@@ -70,9 +73,10 @@ class MemoryLeaseStore:
         if row.switchover_requested_at is not None:
             switchover = Switchover(
                 row.switchover_to,
-                _ms((row.switchover_due_at or now) - now),
+                _ms((now if row.switchover_due_at is None else row.switchover_due_at) - now),
                 row.switchover_by,
                 _ms(now - row.switchover_requested_at),
+                row.switchover_id,
             )
         return Control(
             switchover=switchover,
@@ -154,6 +158,8 @@ class MemoryLeaseStore:
         row = self.rows.get(cluster)
         if row is None or row.holder != node or row.epoch != epoch:
             return False
+        if row.maintenance_since is not None or row.failover_off_since is not None:
+            row.handover_to = node  # as the SQL release: the node that released may take it back, nobody else
         row.holder, row.instance, row.expires_at = None, None, self.clock()
         self._event(cluster, node, EventKind.RELEASED, epoch, detail)
         return True
@@ -169,19 +175,35 @@ class MemoryLeaseStore:
         reserve_ms: int,
         *,
         detail: str | None = None,
+        request_id: int | None = None,
         timeout: float | None = None,
     ) -> bool:
         self._check()
         check_name("node", node)
         check_name("node", to)
+        check_ms(reserve_ms, "reserve_ms", low=1)
         row = self.rows.get(cluster)
         now = self.clock()
         if row is None or row.holder != node or row.epoch != epoch or row.expires_at is None or row.expires_at <= now:
             return False
-        row.holder, row.instance, row.handover_to, row.expires_at = None, None, to, now + reserve_ms / 1000
+        if not self._requested(row, request_id) or row.switchover_to != to or self._gated(row):
+            return False
+        reserve = min(reserve_ms, row.ttl_ms) if row.ttl_ms is not None else reserve_ms
+        row.holder, row.instance, row.handover_to, row.expires_at = None, None, to, now + reserve / 1000
         self._clear_switchover(row)
-        self._event(cluster, node, EventKind.HANDOVER, epoch, detail or f"to {to}, reserved for {reserve_ms} ms")
+        text = detail or f"to {to}, reserved for up to {reserve_ms} ms"
+        self._event(cluster, node, EventKind.HANDOVER, epoch, text)
         return True
+
+    @staticmethod
+    def _requested(row: _Row, request_id: int | None) -> bool:
+        """A request is pending (with `request_id`: that one)."""
+        pending = row.switchover_requested_at is not None
+        return pending and (request_id is None or row.switchover_id == request_id)
+
+    @staticmethod
+    def _gated(row: _Row) -> bool:
+        return row.disabled_since is not None or row.maintenance_since is not None or row.failover_off_since is not None
 
     @staticmethod
     def _clear_switchover(row: _Row) -> None:
@@ -193,6 +215,7 @@ class MemoryLeaseStore:
     ) -> bool:
         self._check()
         check_name("node", to)
+        check_ms(due_in_ms, "due_in_ms", low=-MAX_MS)
         by = by[:BY_MAX]
         row = self._row(cluster)
         pending = row.switchover_requested_at is not None
@@ -202,6 +225,7 @@ class MemoryLeaseStore:
         now = self.clock()
         row.switchover_to, row.switchover_by = to, by
         row.switchover_due_at, row.switchover_requested_at = now + due_in_ms / 1000, now
+        row.switchover_id = (row.switchover_id or 0) + 1
         self._event(cluster, None, EventKind.SWITCHOVER_REQUESTED, None, switchover_detail(to, due_in_ms, by))
         return True
 
@@ -212,12 +236,13 @@ class MemoryLeaseStore:
         *,
         kind: EventKind = EventKind.SWITCHOVER_CANCELLED,
         detail: str | None = None,
+        request_id: int | None = None,
         timeout: float | None = None,
     ) -> bool:
         self._check()
         by = by[:BY_MAX]
         row = self.rows.get(check_name("cluster", cluster))
-        if row is None or row.switchover_requested_at is None:
+        if row is None or not self._requested(row, request_id):
             return False
         to = row.switchover_to
         self._clear_switchover(row)
@@ -227,10 +252,10 @@ class MemoryLeaseStore:
     async def set_maintenance(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
         self._check()
         by = by[:BY_MAX]
-        row = self._row(cluster)
-        if (row.maintenance_since is not None) == on:
+        row = self.rows.get(check_name("cluster", cluster))
+        if row is None or (row.maintenance_since is not None) == on:  # as SQL: no row, no change
             return False
-        if on and (row.switchover_requested_at is not None or self._state(cluster).reserved_for is not None):
+        if on and (row.switchover_requested_at is not None or not self._state(cluster).held):
             return False
         row.maintenance_since, row.maintenance_by = (self.clock(), by) if on else (None, None)
         kind = EventKind.MAINTENANCE_ON if on else EventKind.MAINTENANCE_OFF
@@ -245,18 +270,24 @@ class MemoryLeaseStore:
             if row.disabled_since is not None:
                 return False
             row.disabled_since, row.disabled_by = self.clock(), by
-        else:
-            if row.disabled_since is None and row.failover_off_since is None:
-                return False
-            row.disabled_since = row.disabled_by = row.failover_off_since = row.failover_off_reason = None
-        self._event(cluster, None, EventKind.DISABLED if on else EventKind.ENABLED, None, by_detail("", by))
+            pending = row.switchover_to if row.switchover_requested_at is not None else None
+            self._clear_switchover(row)
+            self._event(cluster, None, EventKind.DISABLED, None, by_detail("", by))
+            if pending is not None:
+                text = by_detail(f"switchover to {pending}: the cluster was disabled", by)
+                self._event(cluster, None, EventKind.SWITCHOVER_CANCELLED, None, text)
+            return True
+        if row.disabled_since is None and row.failover_off_since is None:
+            return False
+        row.disabled_since = row.disabled_by = row.failover_off_since = row.failover_off_reason = None
+        self._event(cluster, None, EventKind.ENABLED, None, by_detail("", by))
         return True
 
     async def set_failover_off(self, cluster: str, node: str, reason: str, *, timeout: float | None = None) -> bool:
         self._check()
         check_name("node", node)
-        row = self._row(cluster)
-        if row.failover_off_since is not None:
+        row = self.rows.get(check_name("cluster", cluster))
+        if row is None or row.failover_off_since is not None:  # as the SQL statement: no row, no change
             return False
         row.failover_off_since, row.failover_off_reason = self.clock(), reason[:REASON_MAX]
         self._event(cluster, node, EventKind.FLAPPING, None, reason)

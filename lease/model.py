@@ -6,6 +6,15 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
+MAX_MS = 2**31 - 1  # the statements add milliseconds to the clock as a 32-bit integer (24.8 days)
+
+
+def check_ms(value: int, what: str, low: int = 0) -> int:
+    """A millisecond count the statements can add to the database clock: an integer from `low` to MAX_MS."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= MAX_MS:
+        raise ValueError(f"{what} must be an integer from {low} to {MAX_MS} milliseconds, not {value!r}")
+    return value
+
 
 @dataclass(frozen=True)
 class Switchover:
@@ -14,12 +23,16 @@ class Switchover:
     `to` is the target node (the CLI always writes one; None would mean "the best other node"). `due_in_ms` is
     the due time minus the database's now (<= 0: due). `requested_age_ms` is how long ago it was requested, on
     the database clock. `by` is who asked: "user@host" for an operator, "failback" for the fail-back policy.
+    `id` identifies the request (each request_switchover takes the next number): a holder passes it to
+    ControlStore.handover / cancel_switchover as `request_id`, so they act on the request it read and on no later
+    one (None: built by hand, not read from a store).
     """
 
     to: str | None
     due_in_ms: int
     by: str | None
     requested_age_ms: int
+    id: int | None = None
 
     @property
     def due(self) -> bool:
@@ -115,7 +128,8 @@ class LeaseState:
         None when it would succeed (the epoch permitting). The same rule as the SQL statement
         (lease/statements.py), so a caller can skip a round trip that cannot succeed:
         - nobody acquires while the cluster is disabled;
-        - during maintenance, or with automatic failover off, only the holder's node (re-)acquires;
+        - during maintenance, or with automatic failover off, only the holder's node (re-)acquires, or after a
+          release the node that released it (the release statement keeps it in handover_to then);
         - an expired (or never held) lease is free for everyone else;
         - a handover reservation is free only for its target until it ends;
         - an unexpired lease is resumed only by its own node and instance.
@@ -123,9 +137,11 @@ class LeaseState:
         c = self.control
         if c.disabled:
             return f"the cluster is disabled (by {c.disabled_by or 'unknown'})"
-        if c.maintenance and self.holder != node:
+        # the holder's node, or the node that released it (the release keeps it in handover_to then)
+        own = self.holder == node or (self.holder is None and self.handover_to == node)
+        if c.maintenance and not own:
             return f"maintenance mode is on (by {c.maintenance_by or 'unknown'}): nobody fails over"
-        if c.failover_off and self.holder != node:
+        if c.failover_off and not own:
             return f"automatic failover is off ({c.failover_off_reason or 'flapping'}): run `fos enable`"
         if self.remaining_ms is None or self.remaining_ms <= 0:
             return None

@@ -266,6 +266,17 @@ def classify(exc: pyodbc.Error) -> StoreError:
     return StoreUnavailable(f"database error [{state}]: {line}")
 
 
+_LOCK_TIMEOUTS = ("lock timeout", "lock wait timeout", "lock request time out")
+
+
+def is_lock_timeout(exc: pyodbc.Error) -> bool:
+    """The statement gave up waiting for a lock (PostgreSQL lock_timeout 55P03, MySQL lock_wait_timeout 1205,
+    SQL Server LOCK_TIMEOUT 1222): nothing was changed."""
+    state = str(exc.args[0]) if exc.args else ""
+    text = " ".join(str(exc.args[1] if len(exc.args) > 1 else exc).lower().split())
+    return state == "55P03" or any(s in text for s in _LOCK_TIMEOUTS)
+
+
 def is_duplicate_key(exc: pyodbc.Error) -> bool:
     state = str(exc.args[0]) if exc.args else ""
     text = str(exc.args[1]).lower() if len(exc.args) > 1 else ""

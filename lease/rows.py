@@ -48,7 +48,10 @@ def _as_number(value: Any) -> float | int | None:
 
 
 def _as_int(value: Any) -> int | None:
-    return None if value is None else int(value)
+    """Whole milliseconds from an int, a Decimal, or a float (SQLite's ages are REAL; see dialects.SQLITE)."""
+    if value is None or isinstance(value, int):
+        return value
+    return int(float(value))
 
 
 def _as_datetime(value: Any) -> datetime:
@@ -62,10 +65,10 @@ def _check_instance(instance: str | None) -> str | None:
 
 def _control(values: tuple[Any, ...]) -> Control:
     """The control columns of statements.CONTROL_COLUMNS, in that order."""
-    to, due_in, by, age, maintenance, maintenance_by, disabled, disabled_by, off, reason = values
+    to, due_in, by, age, maintenance, maintenance_by, disabled, disabled_by, off, reason, request_id = values
     switchover = None
     if age is not None:
-        switchover = Switchover(to, int(due_in) if due_in is not None else 0, by, int(age))
+        switchover = Switchover(to, _as_int(due_in) or 0, by, _as_int(age) or 0, _as_int(request_id))
     return Control(
         switchover=switchover,
         maintenance_ms=_as_int(maintenance),
@@ -93,7 +96,7 @@ class LeaseRows(OdbcCalls):
             ttl_ms=_as_int(ttl_ms),
             handover_to=handover,
             holder_instance=instance,
-            control=_control(tuple(row[6:16])),
+            control=_control(tuple(row[6:17])),
         )
 
     async def _read(self, conn: OwnedConnection, cluster: str) -> LeaseState:

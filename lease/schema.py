@@ -44,7 +44,8 @@ def _status_view_select(d: Dialect, schema: str | None) -> str:
         f"({d.ms_until('l.switchover_due_at')} / 1000.0) AS switchover_due_in_s, "
         f"({d.ms_between('l.maintenance_since', d.now)} / 1000.0) AS maintenance_for_s, "
         f"({d.ms_between('l.disabled_since', d.now)} / 1000.0) AS disabled_for_s, "
-        f"({d.ms_between('l.failover_off_since', d.now)} / 1000.0) AS failover_off_for_s "
+        f"({d.ms_between('l.failover_off_since', d.now)} / 1000.0) AS failover_off_for_s, "
+        "l.switchover_id "
         f"FROM {lease} l LEFT JOIN {node} h "
         "ON h.cluster_name = l.cluster_name AND h.node_name = l.holder_node"
     )
@@ -102,23 +103,34 @@ def _v3(d: Dialect, schema: str | None) -> list[str]:
     """The operator's intent and the policy state beside the lease (switchover, maintenance, disabled, anti-flap)
     and what each agent acts on. All NULL-able without defaults: adding them is cheap and changes no lease."""
     name, ts = f"{d.name_type} NULL", f"{d.ts_type} NULL"
-    text = "NVARCHAR" if d.name == "mssql" else "VARCHAR"  # operators' user names may not be ASCII
+
+    def text(n: int) -> str:
+        # Operators' user names may be in any script (and contain emoji): NVARCHAR on SQL Server; on MariaDB the
+        # database's default character set may be latin1 or 3-byte utf8, so utf8mb4 explicitly.
+        if d.name == "mssql":
+            return f"NVARCHAR({n}) NULL"
+        return f"VARCHAR({n}) CHARACTER SET utf8mb4 NULL" if d.name == "mysql" else f"VARCHAR({n}) NULL"
+
     lease_columns = (
         ("switchover_to", name),
         ("switchover_due_at", ts),
-        ("switchover_by", f"{text}({BY_MAX}) NULL"),
+        ("switchover_by", text(BY_MAX)),
         ("switchover_requested_at", ts),
+        ("switchover_id", "BIGINT NULL"),  # the request's number: each request takes the next one
         ("maintenance_since", ts),
-        ("maintenance_by", f"{text}({BY_MAX}) NULL"),
+        ("maintenance_by", text(BY_MAX)),
         ("disabled_since", ts),
-        ("disabled_by", f"{text}({BY_MAX}) NULL"),
+        ("disabled_by", text(BY_MAX)),
         ("failover_off_since", ts),
-        ("failover_off_reason", f"{text}({REASON_MAX}) NULL"),
+        ("failover_off_reason", text(REASON_MAX)),
     )
-    return [
+    v3 = [
         *(d.add_column("fos_lease", column, type_, schema) for column, type_ in lease_columns),
-        d.add_column("fos_node", "sees", f"{text}(64) NULL", schema),
+        d.add_column("fos_node", "sees", text(64), schema),
     ]
+    if d.name == "mysql":  # event details carry operators' names since v3; v1 created them in the default charset
+        v3.append(f"ALTER TABLE {qualify('fos_event', schema)} MODIFY detail {d.text_type} NULL")
+    return v3
 
 
 def migrations(d: Dialect, schema: str | None = None) -> dict[int, list[str]]:

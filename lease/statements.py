@@ -21,7 +21,7 @@ LEASE_COLUMNS = "holder_node, epoch, {remaining} AS remaining_ms, ttl_ms, handov
 CONTROL_COLUMNS = (
     "switchover_to, {due_in} AS switchover_due_in_ms, switchover_by, {requested_age} AS switchover_age_ms, "
     "{maintenance_age} AS maintenance_ms, maintenance_by, {disabled_age} AS disabled_ms, disabled_by, "
-    "{failover_off_age} AS failover_off_ms, failover_off_reason"
+    "{failover_off_age} AS failover_off_ms, failover_off_reason, switchover_id"
 )
 BY_MAX, REASON_MAX = 200, 400  # switchover_by / maintenance_by / disabled_by, failover_off_reason
 STATUS_COLUMNS = (
@@ -51,6 +51,7 @@ STATUS_COLUMNS = (
     "maintenance_for_s",
     "disabled_for_s",
     "failover_off_for_s",
+    "switchover_id",
 )
 
 
@@ -58,15 +59,17 @@ STATUS_COLUMNS = (
 class Statements:
     read: str  # params: cluster
     insert_if_missing: str  # params: cluster (once, or twice on mssql)
-    # params: node, node, instance, ttl_ms, ttl_ms, cluster, expected_epoch, node x 5, instance
+    # params: node, node, instance, ttl_ms, ttl_ms, cluster, expected_epoch, node x 7, instance
     acquire: str
-    # params: node, node, None, ttl_ms, ttl_ms, cluster, expected_epoch, node x 5
+    # params: node, node, None, ttl_ms, ttl_ms, cluster, expected_epoch, node x 7
     acquire_without_instance: str
     renew: str  # params: ttl_ms, ttl_ms, cluster, node, epoch
-    release: str  # params: cluster, node, epoch
-    handover: str  # params: to, reserve_ms, cluster, node, epoch
+    release: str  # params: node, cluster, node, epoch
+    handover: str  # params: to, reserve_ms, reserve_ms, cluster, node, epoch, to
+    handover_request: str  # params: to, reserve_ms, reserve_ms, cluster, node, epoch, to, request_id
     request_switchover: str  # params: to, due_in_ms, by, cluster
     cancel_switchover: str  # params: cluster
+    cancel_switchover_request: str  # params: cluster, request_id
     maintenance_on: str  # params: by, cluster
     maintenance_off: str  # params: cluster
     disable: str  # params: by, cluster
@@ -88,7 +91,8 @@ def build(d: Dialect, schema: str | None = None, events_limit: int = 50) -> Stat
     now, p = d.now, d.name_param
     lease, event, node_t = (qualify(t, schema) for t in ("fos_lease", "fos_event", "fos_node"))
     # Succeeds only if nobody acquired since we read `expected_epoch`; the control state allows it (never while
-    # disabled; during maintenance or with failover off only the holder's node); and the lease is free (a handover
+    # disabled; during maintenance or with failover off only the holder's node, or the node that released it: the
+    # release statement leaves it in handover_to then); and the lease is free (a handover
     # reservation only for its target), expired by the database clock, or already this node's from this very
     # agent process (a restarted process resumes at once; a clone with the same node name must wait for the
     # expiry). The epoch always moves on. lease.model.LeaseState.acquire_refusal states the same rule.
@@ -99,8 +103,8 @@ def build(d: Dialect, schema: str | None = None, events_limit: int = 50) -> Stat
         f"expires_at = {d.plus_ms('?')}, ttl_ms = ?, handover_to = NULL "
         f"WHERE cluster_name = {p} AND epoch = ? "
         "AND disabled_since IS NULL "
-        f"AND (maintenance_since IS NULL OR holder_node = {p}) "
-        f"AND (failover_off_since IS NULL OR holder_node = {p}) "
+        f"AND (maintenance_since IS NULL OR holder_node = {p} OR (holder_node IS NULL AND handover_to = {p})) "
+        f"AND (failover_off_since IS NULL OR holder_node = {p} OR (holder_node IS NULL AND handover_to = {p})) "
         f"AND ((holder_node IS NULL AND (handover_to IS NULL OR handover_to = {p} OR expires_at IS NULL "
         f"OR expires_at <= {now})) "
         f"OR expires_at IS NULL OR expires_at <= {now} OR (holder_node = {p} AND "
@@ -113,9 +117,19 @@ def build(d: Dialect, schema: str | None = None, events_limit: int = 50) -> Stat
         disabled_age=ago("disabled_since", now),
         failover_off_age=ago("failover_off_since", now),
     )
+    # switchover_id stays: the next request takes the next number, so a holder's request_id never matches a newer one
     no_switchover = (
         "switchover_to = NULL, switchover_due_at = NULL, switchover_by = NULL, switchover_requested_at = NULL"
     )
+    handover = (
+        f"UPDATE {lease} SET holder_node = NULL, holder_instance = NULL, handover_to = {p}, "
+        f"expires_at = {d.plus_ms('CASE WHEN ttl_ms < ? THEN ttl_ms ELSE ? END')}, renewed_at = {now}, "
+        f"transitions = transitions + 1, {no_switchover} "
+        f"WHERE cluster_name = {p} AND holder_node = {p} AND epoch = ? AND expires_at > {now} "
+        f"AND switchover_requested_at IS NOT NULL AND switchover_to = {p} "
+        "AND disabled_since IS NULL AND maintenance_since IS NULL AND failover_off_since IS NULL"
+    )
+    cancel = f"UPDATE {lease} SET {no_switchover} WHERE cluster_name = {p} AND switchover_requested_at IS NOT NULL"
     events = f"id, at, node_name, kind, epoch, detail FROM {event} WHERE cluster_name = {p} AND id > ?"
     return Statements(
         read=(
@@ -131,42 +145,49 @@ def build(d: Dialect, schema: str | None = None, events_limit: int = 50) -> Stat
             f"WHERE cluster_name = {p} AND holder_node = {p} AND epoch = ? AND expires_at > {now}"
         ),
         # expires_at = now, so a standby waiting for the expiry is not kept waiting by a lease nobody holds.
+        # During maintenance or with failover off nobody else may acquire: the releasing node stays in handover_to,
+        # so it (restarted, or back from a step-down) may take the lease back, and the cluster is not left with
+        # nobody allowed to serve. handover_to is assigned first: MySQL evaluates SET from left to right.
         release=(
-            f"UPDATE {lease} SET holder_node = NULL, holder_instance = NULL, renewed_at = {now}, expires_at = {now}, "
+            f"UPDATE {lease} SET handover_to = CASE WHEN maintenance_since IS NOT NULL "
+            f"OR failover_off_since IS NOT NULL THEN {p} ELSE handover_to END, "
+            f"holder_node = NULL, holder_instance = NULL, renewed_at = {now}, expires_at = {now}, "
             "transitions = transitions + 1 "
             f"WHERE cluster_name = {p} AND holder_node = {p} AND epoch = ?"
         ),
         # The holder, having let go of the IP and the app, releases to `to`: free only for `to` until now +
-        # reserve_ms, then for everyone (acquire's handover_to branch). Never from an expired lease: that one is
-        # everyone's already, and a reservation would keep the others out longer than a failover.
-        handover=(
-            f"UPDATE {lease} SET holder_node = NULL, holder_instance = NULL, handover_to = {p}, "
-            f"expires_at = {d.plus_ms('?')}, renewed_at = {now}, transitions = transitions + 1, {no_switchover} "
-            f"WHERE cluster_name = {p} AND holder_node = {p} AND epoch = ? AND expires_at > {now}"
-        ),
+        # reserve_ms (at most the lease's own ttl), then for everyone (acquire's handover_to branch). Never from an
+        # expired lease: that one is everyone's already, and a reservation would keep the others out longer than a
+        # failover. Only on the pending request to `to` (and, with a request id, that very request) and while the
+        # control state lets `to` acquire: a cancel, `maintenance on`, a disable or failover-off between the
+        # holder's read and this statement makes it change nothing, and the holder keeps its lease.
+        handover=handover,
+        handover_request=handover + " AND switchover_id = ?",
         # Not while the cluster is disabled, in maintenance, or with failover off: the target could not acquire
         # the handed-over lease then (the acquire gates), and nobody would serve.
         request_switchover=(
             f"UPDATE {lease} SET switchover_to = {p}, switchover_due_at = {d.plus_ms('?')}, switchover_by = ?, "
-            f"switchover_requested_at = {now} WHERE cluster_name = {p} AND switchover_requested_at IS NULL "
+            f"switchover_requested_at = {now}, switchover_id = COALESCE(switchover_id, 0) + 1 "
+            f"WHERE cluster_name = {p} AND switchover_requested_at IS NULL "
             "AND disabled_since IS NULL AND maintenance_since IS NULL AND failover_off_since IS NULL"
         ),
-        cancel_switchover=(
-            f"UPDATE {lease} SET {no_switchover} WHERE cluster_name = {p} AND switchover_requested_at IS NOT NULL"
-        ),
-        # Not while a switchover is pending or its hand-over reservation runs: maintenance would keep the target
-        # from acquiring the released lease, and nobody would serve until it is turned off.
+        cancel_switchover=cancel,
+        cancel_switchover_request=cancel + " AND switchover_id = ?",
+        # Only on a held, unexpired lease and not while a switchover is pending: maintenance keeps everyone but
+        # the holder's node out of the lease (the acquire gate), so on a free lease or a handed-over one nobody
+        # would serve until it is turned off.
         maintenance_on=(
             f"UPDATE {lease} SET maintenance_since = {now}, maintenance_by = ? "
             f"WHERE cluster_name = {p} AND maintenance_since IS NULL AND switchover_requested_at IS NULL "
-            f"AND (holder_node IS NOT NULL OR handover_to IS NULL OR expires_at IS NULL OR expires_at <= {now})"
+            f"AND holder_node IS NOT NULL AND expires_at > {now}"
         ),
         maintenance_off=(
             f"UPDATE {lease} SET maintenance_since = NULL, maintenance_by = NULL "
             f"WHERE cluster_name = {p} AND maintenance_since IS NOT NULL"
         ),
+        # A pending switchover goes with it, in the same statement: its target could not acquire while disabled.
         disable=(
-            f"UPDATE {lease} SET disabled_since = {now}, disabled_by = ? "
+            f"UPDATE {lease} SET disabled_since = {now}, disabled_by = ?, {no_switchover} "
             f"WHERE cluster_name = {p} AND disabled_since IS NULL"
         ),
         # Enabling also clears an anti-flap trip: `fos enable` is the one way to turn automatic failover on again.

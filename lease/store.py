@@ -9,16 +9,19 @@ autocommit too; an event may be lost, a lease change never half-done.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pyodbc
+import structlog
 
+from .calls import call_deadline
 from .control import SqlControl
-from .errors import SchemaMissing, StoreConfigError, UnsafeSchema
+from .errors import SchemaMissing, StoreConfigError, StoreUnavailable, UnsafeSchema
 from .interface import ControlStore, HistoryStore, LeaseStore
 from .model import AcquireResult, Event, EventKind, LeaseState, NodeRecord
 from .names import check_name
-from .odbc import OwnedConnection, classify, is_duplicate_key
+from .odbc import OwnedConnection, classify, is_duplicate_key, is_lock_timeout
 from .rows import _as_bool, _as_datetime, _as_number, _check_instance, _judge
 from .schema import SCHEMA_VERSION, migrations, record_version_sql
 from .statements import STATUS_COLUMNS, build
@@ -26,6 +29,9 @@ from .upgrade import retype_mssql_keys
 
 __all__ = ["ControlStore", "HistoryStore", "LeaseStore", "SqlLeaseStore", "_judge"]
 
+log = structlog.get_logger("fos.lease")
+
+DDL_RETRY_S = 0.5  # init-db's pause between two tries of a DDL statement that timed out waiting for its lock
 MSSQL_MIN_MAJOR = 13  # SQL Server 2016: DATEDIFF_BIG, DROP VIEW IF EXISTS
 _AZURE_EDITIONS = (5, 8)  # Azure SQL Database, Azure SQL Managed Instance: report 12.x, support all of it
 
@@ -105,7 +111,7 @@ class SqlLeaseStore(SqlControl):
         self, conn: OwnedConnection, cluster: str, node: str, ttl_ms: int, instance: str | None, epoch: int
     ) -> bool:
         params: tuple[Any, ...]
-        head = (node, node, instance, ttl_ms, ttl_ms, cluster, epoch, node, node, node, node)
+        head = (node, node, instance, ttl_ms, ttl_ms, cluster, epoch, node, node, node, node, node, node)
         if instance is None:
             sql, params = self.sql.acquire_without_instance, head
         else:
@@ -146,7 +152,7 @@ class SqlLeaseStore(SqlControl):
         check_name("node", node)
 
         async def op(conn: OwnedConnection) -> bool:
-            rowcount, _ = await conn.execute(self.sql.release, (cluster, node, epoch))
+            rowcount, _ = await conn.execute(self.sql.release, (node, cluster, node, epoch))
             if not _judge(rowcount, "the release UPDATE"):
                 return False
             await self._event_after_change(conn, (cluster, node, str(EventKind.RELEASED), epoch, detail))
@@ -321,6 +327,9 @@ class SqlLeaseStore(SqlControl):
 
         async def op(conn: OwnedConnection) -> tuple[int, int]:
             await self._check_server_version(conn)
+            conn.broken = True  # its lock waits are shortened for the DDL below: the session is not reused
+            for sql in self.dialect.ddl_lock_wait(conn.dbms_name):
+                await conn.execute(sql)
             try:
                 _, rows = await conn.execute(self.sql.schema_version)
                 before = int(rows[0][0] or 0) if rows else 0
@@ -333,12 +342,12 @@ class SqlLeaseStore(SqlControl):
                     continue
                 for sql in stmts:
                     try:
-                        await conn.execute(sql)
+                        await self._ddl(conn, sql, timeout)
                     except pyodbc.Error as exc:  # ADD COLUMN without IF NOT EXISTS (MySQL, SQLite), run again
                         if "duplicate column" not in str(exc).lower():
                             raise
                 try:
-                    await conn.execute(record_version_sql(self.dialect, self.schema), (version,))
+                    await self._ddl(conn, record_version_sql(self.dialect, self.schema), timeout, (version,))
                 except pyodbc.Error as exc:
                     if not is_duplicate_key(exc):
                         raise
@@ -349,6 +358,26 @@ class SqlLeaseStore(SqlControl):
             return before, SCHEMA_VERSION
 
         return await self._call(op, timeout, check_schema=False)
+
+    async def _ddl(self, conn: OwnedConnection, sql: str, timeout: float, params: tuple[Any, ...] = ()) -> None:
+        """Run one init-db statement; while it times out waiting for a lock (Dialect.ddl_lock_wait: a short wait,
+        so renewals never queue long behind it), try again every DDL_RETRY_S until the call's deadline."""
+        while True:
+            try:
+                await conn.execute(sql, params)
+                return
+            except pyodbc.Error as exc:
+                if not is_lock_timeout(exc):
+                    raise
+                if call_deadline.get() - self._clock() < DDL_RETRY_S + 1.0:
+                    raise StoreUnavailable(
+                        f"init-db could not lock the fos tables for `{sql[:60]}...` within {timeout:g} s: another "
+                        "session holds a lock on them (a transaction left open, e.g. `idle in transaction` in "
+                        "pg_stat_activity, or SHOW PROCESSLIST): end it, then run init-db again (nothing is lost; "
+                        "the upgrade goes on where it stopped)"
+                    ) from None
+                log.info("init_db_lock_busy", statement=sql[:60], retry_in_s=DDL_RETRY_S)
+                await asyncio.sleep(DDL_RETRY_S)
 
     async def _check_server_version(self, conn: OwnedConnection) -> None:
         if self.sql.server_version is None:

@@ -165,6 +165,46 @@ def test_each_switchover_refusal_has_its_own_message_exit_1_and_writes_nothing(o
     assert ops.db(lambda s: s.list_events("ops", limit=100)) == before
 
 
+async def _old_agent(store: SqlLeaseStore, node: str = "m3") -> None:
+    """A live node row written by an agent of the previous release: it reports no `sees` (NULL)."""
+    await store.record_node("ops", node, "standby", None, None, "0.2", instance=f"i-{node}")
+
+
+@pytest.mark.parametrize(
+    ("command", "what"),
+    [
+        (["maintenance", "on"], "maintenance mode"),
+        (["disable"], "disabling"),
+        (["switchover", "--to", "m2"], "switchover requests"),
+    ],
+)
+def test_a_command_an_older_agent_would_ignore_is_refused_naming_it_and_writes_nothing(
+    ops: Ops, command: list[str], what: str
+) -> None:
+    ops.db(_setup(_holds, lambda s: _standby(s, "m2"), _old_agent))
+    before = ops.db(lambda s: s.list_events("ops", limit=100))
+    code, out, err = ops.fos(*command)
+    assert (code, out) == (1, ""), err
+    assert err == (
+        f"fos {command[0]}: not done: m3 runs an agent older than schema 3 (its node row reports no `sees`), "
+        f"which ignores {what}: upgrade the agent on m3 first (it runs on the upgraded database), then retry\n"
+    )
+    assert ops.db(lambda s: s.list_events("ops", limit=100)) == before
+    control = ops.db(lambda s: s.read("ops")).control
+    assert not control.maintenance and not control.disabled and control.switchover is None
+
+
+def test_an_older_agent_that_is_down_does_not_block_the_commands(ops: Ops) -> None:
+    ops.db(_setup(_holds, lambda s: _standby(s, "m2"), _old_agent))
+    ops.sql(
+        "UPDATE fos_node SET last_seen = strftime('%Y-%m-%d %H:%M:%f', 'now', '-10 seconds') WHERE node_name = 'm3'"
+    )
+    assert ops.fos("maintenance", "on")[0] == 0
+    assert ops.fos("maintenance", "off")[0] == 0  # never refused: it only lets agents act again
+    assert ops.fos("switchover", "--to", "m2")[0] == 0
+    assert ops.fos("disable")[0] == 0
+
+
 def test_a_target_whose_row_is_older_than_three_heartbeats_is_refused(ops: Ops) -> None:
     ops.db(_setup(_holds, lambda s: _standby(s, "m2")))
     ops.sql(
@@ -380,6 +420,7 @@ async def test_switchover_wait_fails_when_the_old_holder_takes_the_lease_back(wa
 async def test_maintenance_wait_returns_when_every_live_agent_acknowledged(wait_cluster: tuple[Path, str]) -> None:
     config, dsn = wait_cluster
     store = await _init(dsn)
+    assert (await store.try_acquire("ops", "m1", 60_000, instance="i-m1")).acquired
     await store.record_node("ops", "m3", "stopped", None, None, "0.3", sees="")
     nodes = {"m1": Node("active", True), "m2": Node()}
 
@@ -403,7 +444,8 @@ async def test_maintenance_wait_names_the_agent_that_did_not_acknowledge(tmp_pat
     dsn = sqlite_dsn(str(tmp_path / "ack.db"))
     config = write_config(tmp_path / "fos.toml", dsn, heartbeat=0.5)
     store = await _init(dsn)
-    nodes = {"m1": Node("active", True, "maintenance"), "m2": Node(sees=None)}  # m2: an agent older than 0.3
+    assert (await store.try_acquire("ops", "m1", 60_000, instance="i-m1")).acquired
+    nodes = {"m1": Node("active", True, "maintenance"), "m2": Node(sees="")}  # m2: stuck, never acts on it
     async with agents(dsn, nodes, lambda s: asyncio.sleep(0)):
         started = time.monotonic()
         code, _, err = await fos_process(config, "maintenance", "on", "--wait")
@@ -429,6 +471,18 @@ def test_maintenance_on_and_off_are_written_and_repeatable(ops: Ops) -> None:
     assert ops.fos("maintenance", "off")[:2] == (
         0,
         f"maintenance mode off (by {ME}): the agents reconcile with the real state and act again\n",
+    )
+    assert not ops.db(lambda s: s.read("ops")).control.maintenance
+
+
+def test_maintenance_is_refused_while_nobody_holds_the_lease(ops: Ops) -> None:
+    # Maintenance keeps everyone but the holder's node out: on a free lease nobody would serve until it is off.
+    ops.db(_setup(_holds, lambda s: s.release("ops", "m1", 1), lambda s: _standby(s, "m1")))
+    code, out, err = ops.fos("maintenance", "on")
+    assert (code, out) == (1, "")
+    assert err == (
+        "fos maintenance: not done: no node holds the lease, and maintenance mode would keep every node from "
+        "taking it: wait until one serves (`fos status`), then retry\n"
     )
     assert not ops.db(lambda s: s.read("ops")).control.maintenance
 

@@ -13,7 +13,7 @@ import pytest
 from lease import EventKind, SqlLeaseStore, Switchover
 from lease.model import detail_by
 from tests.conftest import unique
-from tests.support.control_scenarios import SCENARIOS, Scenario, check
+from tests.support.control_scenarios import CONTROL_CASES, SCENARIOS, Case, Scenario, check
 
 
 async def _until(probe: Callable[[], Awaitable[bool]], what: str, deadline_s: float = 5.0) -> None:
@@ -39,6 +39,11 @@ def _expire(store: SqlLeaseStore) -> Callable[[str], Awaitable[None]]:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
 async def test_the_acquire_compare_and_set_follows_the_control_state(store: SqlLeaseStore, scenario: Scenario) -> None:
     await check(scenario, store, lambda: unique("acq"), _expire(store))
+
+
+@pytest.mark.parametrize("case", CONTROL_CASES, ids=lambda c: c.__name__)
+async def test_the_control_operations_keep_the_shared_rules(store: SqlLeaseStore, case: Case) -> None:
+    await case(store, unique("ho"), _expire(store))
 
 
 async def test_a_switchover_request_is_stored_on_the_database_clock_and_only_one_at_a_time(
@@ -76,6 +81,7 @@ async def test_the_holder_drops_a_stale_request_with_its_own_kind_and_reason(sto
 
 async def test_a_switchover_is_refused_in_maintenance_and_when_disabled(store: SqlLeaseStore) -> None:
     c = unique("sw")
+    assert (await store.try_acquire(c, "m1", 30_000, instance="i1")).acquired
     assert await store.set_maintenance(c, True, "op@h")
     assert not await store.request_switchover(c, "m2", 0, "op@h")
     assert await store.set_maintenance(c, False, "op@h")
@@ -120,6 +126,7 @@ async def test_an_expired_lease_cannot_be_handed_over_but_can_be_released(store:
 
 async def test_maintenance_disable_and_failover_off_report_whether_they_changed_anything(store: SqlLeaseStore) -> None:
     c = unique("ctl")
+    assert (await store.try_acquire(c, "m1", 30_000, instance="i1")).acquired
     assert await store.set_maintenance(c, True, "alice@db1")
     assert not await store.set_maintenance(c, True, "bob@db2")
     assert await store.set_failover_off(c, "m2", "4 take-overs within 3600 s")
@@ -141,11 +148,12 @@ async def test_maintenance_disable_and_failover_off_report_whether_they_changed_
     assert await store.set_maintenance(c, False, "alice@db1")
     assert (await store.read(c)).control.sees() == ""
     kinds = [e.kind for e in reversed(await store.list_events(c))]
-    assert kinds == ["maintenance_on", "flapping", "disabled", "enabled", "maintenance_off"]
+    assert kinds[1:] == ["maintenance_on", "flapping", "disabled", "enabled", "maintenance_off"]
 
 
 async def test_long_operator_text_is_cut_to_its_column(store: SqlLeaseStore) -> None:
     c = unique("ctl")
+    assert (await store.try_acquire(c, "m1", 30_000, instance="i1")).acquired
     assert await store.set_maintenance(c, True, "u" * 300 + "@host")
     assert await store.set_failover_off(c, "m1", "r" * 500)
     control = (await store.read(c)).control
@@ -202,13 +210,37 @@ async def test_maintenance_cannot_start_during_a_switchover_and_failover_off_ref
     assert await store.handover(c, "m1", got.epoch, "m2", 300)
     assert not await store.set_maintenance(c, True, "op@h")  # the reservation runs
     await _expire(store)(c)
-    assert await store.set_maintenance(c, True, "op@h")  # the reservation is over: a plain free lease
+    assert not await store.set_maintenance(c, True, "op@h")  # the reservation is over: a free lease, nobody serves
+    assert (await store.try_acquire(c, "m2", 30_000, instance="i2")).acquired
+    assert await store.set_maintenance(c, True, "op@h")  # held
     assert await store.set_maintenance(c, False, "op@h")
     assert await store.set_failover_off(c, "m1", "flapping")
     assert not await store.request_switchover(c, "m2", 0, "op@h")
-    assert [e.kind for e in await store.list_events(c, limit=4)] == [
+    assert [e.kind for e in await store.list_events(c, limit=5)] == [
         "flapping",
         "maintenance_off",
         "maintenance_on",
+        "acquired",
         "handover",
     ]
+
+
+@pytest.mark.parametrize(
+    "by", ["jürgen@höst", "张伟@主机", "op😀@h", "é" * 199 + "😀"], ids=["latin1", "cjk", "emoji", "long"]
+)
+async def test_operators_names_and_reasons_in_any_script_round_trip(store: SqlLeaseStore, by: str) -> None:
+    c = unique("text")
+    got = await store.try_acquire(c, "m1", 30_000, instance="i1")
+    assert await store.set_maintenance(c, True, by)
+    assert await store.set_maintenance(c, False, by)
+    assert await store.request_switchover(c, "m2", 60_000, by)
+    assert await store.set_failover_off(c, "m1", f"flapping, seen by {by}")
+    control = (await store.read(c)).control
+    assert control.switchover is not None and control.switchover.by == by
+    assert control.failover_off_reason == f"flapping, seen by {by}"[:400]
+    assert await store.set_disabled(c, True, by)
+    assert (await store.read(c)).control.disabled_by == by
+    await store.record_node(c, "m1", "active", True, None, "0.3", instance="i1", sees="disabled")
+    events = await store.list_events(c, limit=10)
+    assert [detail_by(e.detail) for e in events if e.kind in ("maintenance_on", "disabled")] == [by, by]
+    assert got.acquired

@@ -7,7 +7,7 @@ import pytest
 from lease import EventKind, LeaseState, Switchover
 from lease.memory import MemoryLeaseStore
 from lease.model import detail_by
-from tests.support.control_scenarios import SCENARIOS, Scenario, check
+from tests.support.control_scenarios import CONTROL_CASES, SCENARIOS, Case, Scenario, check
 
 
 class Clock:
@@ -70,16 +70,27 @@ async def test_the_acquire_rule_matches_the_sql_scenarios(scenario: Scenario) ->
     await check(scenario, store, lambda: f"c{next(names)}", expire)
 
 
+@pytest.mark.parametrize("case", CONTROL_CASES, ids=lambda c: c.__name__)
+async def test_the_control_operations_keep_the_shared_rules(case: Case) -> None:
+    clock = Clock()
+
+    async def expire(cluster: str) -> None:
+        clock.now += 100
+
+    await case(MemoryLeaseStore(clock), "c", expire)
+
+
 async def test_a_switchover_request_is_refused_while_one_is_pending_or_in_maintenance_or_disabled() -> None:
     clock = Clock()
     store = MemoryLeaseStore(clock)
+    await store.try_acquire("c", "m1", 60_000, instance="a")
     assert await store.request_switchover("c", "m2", 5000, "op@h")
     state = await store.read("c")
-    assert state.control.switchover == Switchover("m2", 5000, "op@h", 0)
+    assert state.control.switchover == Switchover("m2", 5000, "op@h", 0, id=1)
     assert not state.control.switchover.due
     assert not await store.request_switchover("c", "m3", 0, "op2@h")
     clock.now += 6
-    assert (await store.read("c")).control.switchover == Switchover("m2", -1000, "op@h", 6000)
+    assert (await store.read("c")).control.switchover == Switchover("m2", -1000, "op@h", 6000, id=1)
     assert await store.cancel_switchover("c", "op@h")
     assert not await store.cancel_switchover("c", "op@h")
     assert await store.set_maintenance("c", True, "op@h")
@@ -87,7 +98,7 @@ async def test_a_switchover_request_is_refused_while_one_is_pending_or_in_mainte
     assert await store.set_maintenance("c", False, "op@h")
     assert await store.set_disabled("c", True, "op@h")
     assert not await store.request_switchover("c", "m2", 0, "op@h")
-    kinds = [e.kind for e in store.events]
+    kinds = [e.kind for e in store.events[1:]]
     assert kinds == [
         EventKind.SWITCHOVER_REQUESTED,
         EventKind.SWITCHOVER_CANCELLED,
@@ -95,7 +106,7 @@ async def test_a_switchover_request_is_refused_while_one_is_pending_or_in_mainte
         EventKind.MAINTENANCE_OFF,
         EventKind.DISABLED,
     ]
-    assert detail_by(store.events[0].detail) == "op@h" and detail_by(store.events[1].detail) == "op@h"
+    assert detail_by(store.events[1].detail) == "op@h" and detail_by(store.events[2].detail) == "op@h"
 
 
 async def test_a_handover_reserves_the_lease_for_the_target_and_clears_the_request() -> None:
@@ -125,6 +136,7 @@ async def test_a_holder_cannot_hand_over_an_expired_lease() -> None:
 async def test_maintenance_and_disable_report_whether_they_changed_something() -> None:
     clock = Clock()
     store = MemoryLeaseStore(clock)
+    await store.try_acquire("c", "m1", 60_000, instance="a")
     assert await store.set_maintenance("c", True, "a@h")
     assert not await store.set_maintenance("c", True, "b@h")
     clock.now += 2
@@ -139,6 +151,9 @@ async def test_maintenance_and_disable_report_whether_they_changed_something() -
 
 async def test_enable_clears_failover_off_and_failover_off_trips_once() -> None:
     store = MemoryLeaseStore(Clock())
+    assert not await store.set_failover_off("c", "m2", "no lease row yet")  # as the SQL statement: no row
+    assert (await store.read("c")).row_exists is False
+    await store.try_acquire("c", "m2", 3000)
     assert await store.set_failover_off("c", "m2", "4 take-overs within 3600 s")
     assert not await store.set_failover_off("c", "m2", "again")
     control = (await store.read("c")).control
@@ -181,6 +196,8 @@ async def test_maintenance_cannot_start_during_a_switchover_and_failover_off_ref
     assert await store.handover("c", "m1", got.epoch, "m2", 300)
     assert not await store.set_maintenance("c", True, "op@h")
     clock.now += 1
+    assert not await store.set_maintenance("c", True, "op@h")  # the reservation is over: free, nobody serves
+    assert (await store.try_acquire("c", "m2", 3000, instance="b")).acquired
     assert await store.set_maintenance("c", True, "op@h")
     assert await store.set_maintenance("c", False, "op@h")
     assert await store.set_failover_off("c", "m1", "flapping")

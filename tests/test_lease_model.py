@@ -29,6 +29,10 @@ OFF = Control(failover_off_ms=5, failover_off_reason="4 take-overs")
         (LeaseState("c", None, 3, -9, control=MAINT), "m1", None, "maintenance mode is on"),
         (LeaseState("c", "m1", 3, -9, control=OFF), "m1", None, None),
         (LeaseState("c", "m1", 3, -9, control=OFF), "m2", None, "automatic failover is off (4 take-overs)"),
+        (LeaseState("c", None, 3, 0, handover_to="m1", control=MAINT), "m1", "i9", None),  # released by m1
+        (LeaseState("c", None, 3, 0, handover_to="m1", control=MAINT), "m2", None, "maintenance mode is on"),
+        (LeaseState("c", None, 3, 0, handover_to="m1", control=OFF), "m1", None, None),
+        (LeaseState("c", None, 3, 0, handover_to="m1", control=OFF), "m2", "i2", "automatic failover is off"),
         (LeaseState("c", None, 3, 900, handover_to="m2"), "m2", None, None),
         (LeaseState("c", None, 3, 900, handover_to="m2"), "m1", "i1", "reserved for m2 by a handover"),
         (LeaseState("c", None, 3, 0, handover_to="m2"), "m1", "i1", None),

@@ -16,6 +16,7 @@ from lease import (
     StoreUnavailable,
     redact_dsn,
 )
+from lease.odbc import is_lock_timeout
 from tests.conftest import sqlite_dsn, unique
 from tests.support import dbservers
 from tests.support.dbservers import DbServer
@@ -148,3 +149,17 @@ async def test_missing_odbc_driver_is_a_config_error() -> None:
 def test_redacted_dsn_hides_the_secret(dsn: str, secret: str) -> None:
     red = redact_dsn(dsn)
     assert secret not in red and "***" in red
+
+
+@pytest.mark.parametrize(
+    ("args", "lock_timeout"),
+    [
+        (("55P03", "[55P03] ERROR: canceling statement due to lock timeout;"), True),
+        (("HY000", "[HY000] [ma-3.1.15]Lock wait timeout exceeded; try restarting transaction (1205)"), True),
+        (("HY000", "[HY000] [Microsoft][ODBC Driver 18]Lock request time out period exceeded. (1222)"), True),
+        (("40001", "[40001] Transaction (Process ID 52) was deadlocked on lock resources (1205)"), False),
+        (("42701", 'ERROR: column "sees" of relation "fos_node" already exists'), False),
+    ],
+)
+def test_a_lock_timeout_is_told_from_other_errors(args: tuple[str, str], lock_timeout: bool) -> None:
+    assert is_lock_timeout(pyodbc.Error(*args)) is lock_timeout

@@ -131,7 +131,11 @@ async def _every_control_operation(agent: SqlLeaseStore) -> None:
     assert await agent.request_switchover("c1", "m2", 0, "op@h")
     assert await agent.cancel_switchover("c1", "op@h")
     got = await agent.try_acquire("c1", "m1", 5000, instance="i1")
-    assert got.acquired and await agent.handover("c1", "m1", got.epoch, "m2", 5000)
+    assert await agent.request_switchover("c1", "m2", 0, "op@h")
+    request = (await agent.read("c1")).control.switchover
+    assert request is not None and request.id is not None
+    assert not await agent.cancel_switchover("c1", "m1", kind=EventKind.SWITCHOVER_FAILED, request_id=request.id + 1)
+    assert got.acquired and await agent.handover("c1", "m1", got.epoch, "m2", 5000, request_id=request.id)
     assert (await agent.try_acquire("c1", "m2", 5000, instance="i2")).acquired  # the target takes it
     assert await agent.set_maintenance("c1", True, "op@h") and await agent.set_maintenance("c1", False, "op@h")
     assert await agent.set_failover_off("c1", "m2", "flapping")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pyodbc
 import pytest
 
-from lease import Control, LeaseState, SchemaMissing, SqlLeaseStore, UnsafeSchema
+from lease import Control, LeaseState, SchemaMissing, SqlLeaseStore, StoreUnavailable, UnsafeSchema
 from lease import schema as schema_module
 from lease.dialects import DIALECTS, Dialect, qualify
 from lease.schema import SCHEMA_VERSION
@@ -207,8 +207,9 @@ def v2_statements_of_release_0_2(d: Dialect, schema: str | None = None) -> list[
         f"FROM {t['fos_lease']} l LEFT JOIN {t['fos_node']} h "
         "ON h.cluster_name = l.cluster_name AND h.node_name = l.holder_node"
     )
+    v1 = [sql.replace(" CHARACTER SET utf8mb4", "") for sql in schema_module._v1(d, schema)]  # 0.2: default charset
     return [
-        *schema_module._v1(d, schema),
+        *v1,
         *schema_module._v2(d, schema),
         *d.create_view(t["fos_lease_status"], view),
         f"INSERT INTO {t['fos_schema']} (version, applied_at) VALUES (1, {d.now})",
@@ -258,7 +259,56 @@ async def test_init_db_upgrades_a_version_2_database_while_the_holder_keeps_rene
     assert row["switchover_due_in_s"] is None and row["holder_role"] == "active"
     (node,) = await admin.list_nodes("live")
     assert node.sees is None  # a 0.2 agent's row: not reported
-    assert await admin.set_maintenance("live", True, "op@h")
-    assert (await admin.read("live")).control.maintenance
+    assert await admin.set_maintenance("live", True, "张伟😀@主机")  # any script, in the new columns and old detail
+    assert (await admin.read("live")).control.maintenance_by == "张伟😀@主机"
+    (event, *_) = await admin.list_events("live", limit=1)
+    assert (event.kind, event.detail) == ("maintenance_on", "by 张伟😀@主机")
     await agent.close()
     await admin.close()
+
+
+@pytest.mark.parametrize("dialect_name", ["postgresql", "mysql"])
+async def test_init_db_waits_for_its_locks_in_short_tries_so_renewals_never_queue_behind_it(
+    dialect_name: str, fresh_dsn: str
+) -> None:
+    # A DBA or monitoring session read the lease inside a transaction and stays idle in it: its lock blocks the
+    # ALTER TABLE, and every statement queued behind a waiting ALTER waits too (the holder's renewals).
+    _run(fresh_dsn, *v2_statements_of_release_0_2(DIALECTS[dialect_name]))
+    reader = pyodbc.connect(fresh_dsn, autocommit=False)
+    agent = SqlLeaseStore(fresh_dsn, dialect=dialect_name, call_timeout=5)
+    admin = SqlLeaseStore(fresh_dsn, dialect=dialect_name, call_timeout=5)
+    agent._schema_ok = True  # a running 0.2 agent checked the version at its start
+    try:
+        reader.cursor().execute("SELECT * FROM fos_lease").fetchall()
+        init = asyncio.create_task(admin.init_schema(timeout=30.0))
+        waits: list[float] = []
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 3.0
+        while loop.time() < end:
+            started = loop.time()
+            assert await agent.renew("live", "m1", 7, 60_000)
+            waits.append(loop.time() - started)
+            await asyncio.sleep(0.05)
+        assert not init.done()  # still waiting for the reader, in short tries
+        reader.rollback()
+        assert await asyncio.wait_for(init, 30) == (2, SCHEMA_VERSION)
+        assert max(waits) < 0.6, sorted(waits)[-5:]  # never queued behind the ALTER for long
+        assert (await admin.read("live")).held_by("m1")
+    finally:
+        reader.close()
+        await agent.close()
+        await admin.close()
+
+
+async def test_init_db_gives_up_at_its_deadline_naming_the_lock(pg_server: DbServer) -> None:
+    dsn = pg_server.create_database(f"fos_t{os.getpid()}_{next(_databases)}")
+    _run(dsn, *v2_statements_of_release_0_2(DIALECTS["postgresql"]))
+    reader = pyodbc.connect(dsn, autocommit=False)
+    admin = SqlLeaseStore(dsn, dialect="postgresql", call_timeout=5)
+    try:
+        reader.cursor().execute("SELECT * FROM fos_lease").fetchall()
+        with pytest.raises(StoreUnavailable, match=r"could not lock .* within 2 s: another session"):
+            await admin.init_schema(timeout=2.0)
+    finally:
+        reader.close()
+        await admin.close()

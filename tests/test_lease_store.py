@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pyodbc
 import pytest
 
 from lease import EventKind, InvalidName, LeaseState, ProtocolViolation, SqlLeaseStore
@@ -344,3 +345,74 @@ async def test_long_non_ascii_text_round_trips_unchanged(store: SqlLeaseStore) -
     await store.record_node(c, "m1", "standby", None, url, "0.3")
     assert (await store.list_events(c))[0].detail == detail
     assert (await store.list_nodes(c))[0].url == url
+
+
+# ---- ages beyond 32-bit milliseconds (24.8 days) ---------------------------------------------------------------
+
+DAYS = 25
+_DAYS_AGO = {
+    "postgresql": f"(statement_timestamp() AT TIME ZONE 'UTC') - INTERVAL '{DAYS} days'",
+    "mysql": f"DATE_SUB(UTC_TIMESTAMP(6), INTERVAL {DAYS} DAY)",
+    "sqlite": f"strftime('%Y-%m-%d %H:%M:%f', 'now', '-{DAYS} days')",
+    "mssql": f"DATEADD(day, -{DAYS}, SYSUTCDATETIME())",
+}
+_DAYS_MS = DAYS * 86_400_000
+
+
+def _age(dsn: str, dialect: str, table: str, columns: tuple[str, ...], cluster: str) -> None:
+    """Move `columns` of the cluster's rows in `table` 25 days into the past, on the database clock."""
+    conn = pyodbc.connect(dsn, autocommit=True)
+    try:
+        sets = ", ".join(f"{c} = {_DAYS_AGO[dialect]}" for c in columns)
+        conn.cursor().execute(f"UPDATE {table} SET {sets} WHERE cluster_name = ?", (cluster,)).close()
+    finally:
+        conn.close()
+
+
+def _about_days_ago(ms: float | None) -> bool:
+    return ms is not None and -_DAYS_MS - 60_000 < ms < -_DAYS_MS + 60_000
+
+
+async def test_a_lease_that_expired_25_days_ago_reads_as_expired_and_is_taken_over(
+    store: SqlLeaseStore, dialect: str, dsns: dict[str, str]
+) -> None:
+    # Every node was powered off 25 days ago (the holder crashed: its row still names it); now they boot again.
+    c = unique("old")
+    assert (await store.try_acquire(c, "m1", 10_000, instance="i1")).acquired
+    _age(dsns[dialect], dialect, "fos_lease", ("expires_at",), c)
+    state = await store.read(c)
+    assert _about_days_ago(state.remaining_ms) and not state.held, state.remaining_ms
+    assert state.acquire_refusal("m2", "i2") is None
+    assert (await store.try_acquire(c, "m2", 10_000, instance="i2")).acquired
+    row = await store.status_row(c)
+    assert row is not None and row["holder"] == "m2" and 0 < row["seconds_left"] <= 10
+
+
+async def test_a_reservation_that_ended_25_days_ago_is_no_reservation(
+    store: SqlLeaseStore, dialect: str, dsns: dict[str, str]
+) -> None:
+    c = unique("old")
+    got = await store.try_acquire(c, "m1", 10_000, instance="i1")
+    assert await store.request_switchover(c, "m2", 0, "op@h")
+    assert await store.handover(c, "m1", got.epoch, "m2", 10_000)
+    _age(dsns[dialect], dialect, "fos_lease", ("expires_at",), c)
+    state = await store.read(c)
+    assert state.reserved_for is None and _about_days_ago(state.remaining_ms), state.remaining_ms
+    assert (await store.try_acquire(c, "m3", 10_000, instance="i3")).acquired
+
+
+async def test_a_node_row_and_control_state_25_days_old_read_their_age(
+    store: SqlLeaseStore, dialect: str, dsns: dict[str, str]
+) -> None:
+    c = unique("old")
+    assert (await store.try_acquire(c, "m1", 10_000, instance="i1")).acquired
+    await store.record_node(c, "m2", "standby", None, None, "0.3", instance="i2", sees="")
+    assert await store.set_maintenance(c, True, "op@h")
+    _age(dsns[dialect], dialect, "fos_node", ("last_seen",), c)
+    _age(dsns[dialect], dialect, "fos_lease", ("maintenance_since",), c)
+    (node,) = await store.list_nodes(c)
+    assert node.last_seen_age_s is not None and _about_days_ago(-node.last_seen_age_s * 1000), node.last_seen_age_s
+    control = (await store.read(c)).control
+    assert _about_days_ago(-(control.maintenance_ms or 0)), control.maintenance_ms
+    row = await store.status_row(c)
+    assert row is not None and _about_days_ago(-row["maintenance_for_s"] * 1000), row["maintenance_for_s"]

@@ -56,7 +56,7 @@ class ScriptedServer:
             return -1, [("PK__fos_leas__3213E83F0EA0C6B1",)]
         if upper.startswith("SELECT HOLDER_NODE"):
             return -1, [
-                ("m1", 3, -50, 5000, None, "inst-a", "m2", -5, "op@h", 20, 1000, "op@h", None, None, None, None)
+                ("m1", 3, -50, 5000, None, "inst-a", "m2", -5, "op@h", 20, 1000, "op@h", None, None, None, None, 7)
             ]
         if upper.startswith("SELECT COUNT(*) FROM DBO.FOS_EVENT"):
             return -1, [(2,)]
@@ -67,7 +67,7 @@ class ScriptedServer:
         if "FROM DBO.FOS_LEASE_STATUS" in upper:
             control = ("m2", datetime(2026, 1, 1), "op@h", datetime(2026, 1, 1), None, None, None, None, None, None)
             return -1, [
-                ("c1", "m1", 3, 1.5, 0, None, 4, "active", 1, None, 0.4, "inst-a", *control, -2, None, None, None)
+                ("c1", "m1", 3, 1.5, 0, None, 4, "active", 1, None, 0.4, "inst-a", *control, -2, None, None, None, 7)
             ]
         if upper.startswith("INSERT INTO DBO.FOS_SCHEMA"):
             self.version = int(params[0])
@@ -105,10 +105,12 @@ async def _every_operation(store: SqlLeaseStore) -> None:
     await store.status_row("c1")
     await store.record_node("c1", "m1", "standby", None, None, None, instance="inst-a", sees="maintenance")
     await store.handover("c1", "m1", 3, "m2", 5000)
+    await store.handover("c1", "m1", 3, "m2", 5000, request_id=7)
     await store.request_switchover("c1", "m2", 0, "op@h")
     await store.request_switchover("c1", "m2", 60_000, "op@h")
     await store.cancel_switchover("c1", "op@h")
     await store.cancel_switchover("c1", "m1", kind=EventKind.SWITCHOVER_STALE, detail="due 5 s ago")
+    await store.cancel_switchover("c1", "m1", kind=EventKind.SWITCHOVER_FAILED, detail="unknown", request_id=7)
     for on in (True, False):
         await store.set_maintenance("c1", on, "op@h")
         await store.set_disabled("c1", on, "op@h")
