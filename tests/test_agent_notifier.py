@@ -147,6 +147,8 @@ async def test_a_message_whose_sender_died_mid_way_is_taken_over_and_each_channe
     await b.tailing()
     assert len(b.peers.mails()) == 1 and len(b.peers.hooks()) == 1, "each channel exactly once"
     assert "stepped_down" in mails[0]["data"] and "m2" in mails[0]["data"]  # sent by m2
+    # The receiver has the mail a moment before the sender records the answer: wait for that record too.
+    await wait_until(lambda: n2.delivered, 5, "m2's record of the delivery")
     assert [c for _, c, _ in n2.delivered] == ["mail"]
     row = await outbox.read_message("nt", rows[0].key)
     await outbox.close()
