@@ -94,7 +94,7 @@ def resolve_credentials(user: str | None, group: str | None) -> Credentials | No
 
 def _keeper_argv(command: str | list[str], creds: Credentials | None) -> list[str]:
     """The keeper's command line (see keeper.py); a string command runs through /bin/sh, as typed."""
-    argv = [sys.executable, "-I", "-S", KEEPER, str(os.getpid()), f"{ORPHAN_GRACE:g}"]
+    argv = [sys.executable, "-I", "-S", KEEPER, str(os.getpid()), f"{ORPHAN_GRACE:g}", keeper.REATTACH]
     if creds is not None:
         argv += [f"uid={creds.uid}", f"gid={creds.gid}", "groups=" + ",".join(map(str, creds.groups))]
     return [*argv, "--", *(["/bin/sh", "-c", command] if isinstance(command, str) else command)]
@@ -112,7 +112,13 @@ async def _spawn(
     full_env = {**os.environ, **env}
     if isinstance(command, list) and shutil.which(command[0], path=full_env.get("PATH")) is None:
         raise AppError(f"cannot start application.command: {command[0]!r} is not an executable file")
-    return await asyncio.create_subprocess_exec(*_keeper_argv(command, creds), env=full_env, start_new_session=True)
+    # The keeper inherits this thread's signal mask: with SIGUSR1/SIGUSR2 blocked, an early detach or re-attach
+    # waits for the keeper's handlers instead of killing it (their default action). Here they are only delayed.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGUSR2})
+    try:
+        return await asyncio.create_subprocess_exec(*_keeper_argv(command, creds), env=full_env, start_new_session=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 async def _to_the_end(aw: Awaitable[T]) -> T:
@@ -217,6 +223,31 @@ async def _identity(pid: int) -> tuple[int, list[str]] | None:
             break
         await asyncio.sleep(0.005)
     return None if fields is None else (int(fields[19]), cmdline)
+
+
+def _pending(pid: int, sig: int) -> bool:
+    """True while `sig` waits, sent but not yet taken, at process `pid` (ShdPnd of /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("ShdPnd:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
+async def _taken(pid: int, sig: int, timeout: float = 1.0) -> None:
+    """Wait (bounded) until process `pid` has taken the signal `sig` we sent it."""
+    end = asyncio.get_running_loop().time() + timeout
+    while _pending(pid, sig) and asyncio.get_running_loop().time() < end:  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    """Resolve `future` unless it already is (a reader callback may run again before it is removed)."""
+    if not future.done():
+        future.set_result(None)
 
 
 def _write_pidfile(path: str, pid: int, argv: list[str]) -> None:
@@ -337,7 +368,7 @@ class SupervisedCommand:
 
     def running(self) -> bool | None:
         if self._adopted is not None:
-            return keeper.group_alive(self._adopted)
+            return not self.exited.is_set()  # followed by _watch_adopted, off the event loop
         return self._proc is not None and self._proc.returncode is None
 
     def detach(self) -> None:
@@ -360,8 +391,9 @@ class SupervisedCommand:
     async def adopt(self) -> int | None:
         """Take over the application a predecessor left running during maintenance instead of ending it: the
         pidfile's session leader, verified as reap_orphan does. Returns its pid, None if there is none (then
-        reap_orphan cleans up). A ConfigError if its agent still runs. The adopted keeper is not our child and no
-        longer ends with an agent: it is watched by polling, and stop() ends its group like an orphan's."""
+        reap_orphan cleans up). A ConfigError if its agent still runs. The adopted keeper is not our child: SIGUSR2
+        re-attaches it to this agent (it ends the group when this process dies, see keeper.py); it is watched by
+        polling, and stop() ends its group like an orphan's."""
         if not self.pidfile or (record := _read_pidfile(self.pidfile)) is None or not await _still_ours(record):
             return None
         if (agent := _live_supervisor(record)) is not None:
@@ -372,11 +404,29 @@ class SupervisedCommand:
         pid: int = record["pid"]
         self._adopted, self.exited = pid, asyncio.Event()
         self._watch = asyncio.create_task(self._watch_adopted(pid))
-        log.warning("app_adopted", pid=pid)
+        if keeper.REATTACH in (record.get("cmdline") or []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR2)  # the keeper now ends the application when this agent dies
+            await _taken(pid, signal.SIGUSR2)  # so that a detach() later cannot overtake it
+            log.warning("app_adopted", pid=pid)
+        else:  # an older keeper, for which SIGUSR2 is fatal: it stays detached until the app is restarted
+            log.warning("app_adopted_detached", pid=pid, why="its keeper predates re-attaching")
         return pid
 
     async def _watch_adopted(self, pid: int) -> None:
-        while keeper.group_alive(pid):  # noqa: ASYNC110 - not our child: nothing to wait() on
+        """Set `exited` once the adopted group is gone. Not our child: nothing to wait() on, so the keeper's pidfd
+        (readable when it exits) on the loop, then the group's remains polled in a thread (a /proc scan each)."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ProcessLookupError):
+            pidfd = os.pidfd_open(pid)
+            ended = loop.create_future()
+            loop.add_reader(pidfd, _settle, ended)
+            try:
+                await ended
+            finally:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+        while await asyncio.to_thread(keeper.group_alive, pid):  # noqa: ASYNC110 - daemons left by the app
             await asyncio.sleep(ADOPTED_POLL_S)
         log.info("app_exited", pid=pid)
         self.exited.set()

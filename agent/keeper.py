@@ -16,7 +16,13 @@ if that child is still a direct child; a shell command forks, daemons double-for
 ends the whole process group: SIGTERM, up to GRACE seconds for it to go, then SIGKILL. SIGTERM while the agent
 lives is the agent's own stop (sent to the whole group): the keeper then just keeps waiting for the application.
 SIGUSR1 detaches the keeper (an agent stopped during maintenance mode): from then on the agent's death is ignored,
-the application keeps running, and every SIGTERM is a stop sent to the group (by the agent that adopted it).
+the application keeps running, and every SIGTERM is a stop sent to the group. SIGUSR2 re-attaches it to whoever
+sent it (the agent that adopted the application, see app.py): the keeper then ends the group when that process
+dies, as for the first agent. A later SIGUSR1 detaches it again. Both signals stay blocked and a thread takes them
+with sigtimedwait, one at a time in the order they came (it names the sender; a pidfd watches it). The agent
+spawns the keeper with both already blocked, so neither can kill it (their default action) before it is ready;
+the application's child unblocks everything it inherited. The keeper says it understands SIGUSR2 by
+`reattach=usr2` on its command line: an adopter never sends it to an older keeper, for which it would be fatal.
 
 Stdlib only and no import from the agent package: it runs with -I -S, as root or whoever runs the agent, before
 anything of the application is set up. This module is also imported by agent/app.py for `group_alive`.
@@ -27,8 +33,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import select
 import signal
 import sys
+import threading
 import time
 
 PR_SET_PDEATHSIG = 1
@@ -36,6 +44,8 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 ORPHANED = 125  # exit status when the agent was already gone before anything started
 CANNOT_RUN = 127  # as a shell says for a command it cannot run
+REATTACH = "reattach=usr2"  # on the command line: this keeper re-attaches to its adopter on SIGUSR2
+_INHERITED_BLOCK = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}  # what the application must not inherit blocked
 
 
 class _Orphaned(Exception):
@@ -76,6 +86,7 @@ class Spec:
             raise ValueError("usage: keeper.py AGENT_PID GRACE [uid=N gid=N groups=N,...] -- COMMAND ...")
         self.agent_pid, self.grace = int(head[0]), float(head[1])
         options = dict(item.split("=", 1) for item in head[2:])
+        options.pop(REATTACH.split("=")[0], None)  # a capability announced to adopters, nothing to set
         self.uid = int(options["uid"]) if "uid" in options else None
         self.gid = int(options["gid"]) if "gid" in options else None
         self.groups = [int(g) for g in options.get("groups", "").split(",") if g]
@@ -84,9 +95,9 @@ class Spec:
 def _run_application(spec: Spec, keeper: int) -> None:
     """In the forked child (SIGTERM blocked): become the application. Never returns."""
     try:
-        for sig in (signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ):  # Python's own dispositions, not the app's
+        for sig in (signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGUSR1):  # not Python's, nor ours
             signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # a stop sent meanwhile now ends the child
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _INHERITED_BLOCK)  # a stop sent meanwhile now ends the child
         if spec.uid is not None:
             _become(spec.uid, spec.gid if spec.gid is not None else os.getgid(), spec.groups)
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid: a credential change clears it
@@ -129,23 +140,75 @@ def _end_group(grace: float, app: int) -> None:
     os.killpg(me, signal.SIGKILL)
 
 
+class _Supervisor:
+    """Who the keeper serves: the agent that started it, nobody (detached), or the agent that adopted it."""
+
+    def __init__(self, agent_pid: int) -> None:
+        self.agent_pid = agent_pid
+        self.detached = False
+        self.adopter: int | None = None  # set (by the watch thread) while re-attached to an adopting agent
+        self.adopter_gone = False
+
+    def gone(self) -> bool:
+        """True once the agent the keeper serves has died (so a SIGTERM means: end the group)."""
+        if self.adopter is not None:
+            return self.adopter_gone
+        return not self.detached and os.getppid() != self.agent_pid
+
+
+def _signal_pending(signals: set[signal.Signals]) -> bool:
+    """True if any of `signals` waits for this process (blocked, not yet taken)."""
+    return bool(signal.sigpending() & signals)
+
+
+def _watch_signals(sup: _Supervisor) -> None:
+    """The keeper's signal thread. SIGUSR1 and SIGUSR2 stay blocked in every thread, so only sigtimedwait here
+    takes them, one at a time in the order they come: SIGUSR1 detaches (maintenance: the agent leaves the
+    application running); SIGUSR2 makes its sender the agent served (an adopter). When that process dies (its
+    pidfd turns readable) the keeper sends itself a SIGTERM, which the main thread's handler turns into the end of
+    the group."""
+    pidfd: int | None = None
+    poller = select.poll()
+    while True:
+        info = signal.sigtimedwait({signal.SIGUSR1, signal.SIGUSR2}, 0.0 if pidfd is not None else 0.5)
+        if info is not None:
+            if pidfd is not None:
+                poller.unregister(pidfd)
+                os.close(pidfd)
+                pidfd = None
+            if info.si_signo == signal.SIGUSR1:
+                sup.adopter, sup.detached = None, True
+                continue
+            try:
+                pidfd = os.pidfd_open(info.si_pid)
+            except ProcessLookupError:  # it died right after it signalled us
+                pidfd = None
+            sup.adopter, sup.adopter_gone, sup.detached = info.si_pid, pidfd is None, False
+            if pidfd is None:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            poller.register(pidfd, select.POLLIN)
+        # A SIGUSR1 sent before the adopter exited is pending by the time its pidfd turns readable: the next
+        # round takes it (and drops the watch) before the exit is judged.
+        if pidfd is not None and poller.poll(200) and not _signal_pending({signal.SIGUSR1, signal.SIGUSR2}):
+            sup.adopter_gone = True
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
 def main(argv: list[str]) -> int:
     spec = Spec(argv)
+    sup = _Supervisor(spec.agent_pid)
     stopping = False
-    detached = False
 
     def on_sigterm(signum: int, frame: object) -> None:
         nonlocal stopping
-        if os.getppid() != spec.agent_pid and not detached:
+        if sup.gone():
             raise _Orphaned
         stopping = True  # the agent's stop reached the whole group: the application has it too
 
-    def on_detach(signum: int, frame: object) -> None:
-        nonlocal detached
-        detached = True  # maintenance: the agent exits and leaves the application running (a restart adopts it)
-
-    signal.signal(signal.SIGUSR1, on_detach)
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGUSR2})  # the signal thread's alone
     app = 0
     try:
         _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -158,6 +221,7 @@ def main(argv: list[str]) -> int:
         app = os.fork()
         if app == 0:
             _run_application(spec, keeper)
+        threading.Thread(target=_watch_signals, args=(sup,), daemon=True).start()  # SIGTERM blocked there too
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         _, status = os.waitpid(app, 0)  # PEP 475: resumed after a handler that returns
         code = os.waitstatus_to_exitcode(status)

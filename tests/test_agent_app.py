@@ -465,3 +465,81 @@ async def test_an_adopted_app_that_exits_is_noticed(tmp_path: Path, leftovers: L
     os.kill(app, signal.SIGKILL)
     await asyncio.wait_for(adopter.exited.wait(), 3)
     assert adopter.running() is False
+
+
+# A stand-in agent restarted during maintenance: adopts the app in pidfile argv[1], says so, and then either waits
+# to be killed or (argv[2] == "detach") leaves it running again, as a second stop under maintenance does.
+ADOPTING = """
+import asyncio, sys
+from agent.app import SupervisedCommand
+
+async def main() -> None:
+    app = SupervisedCommand("sleep 60", stop_timeout=1, pidfile=sys.argv[1])
+    assert await app.adopt() is not None
+    print("adopted", flush=True)
+    if sys.argv[2] == "detach":
+        app.detach()
+        return
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def _adopted_by(pidfile: Path, then: str) -> asyncio.subprocess.Process:
+    adopter = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", ADOPTING, str(pidfile), then, cwd=REPO, stdout=asyncio.subprocess.PIPE
+    )
+    assert adopter.stdout is not None
+    while (line := await asyncio.wait_for(adopter.stdout.readline(), 10)) and line.strip() != b"adopted":
+        pass
+    assert line.strip() == b"adopted"
+    return adopter
+
+
+async def test_an_adopted_app_ends_when_its_adopting_agent_is_killed(tmp_path: Path, leftovers: Leftovers) -> None:
+    pidfile, leader = tmp_path / "app.pid", tmp_path / "leader"
+    command = f"echo $$ > {leader}; while true; do sleep 0.05; done"
+    agent = await asyncio.create_subprocess_exec(sys.executable, "-c", DETACHING, command, str(pidfile), cwd=REPO)
+    app = await wait_for_pid(leader, 10)
+    keeper_pid = json.loads(pidfile.read_text())["pid"]
+    leftovers.add(app, keeper_pid)
+    assert await agent.wait() == 0
+    adopter = await _adopted_by(pidfile, "wait")
+    os.kill(adopter.pid, signal.SIGKILL)  # maintenance is over; the new agent dies (OOM killer)
+    await adopter.wait()
+    await gone_within([app, keeper_pid], ORPHAN_GRACE + 2.0)
+
+
+async def test_an_adopted_app_left_running_again_outlives_its_second_agent(
+    tmp_path: Path, leftovers: Leftovers
+) -> None:
+    pidfile, leader = tmp_path / "app.pid", tmp_path / "leader"
+    command = f"echo $$ > {leader}; while true; do sleep 0.05; done"
+    agent = await asyncio.create_subprocess_exec(sys.executable, "-c", DETACHING, command, str(pidfile), cwd=REPO)
+    app = await wait_for_pid(leader, 10)
+    keeper_pid = json.loads(pidfile.read_text())["pid"]
+    leftovers.add(app, keeper_pid)
+    assert await agent.wait() == 0
+    adopter = await _adopted_by(pidfile, "detach")
+    assert await adopter.wait() == 0
+    await asyncio.sleep(ORPHAN_GRACE + 1.0)  # the keeper would have ended the group by now
+    assert alive(app) and alive(keeper_pid), "a second stop under maintenance ended the app"
+    # ... and the third agent adopts it again and ends it with itself.
+    third = await _adopted_by(pidfile, "wait")
+    os.kill(third.pid, signal.SIGKILL)
+    await third.wait()
+    await gone_within([app, keeper_pid], ORPHAN_GRACE + 2.0)
+
+
+async def test_a_detach_right_after_the_start_does_not_kill_the_keeper(tmp_path: Path, leftovers: Leftovers) -> None:
+    # SIGUSR1's default action is to terminate: the keeper gets it blocked from the agent until its thread takes it.
+    pidfile = tmp_path / "app.pid"
+    app = SupervisedCommand("sleep 60", stop_timeout=1, pidfile=str(pidfile))
+    await app.start({})
+    app.detach()  # before the keeper's interpreter has even started
+    keeper_pid = json.loads(pidfile.read_text())["pid"]
+    leftovers.add(keeper_pid)
+    await asyncio.sleep(0.5)
+    assert alive(keeper_pid), "an early SIGUSR1 killed the keeper (and with it the application)"
+    os.killpg(keeper_pid, signal.SIGKILL)
