@@ -234,12 +234,31 @@ async def _switchover_end(store: Store, cluster: str) -> str:
 # ---- fos maintenance / disable / enable ----------------------------------------------------------------------
 
 
-async def _maintenance(cfg: Config, store: Store, on: bool, wait: bool, by: str) -> int:
+def left_running_refusal(state: LeaseState, nodes: Sequence[NodeRecord]) -> str | None:
+    """Why maintenance mode must not be turned off yet: the holder's agent was stopped under maintenance, so its
+    application still runs there, supervised by nobody; off now, another node would take over and start a second
+    copy. None when no such agent is found."""
+    holder = state.holder or state.reserved_for
+    row = next((r for r in nodes if r.node == holder), None)
+    if row is None or row.role != "stopped" or SEES_MAINTENANCE not in (sees_states(row.sees) or frozenset()):
+        return None
+    return (
+        f"the agent on {holder} (the holder) was stopped during maintenance and left its application running: "
+        f"start fos on {holder} first (it adopts the application), or pass --force if that application is "
+        "known to be stopped"
+    )
+
+
+async def _maintenance(cfg: Config, store: Store, on: bool, wait: bool, by: str, force: bool = False) -> int:
     started = time.monotonic()
     if on:
         old = older_agent_refusal(await store.list_nodes(cfg.cluster), cfg.lease.heartbeat, "maintenance mode")
         if old:
             return _not_done("maintenance", old)
+    elif not force:
+        left = left_running_refusal(await store.read(cfg.cluster), await store.list_nodes(cfg.cluster))
+        if left:
+            return _not_done("maintenance", left)
     if await store.set_maintenance(cfg.cluster, on, by):
         if on:
             print(f"maintenance mode on (by {by}): nobody fails over, fos starts and stops no application")
@@ -390,7 +409,7 @@ def cmd_switchover(args: argparse.Namespace) -> int:
 
 def cmd_maintenance(args: argparse.Namespace) -> int:
     cfg = load(args.config)
-    return _run(cfg, lambda s: _maintenance(cfg, s, args.state == "on", args.wait, operator()))
+    return _run(cfg, lambda s: _maintenance(cfg, s, args.state == "on", args.wait, operator(), args.force))
 
 
 def cmd_disable(args: argparse.Namespace) -> int:
@@ -428,6 +447,11 @@ def register(
     p = with_config(sub.add_parser("maintenance", help="pause automatic actions cluster-wide (for upgrades)"))
     p.add_argument("state", choices=["on", "off"])
     p.add_argument("--wait", action="store_true", help="return when every running agent has acknowledged")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="off even though the holder's agent is stopped with its application left running",
+    )
     p.set_defaults(func=cmd_maintenance)
     p = with_config(sub.add_parser("disable", help="the holder lets go cleanly and no node acquires"))
     p.set_defaults(func=cmd_disable)

@@ -11,7 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import assert_never
 
-from lease.model import Control, EventKind, NodeRecord
+from lease.model import Control, EventKind, LeaseState, NodeRecord
 
 FAST_POLL_S = 0.05  # a standby's poll while a switchover to it is due: it takes the handed-over lease at once
 STALE_AFTER_HEARTBEATS = 2  # a switchover first seen more than this many heartbeats past its time is dropped
@@ -126,17 +126,33 @@ def needs_rows(control: Control) -> bool:
     return not control.disabled and sw is not None and sw.due
 
 
-def standby_poll(control: Control, me: str, heartbeat: float) -> float:
-    """How long a standby waits between reads: half a heartbeat, but FAST_POLL_S while a switchover to it is due
-    within a heartbeat (the holder may hand over at any moment: take it at once), and from a heartbeat before a
-    scheduled one's time."""
+def standby_poll(state: LeaseState, me: str, heartbeat: float) -> float:
+    """How long a standby waits between reads: half a heartbeat, but FAST_POLL_S while the lease is reserved for
+    it, or a switchover to it is due within a heartbeat (the holder may hand over at any moment: take it at once),
+    and from a heartbeat before a scheduled one's time. Never fast while a control gate (disabled, maintenance,
+    failover off) keeps the holder from handing over: such a request may stay pending for hours."""
     base = heartbeat / 2
+    control = state.control
+    if state.reserved_for == me:
+        return FAST_POLL_S
     sw = control.switchover
-    if sw is None or sw.to != me:
+    if sw is None or sw.to != me or control.disabled or control.maintenance or control.failover_off:
         return base
     if sw.due_in_ms <= heartbeat * 1000:
         return FAST_POLL_S
     return min(base, max(FAST_POLL_S, sw.due_in_ms / 1000 - heartbeat))
+
+
+def left_app_must_stop(state: LeaseState, me: str) -> str | None:
+    """Why a standby must stop an application it runs (one adopted from an agent stopped during maintenance, the
+    only way a standby has one), or None: another node holds or the lease is handed over to another, or
+    maintenance is off and this node does not hold. Either way another node may serve: never the app twice."""
+    other = state.holder or state.reserved_for  # even expired: that node may resume it
+    if other is not None and other != me:
+        return f"{other} holds the lease"
+    if not state.control.maintenance and not state.held_by(me):
+        return "maintenance mode is off and this node does not hold the lease"
+    return None
 
 
 def takeovers_since_enable(kinds_newest_first: list[str]) -> int:

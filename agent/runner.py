@@ -33,7 +33,7 @@ from .app import AppError, Application
 from .clock import Clock, wait_event
 from .common_ip import CommonIp
 from .config import Config, NodeConfig
-from .control_rules import standby_poll
+from .control_rules import left_app_must_stop, standby_poll
 from .failback import FailBack
 from .health import HealthCheck
 from .letgo import emergency_let_go, let_go
@@ -219,7 +219,10 @@ class Agent:
             self._db_up()
             self._saw(state)
             self.ops.observe(state)
-            poll = standby_poll(state.control, self.node.name, self.cfg.lease.heartbeat)
+            if self.app.running() and (why := left_app_must_stop(state, self.node.name)):
+                self.log.warning("left_app_stopped", why=why)  # adopted under maintenance; another may serve now
+                await self.app.stop()
+            poll = standby_poll(state, self.node.name, self.cfg.lease.heartbeat)
             plan = plan_standby(state, self.node.name, self.instance, self.clock.now(), poll, self.not_before)
             if plan.action is StandbyAction.WAIT:
                 await self.failback.consider(state, holding_off=self.clock.now() < self.not_before)

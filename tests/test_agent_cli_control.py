@@ -475,6 +475,33 @@ def test_maintenance_on_and_off_are_written_and_repeatable(ops: Ops) -> None:
     assert not ops.db(lambda s: s.read("ops")).control.maintenance
 
 
+def test_maintenance_off_is_refused_while_the_holders_agent_is_stopped_with_its_app_left_running(ops: Ops) -> None:
+    # The runbook slip: m1's agent stopped under maintenance (its app still runs, unsupervised); off now, m2 would
+    # take over and start a second copy. Refused, naming the node and the fix; --force overrides.
+    async def stopped_in_maintenance(store: SqlLeaseStore) -> None:
+        await store.record_node("ops", "m1", "stopped", None, None, "0.3", instance="i-m1", sees="maintenance")
+
+    ops.db(_setup(_holds, lambda s: s.set_maintenance("ops", True, "bob@h"), stopped_in_maintenance))
+    code, out, err = ops.fos("maintenance", "off")
+    assert (code, out) == (1, "")
+    assert err == (
+        "fos maintenance: not done: the agent on m1 (the holder) was stopped during maintenance and left its "
+        "application running: start fos on m1 first (it adopts the application), or pass --force if that "
+        "application is known to be stopped\n"
+    )
+    assert ops.db(lambda s: s.read("ops")).control.maintenance
+    code, out, _ = ops.fos("maintenance", "off", "--force")
+    assert code == 0 and out.startswith(f"maintenance mode off (by {ME})")
+    assert not ops.db(lambda s: s.read("ops")).control.maintenance
+
+
+def test_maintenance_off_goes_ahead_once_the_holders_agent_runs_again(ops: Ops) -> None:
+    ops.db(_setup(_holds, lambda s: s.set_maintenance("ops", True, "bob@h")))
+    ops.db(lambda s: s.record_node("ops", "m1", "active", True, None, "0.3", instance="i-m1", sees="maintenance"))
+    assert ops.fos("maintenance", "off")[0] == 0
+    assert not ops.db(lambda s: s.read("ops")).control.maintenance
+
+
 def test_maintenance_is_refused_while_nobody_holds_the_lease(ops: Ops) -> None:
     # Maintenance keeps everyone but the holder's node out: on a free lease nobody would serve until it is off.
     ops.db(_setup(_holds, lambda s: s.release("ops", "m1", 1), lambda s: _standby(s, "m1")))

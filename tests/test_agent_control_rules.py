@@ -8,6 +8,7 @@ from agent.control_rules import (
     FAST_POLL_S,
     FailbackStep,
     HolderAction,
+    left_app_must_stop,
     plan_failback,
     plan_holder,
     reminder_due,
@@ -90,7 +91,46 @@ def test_failed_and_stale_requests_are_cancelled_with_their_own_event() -> None:
     ],
 )
 def test_a_standby_polls_fast_only_while_a_switchover_to_it_is_near(control: Control, poll: float) -> None:
-    assert standby_poll(control, "m2", HB) == pytest.approx(poll)
+    assert standby_poll(LeaseState("c", "m1", 3, 2000, control=control), "m2", HB) == pytest.approx(poll)
+
+
+@pytest.mark.parametrize(
+    ("gate", "poll"),
+    [
+        ({"disabled_ms": 10}, 0.5),  # nobody hands over while disabled: the request may stay for hours
+        ({"maintenance_ms": 10}, 0.5),
+        ({"failover_off_ms": 10}, 0.5),
+        ({}, FAST_POLL_S),
+    ],
+)
+def test_a_standby_does_not_poll_fast_for_a_switchover_a_control_gate_holds_up(
+    gate: dict[str, int], poll: float
+) -> None:
+    control = Control(switchover=Switchover("m2", 0, "op@h", 100), **gate)  # type: ignore[arg-type]
+    assert standby_poll(LeaseState("c", "m1", 3, 2000, control=control), "m2", HB) == pytest.approx(poll)
+
+
+def test_a_standby_polls_fast_while_the_lease_is_reserved_for_it() -> None:
+    reserved = LeaseState("c", None, 3, 2000, handover_to="m2")
+    assert standby_poll(reserved, "m2", HB) == FAST_POLL_S
+    assert standby_poll(reserved, "m3", HB) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("state", "why"),
+    [
+        (LeaseState("c", "m2", 3, 2000, control=Control(maintenance_ms=5)), "m2 holds the lease"),
+        (LeaseState("c", None, 3, 2000, handover_to="m2"), "m2 holds the lease"),
+        (LeaseState("c", "m1", 3, -5, control=Control()), "maintenance mode is off and this node does not hold"),
+        (LeaseState("c", None, 3, None), "maintenance mode is off and this node does not hold"),
+        (LeaseState("c", "m1", 3, -5, control=Control(maintenance_ms=5)), None),  # ours to resume
+        (LeaseState("c", "m1", 3, 2000), None),  # ours
+        (LeaseState("c", "m2", 3, -5, control=Control(maintenance_ms=5)), "m2 holds"),  # m2's to resume
+    ],
+)
+def test_a_standby_stops_an_app_left_running_once_another_node_may_serve(state: LeaseState, why: str | None) -> None:
+    got = left_app_must_stop(state, "m1")
+    assert got == why if why is None else (got is not None and why in got)
 
 
 NOW = 1000.0

@@ -374,3 +374,157 @@ async def test_a_cluster_disabled_during_the_let_go_is_released_not_handed_over(
     assert m2.agent.role is Role.STANDBY
     await m1.kill()
     await m2.kill()
+
+
+# ---- review of the agent's side (each once a defect) -----------------------------------------------------------
+
+
+class _Counting:
+    """A per-agent view of the shared store that counts this agent's reads."""
+
+    def __init__(self, inner: MemoryLeaseStore) -> None:
+        self.inner, self.reads = inner, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def read(self, *args: Any, **kwargs: Any) -> Any:
+        self.reads += 1
+        return await self.inner.read(*args, **kwargs)
+
+
+class _SlowAcquire:
+    """A per-agent view of the shared store whose acquisitions take `delay` seconds."""
+
+    def __init__(self, inner: MemoryLeaseStore, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def try_acquire(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(self.delay)
+        return await self.inner.try_acquire(*args, **kwargs)
+
+
+async def _stopped_in_maintenance(store: MemoryLeaseStore, cfg: Any) -> tuple[Node, Node]:
+    """m1 holds, m2 stands by, maintenance on, m1's agent stopped (its app left running)."""
+    m1 = Node(cfg, "m1", store, instance="i0").start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, what="m1 active")
+    m2 = Node(cfg, "m2", store).start()
+    await until(lambda: ("c1", "m2") in store.nodes, what="m2 row")
+    assert await store.set_maintenance("c1", True, "op@host")
+    await until(lambda: m1.agent.ops.control.maintenance, 2, "m1 saw maintenance")
+    m1.agent.request_stop("SIGTERM")
+    assert m1.task is not None
+    await asyncio.wait_for(m1.task, 3)
+    assert m1.app.detached and m1.app.running()
+    return m1, m2
+
+
+async def test_a_standby_stops_an_adopted_app_once_another_node_serves(store: MemoryLeaseStore) -> None:
+    cfg = config(ttl=0.6, heartbeat=0.15)
+    _, m2 = await _stopped_in_maintenance(store, cfg)
+    # The restarted agent adopted the app (holder m1, maintenance on); maintenance goes off before it acquires.
+    m1b = Node(cfg, "m1", _SlowAcquire(store, 0.3), instance="i1")  # type: ignore[arg-type]
+    m1b.app._running = True
+    m1b.start()
+    assert await store.set_maintenance("c1", False, "op@host")
+    await until(lambda: m2.agent.role is Role.ACTIVE, 3, "m2 took over")
+    await until(lambda: not m1b.app.running(), 1, "the adopted app stopped on standby m1")
+    assert m1b.agent.role is Role.STANDBY and m2.app.running()
+    await m1b.kill()
+    await m2.kill()
+
+
+async def test_a_slow_app_stop_during_a_switchover_is_still_a_handover(store: MemoryLeaseStore) -> None:
+    m1, m2 = await pair(store, ttl=0.6, heartbeat=0.15)
+    fake_stop = m1.app.stop
+
+    async def slow_stop() -> None:
+        await asyncio.sleep(1.2)  # two ttls
+        await fake_stop()
+
+    m1.app.stop = slow_stop  # type: ignore[method-assign]
+    assert await store.request_switchover("c1", "m2", 0, "op@host")
+    await until(lambda: m2.agent.role is Role.ACTIVE, 4, "m2 active")
+    await until(lambda: EventKind.SWITCHOVER_DONE in kinds(store), 2, "SWITCHOVER_DONE")
+    ks = kinds(store)
+    assert EventKind.TAKEOVER not in ks and EventKind.SWITCHOVER_FAILED not in ks, ks
+    assert m2.app.started_at[0] > m1.app.stopped_at[-1], "m2 started its app while m1's was still stopping"
+    await m1.kill()
+    await m2.kill()
+
+
+async def test_during_maintenance_a_restarted_holder_does_not_stop_an_unhealthy_adopted_app(
+    store: MemoryLeaseStore,
+) -> None:
+    health = {"interval": 0.05, "timeout": 0.05, "start_grace": 0.3, "tcp": 9}
+    m1 = Node(config(ttl=0.6, heartbeat=0.15), "m1", store, instance="i0").start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, what="m1 active")
+    assert await store.set_maintenance("c1", True, "op@host")
+    await until(lambda: m1.agent.ops.control.maintenance, 2, "m1 saw maintenance")
+    m1.agent.request_stop("SIGTERM")
+    assert m1.task is not None
+    await asyncio.wait_for(m1.task, 3)
+    m1b = Node(config(ttl=0.6, heartbeat=0.15, health=health), "m1", store, instance="i0")  # nothing on port 9
+    m1b.app._running = True  # adopted, mid-upgrade
+    m1b.start()
+    await until(lambda: m1b.agent.role is Role.ACTIVE, 2, "m1 holding again")
+    await asyncio.sleep(1.5)
+    assert (len(m1b.app.stopped_at), len(m1b.app.started_at)) == (0, 0), "fos touched the app in maintenance"
+    assert m1b.agent.role is Role.ACTIVE and (await store.read("c1")).held_by("m1")
+    await m1b.kill()
+
+
+async def test_a_target_does_not_poll_fast_while_the_cluster_is_disabled(store: MemoryLeaseStore) -> None:
+    cfg = config(ttl=3, heartbeat=1)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, what="m1 active")
+    counted = _Counting(store)
+    m2 = Node(cfg, "m2", counted).start()  # type: ignore[arg-type]
+    await until(lambda: ("c1", "m2") in store.nodes and store.nodes[("c1", "m2")].role == "standby", what="m2")
+    assert await store.request_switchover("c1", "m2", 1500, "op@host")
+    assert await store.set_disabled("c1", True, "op@host")
+    await until(lambda: m1.agent.role is Role.STANDBY, 3, "m1 let go")
+    await asyncio.sleep(1.6)  # the request is due now, and nobody may act on it
+    before = counted.reads
+    await asyncio.sleep(2.0)
+    assert counted.reads - before <= 6, f"m2 read {counted.reads - before} times in 2 s (heartbeat 1 s)"
+    await m1.kill()
+    await m2.kill()
+
+
+async def test_fail_back_does_not_ping_pong_when_the_nodes_disagree_on_priority(store: MemoryLeaseStore) -> None:
+    cl = {"failback": "auto", "failback_delay": 0.3}
+    m1 = Node(config(cluster=cl, priorities=(10, 0)), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, what="m1 active")
+    m2 = Node(config(cluster=cl, priorities=(0, 10)), "m2", store).start()  # m2's file prefers m2
+    await asyncio.sleep(4.0)
+    assert kinds(store).count(EventKind.HANDOVER) == 0, kinds(store)
+    assert m1.agent.role is Role.ACTIVE
+    await m1.kill()
+    await m2.kill()
+
+
+@pytest.mark.parametrize("rebooted", [False, True])
+async def test_restarting_the_holders_agent_during_maintenance_is_not_flapping(
+    store: MemoryLeaseStore, rebooted: bool
+) -> None:
+    cfg = config(ttl=0.6, heartbeat=0.15, tables={"flap": {"max_takeovers": 2, "window": 3600}})
+    m1 = Node(cfg, "m1", store, instance="i0").start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, what="m1 active")
+    m2 = Node(cfg, "m2", store).start()
+    await until(lambda: ("c1", "m2") in store.nodes, what="m2 row")
+    assert await store.set_maintenance("c1", True, "op@host")
+    await until(lambda: m1.agent.ops.control.maintenance, 2, "m1 saw maintenance")
+    for i in range(1, 4):  # three restarts of the holder's agent: an upgrade, a config fix, ...
+        m1.agent.request_stop("SIGTERM")
+        assert m1.task is not None
+        await asyncio.wait_for(m1.task, 3)
+        m1 = again = Node(cfg, "m1", store, instance=f"i{i}" if rebooted else "i0").start()
+        await until(lambda n=again: n.agent.role is Role.ACTIVE, 5, f"m1 serving again #{i}")  # type: ignore[misc]
+    await asyncio.sleep(0.5)
+    assert not (await store.read("c1")).control.failover_off, kinds(store)
+    await m1.kill()
+    await m2.kill()
