@@ -7,7 +7,7 @@ and agent/failback.py feed in what they read and act on the answer.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import assert_never
 
@@ -21,6 +21,7 @@ HOLD_OFF_ROLE = "hold_off"  # what a standby holding off after a step-down write
 # release the next node acquires). Not a handover (an operator's switchover), not a graceful stop (DEMOTED),
 # not a fence (its take-over is already counted once as TAKEOVER).
 FLAP_KINDS = (EventKind.TAKEOVER.value, EventKind.STEPPED_DOWN.value)
+ACQUISITIONS = (EventKind.ACQUIRED.value, EventKind.TAKEOVER.value, EventKind.RESUMED.value)
 
 
 class HolderAction(enum.Enum):
@@ -155,14 +156,26 @@ def left_app_must_stop(state: LeaseState, me: str) -> str | None:
     return None
 
 
-def takeovers_since_enable(kinds_newest_first: list[str]) -> int:
-    """The take-overs (FLAP_KINDS) among these events, newest first, up to the last ENABLED: `fos enable`
-    clears an anti-flap trip, so the take-overs before it must not trip it again."""
-    count = 0
-    for kind in kinds_newest_first:
+def takeovers_since_enable(events_newest_first: Sequence[tuple[str, str | None]], in_maintenance: bool) -> int:
+    """The take-overs (FLAP_KINDS) among these events, as (kind, node) newest first, up to the last ENABLED: `fos
+    enable` clears an anti-flap trip, so the take-overs before it must not trip it again. Not counted: anything
+    during maintenance (between MAINTENANCE_ON and _OFF, or since the last ON while `in_maintenance`: restarts of
+    the holder's agent for an upgrade), and a node taking back its own lease (a TAKEOVER whose node also made the
+    acquisition before it, e.g. an agent restarted under another instance id)."""
+    count, paused = 0, in_maintenance
+    for at, (kind, node) in enumerate(events_newest_first):
         if kind == EventKind.ENABLED.value:
             break
-        count += kind in FLAP_KINDS
+        if kind in (EventKind.MAINTENANCE_ON.value, EventKind.MAINTENANCE_OFF.value):
+            paused = kind == EventKind.MAINTENANCE_OFF.value  # newest first: before an OFF, maintenance was on
+            continue
+        if paused or kind not in FLAP_KINDS:
+            continue
+        if kind == EventKind.TAKEOVER.value:
+            before = next((n for k, n in events_newest_first[at + 1 :] if k in ACQUISITIONS), None)
+            if before is not None and before == node:
+                continue
+        count += 1
     return count
 
 

@@ -5,11 +5,13 @@ application, then the lease, released or handed over only once the IP is confirm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 from lease import EventKind, StoreError
 
-from .roles import Decision, Holding
+from .renewal import renew_lease
+from .roles import Decision, Holding, RenewOutcome
 
 if TYPE_CHECKING:
     from .runner import Agent
@@ -17,25 +19,49 @@ if TYPE_CHECKING:
 CLEANUP_TIMEOUT_S = 5.0  # each step of the emergency clean-up after an internal error
 
 
-async def let_go(agent: Agent, kind: EventKind | None, decision: Decision) -> None:
+async def let_go(agent: Agent, kind: EventKind | None, decision: Decision) -> bool:
     """IP first (from then on no user traffic reaches this node), then the app, then the lease: released,
-    or handed over to a switchover's target (only once the IP is confirmed gone, like a release)."""
+    or handed over to a switchover's target (only once the IP is confirmed gone, like a release). For a
+    switchover the lease is renewed while the app stops (the IP is confirmed gone, so holding it serves nobody and
+    harms nobody): a stop longer than the ttl stays a handover, never an expiry the target takes as a fault.
+    Returns True if the lease was handed over."""
     ip_gone = await agent.ip.drop()
-    await agent.app.stop()
+    holding = agent.holding
+    renewing = None
+    if decision.handover_to is not None and ip_gone and holding is not None:
+        renewing = asyncio.create_task(_keep_renewing(agent, holding.epoch))
+    try:
+        await agent.app.stop()
+    finally:
+        if renewing is not None:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
     agent.metrics.app_healthy.set(0)
     agent.health.forget("the application is stopped on this node")
     holding, agent.holding = agent.holding, None
+    handed = False
     if holding is not None:
-        await _give_up(agent, holding, decision, ip_gone)
+        handed = await _give_up(agent, holding, decision, ip_gone)
         if kind is not None:
             await agent.event(kind, decision.reason, holding.epoch)
     agent.renew_failing = False
     agent.metrics.epoch.set(0)
     agent.metrics.lease_seconds_left.set(0)
     agent.not_before = agent.clock.now() + decision.hold_off
+    return handed
 
 
-async def _give_up(agent: Agent, holding: Holding, decision: Decision, ip_gone: bool) -> None:
+async def _keep_renewing(agent: Agent, epoch: int) -> None:
+    """Renew every heartbeat until cancelled or the lease is lost (a failed renewal is simply tried again)."""
+    while True:
+        await agent.clock.sleep(agent.cfg.lease.heartbeat)
+        renewal = await renew_lease(agent, epoch)
+        if renewal.outcome is RenewOutcome.LOST:
+            return
+
+
+async def _give_up(agent: Agent, holding: Holding, decision: Decision, ip_gone: bool) -> bool:
     """Hand the lease over (a switchover), release it, or keep it for this node: during maintenance or with
     automatic failover off only the holder's node may acquire, so a release (or a handover, which the acquire
     statement refuses its target then) would leave the cluster to nobody; kept, the lease expires and this
@@ -45,13 +71,21 @@ async def _give_up(agent: Agent, holding: Holding, decision: Decision, ip_gone: 
     if decision.handover_to is not None and ip_gone:
         control = await agent.ops.read_control()
         if not (control.maintenance or control.failover_off or control.disabled):
-            await agent.ops.hand_over(holding, decision.handover_to, decision.reason)
-            return
+            if await agent.ops.hand_over(holding, decision.handover_to, decision.reason):
+                return True
+            # Refused (the request was cancelled or replaced meanwhile, a gate came on) or unanswered: the lease
+            # is still ours (renewed until now), so keep it and resume at once from this instance (the standby's
+            # plan does), unless the cluster is disabled meanwhile. Not resumed, it expires as after a failure.
+            control = await agent.ops.read_control()
+            if not control.disabled:
+                agent.log.warning("handover_refused_resuming", to=decision.handover_to, epoch=holding.epoch)
+                return False
         agent.log.warning("handover_abandoned", to=decision.handover_to, control=control.sees())
     if (control.maintenance or control.failover_off) and not control.disabled:
         agent.log.warning("lease_kept_for_this_node", epoch=holding.epoch, control=control.sees())
-        return
+        return False
     await release(agent, holding, decision.reason, ip_gone)
+    return False
 
 
 async def release(agent: Agent, holding: Holding, detail: str, ip_gone: bool) -> None:

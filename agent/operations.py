@@ -43,6 +43,7 @@ class Operations:
         self.by_handover = False  # the current holding began with a lease handed over to us
         self.handed_to: str | None = None  # we handed the lease to this node and have not seen it hold since
         self.handed_at: float | None = None
+        self.handing_request: int | None = None  # Switchover.id of the request the holder is handing over for
         self._due_seen: tuple[str | None, str | None, float, float] | None = None  # to, by, asked at, late by
         self.report_now = asyncio.Event()  # set at every transition: the node row is written at once
         self._background: set[asyncio.Task[None]] = set()
@@ -116,8 +117,11 @@ class Operations:
 
     def acquired(self, state: LeaseState) -> None:
         """The standby acquired after reading `state`."""
-        me = self.agent.node.name
-        self.by_handover = state.reserved_for == me
+        me, control = self.agent.node.name, state.control
+        # A lease reserved for us is a switchover's handover, unless a gate under which no handover can happen is
+        # on: then it is our own release under maintenance or with failover off, which keeps our node in
+        # handover_to (no SWITCHOVER_DONE for that).
+        self.by_handover = state.reserved_for == me and not (control.maintenance or control.failover_off)
         if self.by_handover and self.switchover_at is None:  # we never saw the request: count from the handover
             remaining = (state.remaining_ms or 0) / 1000
             self.switchover_at = self.agent.clock.now() - max(0.0, self.agent.cfg.lease.ttl - remaining)
@@ -145,8 +149,14 @@ class Operations:
             kind = plan.cancel_kind
             if kind is not None and acting:
                 a.log.warning("switchover_dropped", kind=kind.value, detail=plan.detail)
+                sw = state.control.switchover
                 await a.store.cancel_switchover(
-                    a.cfg.cluster, a.node.name, kind=kind, detail=plan.detail[:400], timeout=a.call_timeout
+                    a.cfg.cluster,
+                    a.node.name,
+                    kind=kind,
+                    detail=plan.detail[:400],
+                    request_id=sw.id if sw is not None else None,
+                    timeout=a.call_timeout,
                 )
             return plan
         except StoreError as exc:
@@ -204,6 +214,8 @@ class Operations:
             case HolderAction.LET_GO:
                 return HoldEvent.DISABLED, plan.detail
             case HolderAction.HAND_OVER if acting and plan.to is not None:
+                sw = self.control.switchover
+                self.handing_request = sw.id if sw is not None else None  # that request and no later one
                 return HoldEvent.SWITCHOVER, plan.to
             case HolderAction.KEEP | HolderAction.HAND_OVER | HolderAction.FAIL | HolderAction.STALE:
                 pass  # handing over waits until ACTIVE; a failed or stale request was cancelled by the read
@@ -218,7 +230,14 @@ class Operations:
         a = self.agent
         try:
             ok = await a.store.handover(
-                a.cfg.cluster, a.node.name, holding.epoch, to, a.ttl_ms, detail=detail[:200], timeout=a.call_timeout
+                a.cfg.cluster,
+                a.node.name,
+                holding.epoch,
+                to,
+                a.ttl_ms,
+                detail=detail[:200],
+                request_id=self.handing_request,
+                timeout=a.call_timeout,
             )
         except StoreError as exc:
             a.log.warning("handover_failed", to=to, error=str(exc))
@@ -253,7 +272,7 @@ class Operations:
                 holding.epoch,
             )
         self.handed_to = None
-        if not self.control.failover_off:
+        if not (self.control.failover_off or self.control.maintenance):
             await self._count_flaps()
 
     async def _count_flaps(self) -> None:
@@ -265,7 +284,7 @@ class Operations:
                 since_ms=int(flap.flap_window * 1000),
                 timeout=a.call_timeout,
             )
-            count = takeovers_since_enable([e.kind for e in events])
+            count = takeovers_since_enable([(e.kind, e.node) for e in events], self.control.maintenance)
             if is_flapping(count, flap.max_takeovers):
                 reason = (
                     f"{count} take-overs within {flap.flap_window:g}s (more than flap.max_takeovers = "

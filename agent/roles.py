@@ -219,6 +219,11 @@ def after_holding(event: HoldEvent, detail: str, hold_off: float, min_hold: floa
             return Decision(Role.PROMOTING, why, resume=True)
         case HoldEvent.APP_FAILED:
             return Decision(Role.DEMOTING, f"the application failed ({detail}): stepping down", max(hold_off, min_hold))
+        case HoldEvent.IP_FAILED | HoldEvent.WORK_FAILED if modes.maintenance:
+            # fos starts and stops no application during maintenance, and nobody else may take over: keep holding
+            # (the renewals, the IP's reconciliation and the health checks go on); looked at again when it ends.
+            what = "the common IP cannot be managed" if event is HoldEvent.IP_FAILED else "promotion failed"
+            return Decision(Role.ACTIVE, f"{what} during maintenance ({detail}): holding on, the application as it is")
         case HoldEvent.IP_FAILED:
             return Decision(
                 Role.DEMOTING, f"the common IP cannot be managed ({detail}): stepping down", max(hold_off, min_hold)

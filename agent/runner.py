@@ -419,7 +419,10 @@ class Agent:
     async def _start_app(self, holding: Holding) -> str:
         """Start the app (nothing if it runs: adopted, or still running) and wait until it is healthy."""
         env = {"FOS_NODE": self.node.name, "FOS_CLUSTER": self.cfg.cluster, "FOS_EPOCH": str(holding.epoch)}
-        await self.app.start(env)
+        if self.ops.control.maintenance:  # fos starts no application then (the operator's upgrade may be under way)
+            self.log.info("app_not_started_during_maintenance")
+        else:
+            await self.app.start(env)
         ok, detail = await self.health.wait_healthy(self.cfg.app.health.start_grace)
         if not ok:
             raise AppError(detail)
@@ -461,11 +464,13 @@ class Agent:
     # ---- letting go ---------------------------------------------------------------------------------------
 
     async def _demoting(self, decision: Decision) -> Decision:
-        await let_go(self, let_go_event(decision), decision)
+        handed = await let_go(self, let_go_event(decision), decision)
         if decision.then_stop:
             return Decision(Role.STOPPED, f"stopped ({self.stop_reason})")
-        if decision.handover_to is not None:
+        if handed:
             return Decision(Role.STANDBY, f"handed the lease over to {decision.handover_to}")
+        if decision.handover_to is not None:
+            return Decision(Role.STANDBY, f"the handover to {decision.handover_to} was refused; competing again")
         return Decision(Role.STANDBY, f"stepped down; competing again in {decision.hold_off:g}s")
 
     async def _fenced(self, decision: Decision) -> Decision:

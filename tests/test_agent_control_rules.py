@@ -172,6 +172,10 @@ def test_a_standby_never_tries_what_the_control_state_refuses(
         (HoldEvent.SWITCHOVER, Modes(), Decision(Role.DEMOTING, "switchover to m2", handover_to="m2")),
         (HoldEvent.DISABLED, Modes(), Decision(Role.DEMOTING, "letting go", event=EventKind.DEMOTED)),
         (HoldEvent.MAINTENANCE_OVER, Modes(), Decision(Role.PROMOTING, "maintenance over", resume=True)),
+        # Maintenance: a failed promotion or IP neither stops the application nor steps down (no stop/start loop).
+        (HoldEvent.WORK_FAILED, Modes(maintenance=True), Decision(Role.ACTIVE, "promotion failed during maint")),
+        (HoldEvent.IP_FAILED, Modes(maintenance=True), Decision(Role.ACTIVE, "during maintenance")),
+        (HoldEvent.WORK_FAILED, Modes(), Decision(Role.DEMOTING, "promotion failed")),
     ],
 )
 def test_what_follows_holding_under_the_control_state(event: HoldEvent, modes: Modes, expected: Decision) -> None:
@@ -231,16 +235,29 @@ def test_only_the_highest_priority_live_standby_asks_for_the_fail_back() -> None
     assert plan_failback("m2", PRIO, "m3", Control(), [], 300, 300, HB, C)[0] is FailbackStep.WAIT  # lower prio
 
 
+def ev(*pairs: str) -> list[tuple[str, str | None]]:
+    """Events newest first, each "kind:node"."""
+    return [(p.split(":")[0], p.split(":")[1]) for p in pairs]
+
+
 @pytest.mark.parametrize(
-    ("kinds", "count"),
+    ("events", "in_maintenance", "count"),
     [
-        (["takeover", "stepped_down", "acquired", "takeover"], 3),
-        (["takeover", "enabled", "takeover", "stepped_down"], 1),  # `fos enable` starts the count again
-        (["handover", "demoted", "fenced", "released", "acquired"], 0),  # switchovers, stops and fences do not
+        (ev("takeover:m2", "stepped_down:m1", "acquired:m1", "takeover:m1"), False, 3),
+        (ev("takeover:m1", "enabled:x", "takeover:m2", "stepped_down:m1"), False, 1),  # `fos enable` resets
+        (ev("handover:m1", "demoted:m1", "fenced:m1", "released:m1", "acquired:m1"), False, 0),  # on purpose
+        # A node taking back its own lease (a restarted agent, another instance id) is no take-over.
+        (ev("takeover:m1", "takeover:m1", "acquired:m1"), False, 0),
+        (ev("takeover:m1", "takeover:m2", "acquired:m1"), False, 2),
+        # Nothing during maintenance counts: between ON and OFF, or since ON while it is still on.
+        (ev("takeover:m1", "maintenance_off:x", "stepped_down:m1", "takeover:m2", "maintenance_on:x"), False, 1),
+        (ev("stepped_down:m1", "takeover:m2", "maintenance_on:x", "takeover:m2", "acquired:m1"), True, 1),
     ],
 )
-def test_take_overs_counted_for_anti_flap(kinds: list[str], count: int) -> None:
-    assert takeovers_since_enable(kinds) == count
+def test_take_overs_counted_for_anti_flap(
+    events: list[tuple[str, str | None]], in_maintenance: bool, count: int
+) -> None:
+    assert takeovers_since_enable(events, in_maintenance) == count
 
 
 @pytest.mark.parametrize(

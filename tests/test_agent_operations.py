@@ -528,3 +528,25 @@ async def test_restarting_the_holders_agent_during_maintenance_is_not_flapping(
     assert not (await store.read("c1")).control.failover_off, kinds(store)
     await m1.kill()
     await m2.kill()
+
+
+async def test_a_switchover_cancelled_during_a_slow_let_go_leaves_the_holder_serving(store: MemoryLeaseStore) -> None:
+    m1, m2 = await pair(store, ttl=0.6, heartbeat=0.15)
+    fake_stop = m1.app.stop
+    stopping = asyncio.Event()
+
+    async def slow_stop() -> None:
+        stopping.set()
+        await asyncio.sleep(1.0)
+        await fake_stop()
+
+    m1.app.stop = slow_stop  # type: ignore[method-assign]
+    assert await store.request_switchover("c1", "m2", 0, "op@host")
+    await asyncio.wait_for(stopping.wait(), 2)
+    assert await store.cancel_switchover("c1", "op@host")  # the operator changes their mind mid-way
+    await until(lambda: m1.agent.role is Role.ACTIVE and m1.app.running(), 3, "m1 serving again")
+    state = await store.read("c1")
+    assert state.held_by("m1") and m2.agent.role is Role.STANDBY and not m2.app.started_at
+    assert EventKind.HANDOVER not in kinds(store) and EventKind.TAKEOVER not in kinds(store), kinds(store)
+    await m1.kill()
+    await m2.kill()
