@@ -7,7 +7,7 @@ and agent/failback.py feed in what they read and act on the answer.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import assert_never
 
@@ -21,6 +21,7 @@ HOLD_OFF_ROLE = "hold_off"  # what a standby holding off after a step-down write
 # release the next node acquires). Not a handover (an operator's switchover), not a graceful stop (DEMOTED),
 # not a fence (its take-over is already counted once as TAKEOVER).
 FLAP_KINDS = (EventKind.TAKEOVER.value, EventKind.STEPPED_DOWN.value)
+FAILBACK_BY = "failback"  # Switchover.by of a request made by the fail-back policy
 ACQUISITIONS = (EventKind.ACQUIRED.value, EventKind.TAKEOVER.value, EventKind.RESUMED.value)
 
 
@@ -91,11 +92,14 @@ def plan_holder(
     heartbeat: float,
     call_timeout: float,
     first_late: float | None = None,
+    priorities: Mapping[str, int] | None = None,
 ) -> HolderPlan:
     """What the holder does about the control state it just read. `rows` (the node rows) are needed only for a
     due switchover (None: not read; the caller reads them when `needs_rows` says so). `first_late`: how late
     the pending switchover was when this holder first saw it due (a request seen in time while promoting is not
-    stale once the promotion is over); None: first seen now."""
+    stale once the promotion is over); None: first seen now. `priorities`: [[nodes]] priority from this node's
+    own config; a fail-back request (by FAILBACK_BY) is refused unless they rank its target above this node (the
+    nodes' files disagreeing would otherwise make them fail back and forth for ever)."""
     if control.disabled:
         return HolderPlan(HolderAction.LET_GO, detail=f"the cluster is disabled (by {control.disabled_by or '?'})")
     sw = control.switchover
@@ -118,6 +122,15 @@ def plan_holder(
     problem = target_problem(sw.to, me, known, rows or [], heartbeat, call_timeout)
     if problem is not None:
         return HolderPlan(HolderAction.FAIL, sw.to, f"switchover to {sw.to} refused: {problem}")
+    if sw.by == FAILBACK_BY and priorities is not None and sw.to is not None:
+        theirs, mine = priorities.get(sw.to, 0), priorities.get(me, 0)
+        if theirs <= mine:
+            return HolderPlan(
+                HolderAction.FAIL,
+                sw.to,
+                f"fail-back to {sw.to} refused: {me}'s config gives {sw.to} priority {theirs}, not above its own "
+                f"{mine}: make [[nodes]] priority the same in every node's file",
+            )
     return HolderPlan(HolderAction.HAND_OVER, sw.to, f"switchover to {sw.to} requested by {sw.by or '?'}")
 
 

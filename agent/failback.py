@@ -11,11 +11,14 @@ from typing import TYPE_CHECKING
 
 from lease import LeaseState, StoreError
 
-from .control_rules import FailbackStep, plan_failback
+from .control_rules import FAILBACK_BY, FailbackStep, plan_failback
 from .roles import HoldEvent
 
 if TYPE_CHECKING:
     from .runner import Agent
+
+
+MAX_ATTEMPTS = 3  # fail-back requests that did not make this node the holder before it stops asking
 
 
 class FailBack:
@@ -25,6 +28,7 @@ class FailBack:
         self.serving_since: float | None = None
         self.unproven = False  # stepped down for an app failure and has not served healthy for the delay since
         self._next_try = 0.0
+        self.attempts = 0  # fail-back requests since this node last served: capped at MAX_ATTEMPTS
 
     @property
     def auto(self) -> bool:
@@ -43,7 +47,7 @@ class FailBack:
         if self.serving_since is not None and now - self.serving_since >= delay:
             self.unproven = False
         if event is HoldEvent.WORK_DONE:
-            self.serving_since = now
+            self.serving_since, self.attempts = now, 0
             return
         self.serving_since = None
         if event in (HoldEvent.APP_FAILED, HoldEvent.WORK_FAILED):
@@ -54,7 +58,7 @@ class FailBack:
         heartbeat; the request's compare-and-set refuses a second pending one)."""
         a = self.agent
         now = a.clock.now()
-        if not self.auto or holding_off or self.unproven:
+        if not self.auto or holding_off or self.unproven or self.attempts >= MAX_ATTEMPTS:
             self.ready_since = None
             return
         if self.ready_since is None:
@@ -81,8 +85,15 @@ class FailBack:
             )
             if step is FailbackStep.REQUEST:
                 requested = await a.store.request_switchover(
-                    a.cfg.cluster, a.node.name, 0, "failback", timeout=a.call_timeout
+                    a.cfg.cluster, a.node.name, 0, FAILBACK_BY, timeout=a.call_timeout
                 )
                 a.log.info("failback_requested" if requested else "failback_not_requested", reason=why)
+                if requested:
+                    # Refused or failed (the holder's config disagrees, our start failed): not again before
+                    # another delay, and not at all after MAX_ATTEMPTS until this node serves again.
+                    self.attempts += 1
+                    self._next_try = now + max(a.cfg.policy.failback_delay, a.cfg.lease.heartbeat)
+                    if self.attempts >= MAX_ATTEMPTS:
+                        a.log.warning("failback_given_up", attempts=self.attempts, holder=holder)
         except StoreError as exc:
             a.log.debug("failback_failed", error=str(exc))

@@ -142,8 +142,9 @@ class Operations:
                 rows = await a.store.list_nodes(a.cfg.cluster, timeout=a.call_timeout)
             known = [n.name for n in a.cfg.nodes]
             first_late = self._first_late(state.control)
+            priorities = {n.name: n.priority for n in a.cfg.nodes}
             plan = plan_holder(
-                state.control, a.node.name, known, rows, a.cfg.lease.heartbeat, a.call_timeout, first_late
+                state.control, a.node.name, known, rows, a.cfg.lease.heartbeat, a.call_timeout, first_late, priorities
             )
             await self._remind(state.control, was_on)
             kind = plan.cancel_kind

@@ -62,6 +62,25 @@ def test_what_the_holder_does_about_the_control_state(
     assert detail in plan.detail
 
 
+@pytest.mark.parametrize(
+    ("priorities", "action"),
+    [
+        ({"m1": 0, "m2": 10}, HolderAction.HAND_OVER),
+        ({"m1": 10, "m2": 0}, HolderAction.FAIL),  # the holder's file prefers itself: no ping-pong
+        ({"m1": 5, "m2": 5}, HolderAction.FAIL),
+    ],
+)
+def test_the_holder_hands_over_for_a_fail_back_only_if_its_own_config_prefers_the_target(
+    priorities: dict[str, int], action: HolderAction
+) -> None:
+    failback = switchover("m2", by="failback")
+    assert plan_holder(failback, "m1", KNOWN, [row("m2")], HB, C, priorities=priorities).action is action
+    operator = switchover("m2", by="op@h")  # an operator's switchover goes anywhere
+    assert (
+        plan_holder(operator, "m1", KNOWN, [row("m2")], HB, C, priorities=priorities).action is HolderAction.HAND_OVER
+    )
+
+
 def test_a_request_seen_in_time_is_not_stale_when_acted_on_later() -> None:
     late = switchover(due_in_ms=-5000)  # seen in time while promoting, acted on once active
     assert plan_holder(late, "m1", KNOWN, [row("m2")], HB, C, first_late=0.1).action is HolderAction.HAND_OVER

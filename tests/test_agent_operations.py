@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from agent.control_rules import HolderAction, HolderPlan
+from agent.failback import MAX_ATTEMPTS
 from agent.roles import Role
 from lease import EventKind
 from lease.memory import MemoryLeaseStore
@@ -503,6 +504,9 @@ async def test_fail_back_does_not_ping_pong_when_the_nodes_disagree_on_priority(
     await asyncio.sleep(4.0)
     assert kinds(store).count(EventKind.HANDOVER) == 0, kinds(store)
     assert m1.agent.role is Role.ACTIVE
+    assert "make [[nodes]] priority the same in every node's file" in detail_of(store, EventKind.SWITCHOVER_FAILED)
+    # m2 gives up after MAX_ATTEMPTS requests, one per delay, instead of asking every heartbeat for ever.
+    assert kinds(store).count(EventKind.SWITCHOVER_REQUESTED) == MAX_ATTEMPTS, kinds(store)
     await m1.kill()
     await m2.kill()
 
