@@ -7,6 +7,7 @@ agent/control_rules.plan_failback; this is its bookkeeping and I/O, on the stand
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from lease import LeaseState, StoreError
@@ -22,13 +23,36 @@ MAX_ATTEMPTS = 3  # fail-back requests that did not make this node the holder be
 
 
 class FailBack:
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, unproven_mark: str | None = None) -> None:
+        """`unproven_mark`: the file that keeps `unproven` across agent restarts (None: memory only)."""
         self.agent = agent
         self.ready_since: float | None = None  # a ready standby (reads answered, no hold-off) since then
         self.serving_since: float | None = None
-        self.unproven = False  # stepped down for an app failure and has not served healthy for the delay since
+        self._mark = unproven_mark
+        self._unproven = unproven_mark is not None and os.path.exists(unproven_mark)
         self._next_try = 0.0
         self.attempts = 0  # fail-back requests since this node last served: capped at MAX_ATTEMPTS
+
+    @property
+    def unproven(self) -> bool:
+        """Stepped down for an app failure and has not served healthy for the delay since."""
+        return self._unproven
+
+    @unproven.setter
+    def unproven(self, value: bool) -> None:
+        if value == self._unproven:
+            return
+        self._unproven = value
+        if self._mark is None:
+            return
+        try:  # a small local file, written only when the mark changes
+            if value:
+                with open(self._mark, "w") as f:
+                    f.write("stepped down for an application failure; not yet healthy for failback_delay\n")
+            else:
+                os.unlink(self._mark)
+        except OSError as exc:
+            self.agent.log.warning("failback_mark_not_kept", path=self._mark, error=str(exc))
 
     @property
     def auto(self) -> bool:

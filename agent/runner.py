@@ -81,7 +81,10 @@ class Agent:
         clock: Clock,
         metrics: Metrics | None = None,
         instance: str | None = None,
+        unproven_mark: str | None = None,
     ) -> None:
+        """`unproven_mark`: a file in the state dir whose presence says this node stepped down for an application
+        failure and has not served healthy since (fail-back skips it), kept across agent restarts."""
         self.cfg, self.node, self.store, self.binder, self.app, self.clock = cfg, node, store, binder, app, clock
         self.instance = instance
         self.metrics = metrics or Metrics()
@@ -101,7 +104,7 @@ class Agent:
         self.log = self._base_log.bind(role=self.role.value)
         self.ip = CommonIp(cfg, binder, clock, self.metrics, self.log)
         self.ops = Operations(self)
-        self.failback = FailBack(self)
+        self.failback = FailBack(self, unproven_mark)
 
     # ---- shorthands --------------------------------------------------------------------------------------
 

@@ -160,7 +160,9 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
         try:
             await _check_database(store, cfg, node, instance)
             app = build_app(cfg, node, state)
-            agent = Agent(cfg, node, store, binder, app, SystemClock(), instance=instance)
+            agent = Agent(
+                cfg, node, store, binder, app, SystemClock(), instance=instance, unproven_mark=state.unproven_mark
+            )
             replication: Replication | None = None
             notifier: Notifier | None = None
             runner: web.AppRunner | None = None

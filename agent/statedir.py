@@ -50,6 +50,7 @@ class StateDir:
         self.path, self.cluster, self.node = path, cluster, node
         self.lockfile = os.path.join(path, f"{cluster}-{node}.lock")
         self.pidfile = os.path.join(path, f"{cluster}-{node}.pid")
+        self.unproven_mark = os.path.join(path, f"{cluster}-{node}.failback-unproven")  # see agent/failback.py
         self._fd: int | None = None
 
     def lock(self) -> None:

@@ -5,8 +5,10 @@ fail-back, anti-flap. The same behaviours on real agents: tests/test_agent_opera
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -552,5 +554,26 @@ async def test_a_switchover_cancelled_during_a_slow_let_go_leaves_the_holder_ser
     state = await store.read("c1")
     assert state.held_by("m1") and m2.agent.role is Role.STANDBY and not m2.app.started_at
     assert EventKind.HANDOVER not in kinds(store) and EventKind.TAKEOVER not in kinds(store), kinds(store)
+    await m1.kill()
+    await m2.kill()
+
+
+async def test_a_node_that_stepped_down_for_its_app_stays_unproven_across_an_agent_restart(
+    store: MemoryLeaseStore, tmp_path: Path
+) -> None:
+    mark = str(tmp_path / "c1-m1.failback-unproven")
+    cfg = config(cluster={"failback": "auto", "failback_delay": 0.3}, priorities=(10, 0))
+    m1, m2 = Node(cfg, "m1", store, unproven_mark=mark).start(), Node(cfg, "m2", store)
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2.start()
+    await until(lambda: m2.agent.role is Role.STANDBY)
+    m1.app.crash()
+    await until(lambda: m2.agent.role is Role.ACTIVE, 3)
+    assert os.path.exists(mark)  # noqa: ASYNC240 - a test's one-off check
+    await m1.kill()  # restarted (a crash, an upgrade): the new agent still knows its app failed here
+    m1 = Node(cfg, "m1", store, unproven_mark=mark, instance="m1-again").start()
+    await asyncio.sleep(1.5)  # well past the fail-back delay
+    assert m2.agent.role is Role.ACTIVE and m1.agent.role is Role.STANDBY
+    assert EventKind.SWITCHOVER_REQUESTED not in kinds(store)
     await m1.kill()
     await m2.kill()

@@ -53,6 +53,7 @@ class Node:
         binder: FakeBinder | None = None,
         instance: str | None = None,
         clock: Clock | None = None,
+        unproven_mark: str | None = None,
     ) -> None:
         self.binder = binder or FakeBinder()
         self.app = FakeApp()
@@ -64,6 +65,7 @@ class Node:
             self.app,
             clock or SystemClock(),
             instance=instance or f"{name}-instance",
+            unproven_mark=unproven_mark,
         )
         self.task: asyncio.Task[None] | None = None
 
