@@ -20,6 +20,7 @@ from .model import (
     NodeRecord,
     Switchover,
     by_detail,
+    check_lookback,
     check_ms,
     switchover_detail,
 )
@@ -297,7 +298,7 @@ class MemoryLeaseStore:
         self, cluster: str, kinds: Collection[str], within_ms: int, *, timeout: float | None = None
     ) -> int:
         self._check()
-        since = self.clock() - within_ms / 1000
+        since = self.clock() - check_lookback(within_ms, "within_ms") / 1000
         wanted = {str(k) for k in kinds}
         return sum(
             1
@@ -349,7 +350,7 @@ class MemoryLeaseStore:
         timeout: float | None = None,
     ) -> list[Event]:
         self._check()
-        since = None if since_ms is None else self.clock() - since_ms / 1000
+        since = None if since_ms is None else self.clock() - check_lookback(since_ms, "since_ms") / 1000
         found = [
             e
             for e, t in zip(self.events, self.event_times, strict=True)
