@@ -266,6 +266,8 @@ class MemoryLeaseStore:
     async def set_disabled(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
         self._check()
         by = by[:BY_MAX]
+        if not on and check_name("cluster", cluster) not in self.rows:
+            return False  # as the SQL enable: no row, no change (disable creates it, as SQL does)
         row = self._row(cluster)
         if on:
             if row.disabled_since is not None:
