@@ -327,8 +327,7 @@ class SqlLeaseStore(SqlControl):
 
         async def op(conn: OwnedConnection) -> tuple[int, int]:
             await self._check_server_version(conn)
-            conn.broken = True  # its lock waits are shortened for the DDL below: the session is not reused
-            for sql in self.dialect.ddl_lock_wait(conn.dbms_name):
+            for sql in self.dialect.ddl_lock_wait(conn.dbms_name):  # undone below; on an error it is not reused
                 await conn.execute(sql)
             try:
                 _, rows = await conn.execute(self.sql.schema_version)
@@ -354,6 +353,8 @@ class SqlLeaseStore(SqlControl):
             if self.dialect.name == "mssql" and before < 2:
                 await retype_mssql_keys(conn, self.schema)
             await self._refuse_triggers(conn)
+            for sql in self.dialect.ddl_lock_wait_reset(self.call_timeout, conn.dbms_name):
+                await conn.execute(sql)
             self._schema_ok = True
             return before, SCHEMA_VERSION
 
