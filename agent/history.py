@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lease import Event, EventKind
-from lease.model import detail_by
+from lease.model import MAX_LOOKBACK_MS, detail_by
 
 _ACQUIRES = (EventKind.ACQUIRED, EventKind.TAKEOVER, EventKind.RESUMED)
 _EXPIRED = re.compile(r"^(?P<node>\S+) \(epoch (?P<epoch>\d+)\) expired (?P<ms>-?\d+) ms before the read")
@@ -25,14 +25,14 @@ _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?
 
 def parse_since(text: str, now: datetime | None = None) -> int:
     """--since: a duration (90s, 30m, 2h, 7d, 1h30m; a bare number is seconds) or an ISO 8601 time with a UTC
-    offset in the past; returns the look-back in milliseconds."""
+    offset in the past, at most ten years back; returns the look-back in milliseconds."""
     m = _DURATION.fullmatch(text.strip())
     if text.strip() and m and any(m.groups()):
         d, h, mins, s = m.groups()
         total = int(d or 0) * 86400 + int(h or 0) * 3600 + int(mins or 0) * 60 + float(s or 0)
         if total <= 0:
             raise argparse.ArgumentTypeError(f"{text!r} is no time at all: give e.g. 2h")
-        return int(total * 1000)
+        return _within_ten_years(text, total * 1000)
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
@@ -44,7 +44,14 @@ def parse_since(text: str, now: datetime | None = None) -> int:
     back = (now or datetime.now(UTC)) - at
     if back <= timedelta(0):
         raise argparse.ArgumentTypeError(f"{text!r} is in the future: give a past time")
-    return int(back.total_seconds() * 1000)
+    return _within_ten_years(text, back.total_seconds() * 1000)
+
+
+def _within_ten_years(text: str, ms: float) -> int:
+    if ms > MAX_LOOKBACK_MS:
+        days = MAX_LOOKBACK_MS // 86_400_000
+        raise argparse.ArgumentTypeError(f"{text!r} is more than 10 years back: give at most {days}d")
+    return int(ms)
 
 
 @dataclass

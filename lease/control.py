@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from .model import MAX_MS, EventKind, by_detail, check_ms, switchover_detail
+from .model import MAX_MS, EventKind, by_detail, check_lookback, check_ms, switchover_detail
 from .names import check_name
 from .odbc import OwnedConnection
 from .rows import LeaseRows, _judge
@@ -163,11 +163,11 @@ class SqlControl(LeaseRows):
     async def count_events(
         self, cluster: str, kinds: Collection[str], within_ms: int, *, timeout: float | None = None
     ) -> int:
-        """Events of `kinds` within the last within_ms ms of the database clock (whole seconds on SQL Server).
+        """Events of `kinds` within the last within_ms ms (at most ten years) of the database clock (whole seconds
+        on SQL Server).
         One round trip; none when `kinds` is empty."""
         check_name("cluster", cluster)
-        if not isinstance(within_ms, int) or within_ms < 0:
-            raise ValueError(f"within_ms must be a non-negative integer, not {within_ms!r}")
+        check_lookback(within_ms, "within_ms")
         wanted = sorted({str(k) for k in kinds})
         if not wanted:
             return 0

@@ -112,6 +112,17 @@ class Dialect:
             return [f"SET LOCK_TIMEOUT {DDL_LOCK_WAIT_MS}"]
         return []  # SQLite: one writer at a time; its busy timeout (the DSN's Timeout) bounds the wait
 
+    def ddl_lock_wait_reset(self, call_timeout: float, dbms_name: str = "") -> list[str]:
+        """Statements that undo ddl_lock_wait, so the connection goes back to the store's pool as any other."""
+        ms = max(1, math.ceil(call_timeout * 1000))  # as session_setup
+        if self.name == "postgresql":
+            return [f"SELECT set_config('lock_timeout', '{ms}', false)"]
+        if self.name == "mysql":
+            return ["SET SESSION lock_wait_timeout = DEFAULT"]
+        if self.name == "mssql":
+            return [f"SET LOCK_TIMEOUT {ms}"]
+        return []
+
     def create_view(self, view: str, select: str) -> list[str]:
         return [s.format(view=view, select=select) for s in self._create_view]
 

@@ -121,7 +121,8 @@ class HistoryStore(Protocol):
         timeout: float | None = None,
     ) -> list[Event]:
         """At most `limit` events of the cluster with id > since_id and, with `since_ms`, stamped within the
-        last since_ms milliseconds of the database clock; newest first."""
+        last since_ms milliseconds of the database clock; newest first. since_ms is at most ten years
+        (lease.model.MAX_LOOKBACK_MS; ValueError beyond)."""
         ...
 
     async def list_nodes(self, cluster: str, *, timeout: float | None = None) -> list[NodeRecord]:
@@ -211,5 +212,5 @@ class ControlStore(Protocol):
         self, cluster: str, kinds: Collection[str], within_ms: int, *, timeout: float | None = None
     ) -> int:
         """How many events of these kinds the cluster recorded in the last within_ms milliseconds of the
-        database clock (anti-flap counting). Changes nothing."""
+        database clock (anti-flap counting; at most ten years, ValueError beyond). Changes nothing."""
         ...

@@ -20,6 +20,7 @@ from .model import (
     NodeRecord,
     Switchover,
     by_detail,
+    check_lookback,
     check_ms,
     switchover_detail,
 )
@@ -265,6 +266,8 @@ class MemoryLeaseStore:
     async def set_disabled(self, cluster: str, on: bool, by: str, *, timeout: float | None = None) -> bool:
         self._check()
         by = by[:BY_MAX]
+        if not on and check_name("cluster", cluster) not in self.rows:
+            return False  # as the SQL enable: no row, no change (disable creates it, as SQL does)
         row = self._row(cluster)
         if on:
             if row.disabled_since is not None:
@@ -297,7 +300,7 @@ class MemoryLeaseStore:
         self, cluster: str, kinds: Collection[str], within_ms: int, *, timeout: float | None = None
     ) -> int:
         self._check()
-        since = self.clock() - within_ms / 1000
+        since = self.clock() - check_lookback(within_ms, "within_ms") / 1000
         wanted = {str(k) for k in kinds}
         return sum(
             1
@@ -349,7 +352,7 @@ class MemoryLeaseStore:
         timeout: float | None = None,
     ) -> list[Event]:
         self._check()
-        since = None if since_ms is None else self.clock() - since_ms / 1000
+        since = None if since_ms is None else self.clock() - check_lookback(since_ms, "since_ms") / 1000
         found = [
             e
             for e, t in zip(self.events, self.event_times, strict=True)

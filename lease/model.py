@@ -9,6 +9,16 @@ from datetime import datetime
 MAX_MS = 2**31 - 1  # the statements add milliseconds to the clock as a 32-bit integer (24.8 days)
 
 
+MAX_LOOKBACK_MS = 3652 * 86_400_000  # history and anti-flap look back at most ten years (3652 days)
+
+
+def check_lookback(value: int, what: str) -> int:
+    """A look-back on the database clock (list_events since_ms, count_events within_ms): 0 to ten years."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_LOOKBACK_MS:
+        raise ValueError(f"{what} must be an integer from 0 to {MAX_LOOKBACK_MS} ms (at most 10 years), not {value!r}")
+    return value
+
+
 def check_ms(value: int, what: str, low: int = 0) -> int:
     """A millisecond count the statements can add to the database clock: an integer from `low` to MAX_MS."""
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= MAX_MS:

@@ -19,7 +19,7 @@ from .calls import call_deadline
 from .control import SqlControl
 from .errors import SchemaMissing, StoreConfigError, StoreUnavailable, UnsafeSchema
 from .interface import ControlStore, HistoryStore, LeaseStore
-from .model import AcquireResult, Event, EventKind, LeaseState, NodeRecord
+from .model import AcquireResult, Event, EventKind, LeaseState, NodeRecord, check_lookback
 from .names import check_name
 from .odbc import OwnedConnection, classify, is_duplicate_key, is_lock_timeout
 from .rows import _as_bool, _as_datetime, _as_number, _check_instance, _judge
@@ -251,10 +251,10 @@ class SqlLeaseStore(SqlControl):
         timeout: float | None = None,
     ) -> list[Event]:
         """The newest events first (at most `limit`, with id > since_id, and with since_ms within that many
-        milliseconds of the database's now; whole seconds on SQL Server). One round trip."""
+        milliseconds of the database's now, at most ten years; whole seconds on SQL Server). One round trip."""
         check_name("cluster", cluster)
-        if since_ms is not None and (not isinstance(since_ms, int) or since_ms < 0):
-            raise ValueError(f"since_ms must be a non-negative integer, not {since_ms!r}")
+        if since_ms is not None:
+            check_lookback(since_ms, "since_ms")
 
         async def op(conn: OwnedConnection) -> list[Event]:
             built = build(self.dialect, self.schema, events_limit=max(1, int(limit)))
@@ -327,8 +327,7 @@ class SqlLeaseStore(SqlControl):
 
         async def op(conn: OwnedConnection) -> tuple[int, int]:
             await self._check_server_version(conn)
-            conn.broken = True  # its lock waits are shortened for the DDL below: the session is not reused
-            for sql in self.dialect.ddl_lock_wait(conn.dbms_name):
+            for sql in self.dialect.ddl_lock_wait(conn.dbms_name):  # undone below; on an error it is not reused
                 await conn.execute(sql)
             try:
                 _, rows = await conn.execute(self.sql.schema_version)
@@ -354,6 +353,8 @@ class SqlLeaseStore(SqlControl):
             if self.dialect.name == "mssql" and before < 2:
                 await retype_mssql_keys(conn, self.schema)
             await self._refuse_triggers(conn)
+            for sql in self.dialect.ddl_lock_wait_reset(self.call_timeout, conn.dbms_name):
+                await conn.execute(sql)
             self._schema_ok = True
             return before, SCHEMA_VERSION
 

@@ -225,6 +225,7 @@ def test_a_target_whose_row_is_older_than_three_heartbeats_is_refused(ops: Ops) 
         (["maintenance", "maybe"], "argument state: invalid choice: 'maybe'"),
         (["history", "--since", "yesterday"], "argument --since: 'yesterday' is neither a duration nor a time"),
         (["history", "--limit", "0"], "argument --limit: '0' is not a number of events from 1 to 100000"),
+        (["history", "--since", "5000d"], "argument --since: '5000d' is more than 10 years back: give at most 3652d"),
     ],
 )
 def test_bad_usage_is_one_line_exit_2_and_changes_nothing(ops: Ops, args: list[str], message: str) -> None:

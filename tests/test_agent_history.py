@@ -30,6 +30,7 @@ def ev(n: int, ms: int, node: str | None, kind: str, epoch: int | None, detail: 
         ("0.5s", 500),
         ("2026-11-26T00:00:00+00:00", 7_200_000),
         ("2026-11-26T02:00:00+01:00", 3_600_000),
+        ("3652d", 3652 * 86_400_000),  # ten years is the most
     ],
 )
 def test_since_takes_a_duration_or_a_past_time(text: str, ms: int) -> None:
@@ -44,6 +45,9 @@ def test_since_takes_a_duration_or_a_past_time(text: str, ms: int) -> None:
         ("2026-11-26T00:00:00", "has no UTC offset: add one"),
         ("2027-01-01T00:00:00+00:00", "is in the future"),
         ("", "neither a duration nor a time"),
+        ("3653d", "'3653d' is more than 10 years back: give at most 3652d"),
+        ("99999999999999h", "is more than 10 years back"),
+        ("2016-11-25T00:00:00+00:00", "is more than 10 years back"),
     ],
 )
 def test_a_bad_since_is_refused_with_the_fix(text: str, message: str) -> None:

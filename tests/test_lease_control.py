@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from lease import EventKind, SqlLeaseStore, Switchover
-from lease.model import detail_by
+from lease.model import MAX_LOOKBACK_MS, detail_by
 from tests.conftest import unique
 from tests.support.control_scenarios import CONTROL_CASES, SCENARIOS, Case, Scenario, check
 
@@ -244,3 +244,15 @@ async def test_operators_names_and_reasons_in_any_script_round_trip(store: SqlLe
     events = await store.list_events(c, limit=10)
     assert [detail_by(e.detail) for e in events if e.kind in ("maintenance_on", "disabled")] == [by, by]
     assert got.acquired
+
+
+async def test_look_backs_beyond_ten_years_are_refused(store: SqlLeaseStore) -> None:
+    c = unique("ev")
+    await store.record_event(c, "m1", EventKind.TAKEOVER, 1, None)
+    assert len(await store.list_events(c, since_ms=MAX_LOOKBACK_MS)) == 1
+    assert await store.count_events(c, [EventKind.TAKEOVER], MAX_LOOKBACK_MS) == 1
+    for huge in (MAX_LOOKBACK_MS + 1, 10**14):
+        with pytest.raises(ValueError, match="at most 10 years"):
+            await store.list_events(c, since_ms=huge)
+        with pytest.raises(ValueError, match="at most 10 years"):
+            await store.count_events(c, [EventKind.TAKEOVER], huge)

@@ -23,6 +23,7 @@ def every_statement(d: Dialect, schema: str | None = None) -> list[str]:
     out += [stmt for stmts in migrations(d, schema).values() for stmt in stmts]
     out += [record_version_sql(d, schema), statements.build(d, schema, events_limit=7).list_events]
     out += [part for sql in d.session_setup(2.0, "MariaDB") for part in sql.split("; ")]
+    out += [*d.ddl_lock_wait("MariaDB"), *d.ddl_lock_wait("MySQL"), *d.ddl_lock_wait_reset(2.0, "MariaDB")]
     return [s for s in out if s is not None]
 
 

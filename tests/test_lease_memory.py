@@ -6,7 +6,7 @@ import pytest
 
 from lease import EventKind, LeaseState, Switchover
 from lease.memory import MemoryLeaseStore
-from lease.model import detail_by
+from lease.model import MAX_LOOKBACK_MS, detail_by
 from tests.support.control_scenarios import CONTROL_CASES, SCENARIOS, Case, Scenario, check
 
 
@@ -202,3 +202,31 @@ async def test_maintenance_cannot_start_during_a_switchover_and_failover_off_ref
     assert await store.set_maintenance("c", False, "op@h")
     assert await store.set_failover_off("c", "m1", "flapping")
     assert not await store.request_switchover("c", "m2", 0, "op@h")
+
+
+async def test_a_due_time_at_clock_zero_is_a_due_time() -> None:
+    clock = Clock()
+    clock.now = 1.0
+    store = MemoryLeaseStore(clock)
+    await store.try_acquire("c", "m1", 60_000)
+    assert await store.request_switchover("c", "m2", -1000, "op@h")  # due at clock 0.0: one second overdue
+    clock.now = 11.0
+    pending = (await store.read("c")).control.switchover
+    assert pending is not None and pending.due_in_ms == -11_000
+
+
+@pytest.mark.parametrize("due_in_ms", [2**31, -(2**31), 10**13])
+async def test_a_due_time_the_sql_store_refuses_is_refused(due_in_ms: int) -> None:
+    store = MemoryLeaseStore(Clock())
+    with pytest.raises(ValueError, match="due_in_ms must be an integer from"):
+        await store.request_switchover("c", "m2", due_in_ms, "op@h")
+    assert (await store.read("c")).control.switchover is None
+
+
+async def test_look_backs_beyond_ten_years_are_refused_as_by_the_sql_store() -> None:
+    store = MemoryLeaseStore(Clock())
+    assert await store.list_events("c", since_ms=MAX_LOOKBACK_MS) == []
+    with pytest.raises(ValueError, match="at most 10 years"):
+        await store.list_events("c", since_ms=MAX_LOOKBACK_MS + 1)
+    with pytest.raises(ValueError, match="at most 10 years"):
+        await store.count_events("c", ["takeover"], MAX_LOOKBACK_MS + 1)

@@ -312,3 +312,14 @@ async def test_init_db_gives_up_at_its_deadline_naming_the_lock(pg_server: DbSer
     finally:
         reader.close()
         await admin.close()
+
+
+async def test_init_db_hands_its_connection_back_with_the_stores_lock_waits(pg_server: DbServer) -> None:
+    dsn = pg_server.create_database(f"fos_t{os.getpid()}_{next(_databases)}")
+    admin = SqlLeaseStore(dsn, dialect="postgresql", call_timeout=5)
+    try:
+        await admin.init_schema()
+        _, rows = await admin._call(lambda conn: conn.execute("SHOW lock_timeout"), None)
+        assert rows == [("5s",)]  # the session's guard again, not init-db's 200 ms
+    finally:
+        await admin.close()
