@@ -577,3 +577,22 @@ async def test_a_node_that_stepped_down_for_its_app_stays_unproven_across_an_age
     assert EventKind.SWITCHOVER_REQUESTED not in kinds(store)
     await m1.kill()
     await m2.kill()
+
+
+async def test_taking_back_a_lease_released_under_maintenance_is_no_switchover(store: MemoryLeaseStore) -> None:
+    # A release under maintenance keeps the releasing node in handover_to (the only one allowed back): the lease
+    # looks reserved for it, but no switchover happened, so none is recorded as done.
+    cfg = config(ttl=0.6, heartbeat=0.15)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, what="m1 active")
+    assert await store.set_maintenance("c1", True, "op@host")
+    await until(lambda: m1.agent.ops.control.maintenance, 2, "m1 saw maintenance")
+    epoch = m1.agent.epoch
+    await m1.kill()
+    assert epoch is not None and await store.release("c1", "m1", epoch)
+    assert (await store.read("c1")).handover_to == "m1"
+    m1 = Node(cfg, "m1", store, instance="m1-again").start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, 3, "m1 serving again")
+    await asyncio.sleep(0.3)
+    assert EventKind.SWITCHOVER_DONE not in kinds(store), kinds(store)
+    await m1.kill()
