@@ -42,6 +42,8 @@ class Application(Protocol):
 
     def detach(self) -> None: ...  # maintenance: the app must outlive this agent's exit (a restart adopts it)
 
+    def unattached(self) -> bool: ...  # adopted, but it would not die with this agent: restart it when safe
+
 
 KEEPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "keeper.py")
 ORPHAN_GRACE = 0.5  # after the agent died: how long the keeper lets the application end on SIGTERM before SIGKILL
@@ -325,6 +327,7 @@ class SupervisedCommand:
         self._proc: asyncio.subprocess.Process | None = None
         self._adopted: int | None = None  # the keeper's pid of an application adopted from a predecessor
         self._watch: asyncio.Task[None] | None = None
+        self._unattached = False  # adopted from a keeper too old to re-attach (no REATTACH on its command line)
 
     async def start(self, env: dict[str, str]) -> None:
         """Start the command unless it runs. A cancellation while spawning kills what was spawned (asyncio kills
@@ -357,7 +360,7 @@ class SupervisedCommand:
             await _end_foreign_group(self._adopted, self.stop_timeout)
             if keeper.group_alive(self._adopted):
                 return
-            self._adopted = None
+            self._adopted, self._unattached = None, False
         if self._proc is not None:
             if not await _terminate_group(self._proc, self.stop_timeout):
                 return  # still there: running() stays true, and the pidfile stays for the next agent
@@ -388,6 +391,11 @@ class SupervisedCommand:
             transport._proc = None
         log.info("app_left_running", pid=pid)
 
+    def unattached(self) -> bool:
+        """The running application was adopted from a keeper that cannot re-attach (an older fos): it would not
+        end with this agent. The runner restarts it under a keeper of its own once maintenance is over."""
+        return self._unattached and self._adopted is not None
+
     async def adopt(self) -> int | None:
         """Take over the application a predecessor left running during maintenance instead of ending it: the
         pidfile's session leader, verified as reap_orphan does. Returns its pid, None if there is none (then
@@ -410,6 +418,7 @@ class SupervisedCommand:
             await _taken(pid, signal.SIGUSR2)  # so that a detach() later cannot overtake it
             log.warning("app_adopted", pid=pid)
         else:  # an older keeper, for which SIGUSR2 is fatal: it stays detached until the app is restarted
+            self._unattached = True
             log.warning("app_adopted_detached", pid=pid, why="its keeper predates re-attaching")
         return pid
 
@@ -517,6 +526,9 @@ class StartStopCommands:
     def detach(self) -> None:
         """Nothing to do: the application is the system's (tie it to the agent's unit with care, see README)."""
 
+    def unattached(self) -> bool:
+        return False
+
 
 class NoApplication:
     """Only the common IP moves (the application runs on both nodes and follows the address)."""
@@ -535,3 +547,6 @@ class NoApplication:
 
     def detach(self) -> None:
         return None
+
+    def unattached(self) -> bool:
+        return False

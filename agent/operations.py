@@ -224,6 +224,8 @@ class Operations:
                 assert_never(plan.action)
         if app_dropped and not self.control.maintenance:
             return HoldEvent.MAINTENANCE_OVER, "the application had failed during maintenance"
+        if acting and not self.control.maintenance and self.agent.app.unattached():
+            return HoldEvent.MAINTENANCE_OVER, "the application adopted from an older agent gets a keeper of ours"
         return None
 
     async def hand_over(self, holding: Holding, to: str, detail: str) -> bool:

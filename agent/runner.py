@@ -435,6 +435,8 @@ class Agent:
     async def _resume(self) -> str:
         """Already serving (the IP stays bound by the renewals): only the application, started in place."""
         assert self.holding is not None
+        if self.app.unattached():  # adopted from an older keeper, which would outlive us: restart it under ours
+            await self.app.stop()
         return f"application running again: {await self._start_app(self.holding)}"
 
     async def _promoting(self, decision: Decision) -> Decision:

@@ -543,3 +543,46 @@ async def test_a_detach_right_after_the_start_does_not_kill_the_keeper(tmp_path:
     await asyncio.sleep(0.5)
     assert alive(keeper_pid), "an early SIGUSR1 killed the keeper (and with it the application)"
     os.killpg(keeper_pid, signal.SIGKILL)
+
+
+# A stand-in agent of an older release (its keeper cannot re-attach) stopped during maintenance.
+DETACHING_OLD = """
+import asyncio, sys
+import agent.app as app_module
+from agent.app import SupervisedCommand
+
+new_argv = app_module._keeper_argv
+app_module._keeper_argv = lambda c, creds: [a for a in new_argv(c, creds) if a != app_module.keeper.REATTACH]
+
+async def main() -> None:
+    app = SupervisedCommand(sys.argv[1], stop_timeout=10, pidfile=sys.argv[2])
+    await app.start({})
+    await asyncio.sleep(0.3)
+    app.detach()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(("script", "unattached"), [(DETACHING, False), (DETACHING_OLD, True)])
+async def test_an_app_adopted_from_a_keeper_that_cannot_re_attach_says_so_until_restarted(
+    tmp_path: Path, leftovers: Leftovers, script: str, unattached: bool
+) -> None:
+    pidfile, leader = tmp_path / "app.pid", tmp_path / "leader"
+    command = f"echo $$ > {leader}; while true; do sleep 0.05; done"
+    agent = await asyncio.create_subprocess_exec(sys.executable, "-c", script, command, str(pidfile), cwd=REPO)
+    app = await wait_for_pid(leader, 10)
+    keeper_pid = json.loads(pidfile.read_text())["pid"]
+    leftovers.add(app, keeper_pid)
+    assert await agent.wait() == 0
+    adopter = SupervisedCommand(command, stop_timeout=1, pidfile=str(pidfile))
+    assert await adopter.adopt() == keeper_pid
+    await asyncio.sleep(0.3)
+    assert alive(app), "an adopter never signals what a keeper cannot take"
+    assert adopter.unattached() is unattached
+    await adopter.stop()  # the runner's restart: stop, then start under a keeper of its own
+    await gone_within([app, keeper_pid], 2)
+    await adopter.start({})
+    assert adopter.unattached() is False and adopter.running() is True
+    leftovers.add(json.loads(pidfile.read_text())["pid"])
+    await adopter.stop()

@@ -596,3 +596,21 @@ async def test_taking_back_a_lease_released_under_maintenance_is_no_switchover(s
     await asyncio.sleep(0.3)
     assert EventKind.SWITCHOVER_DONE not in kinds(store), kinds(store)
     await m1.kill()
+
+
+async def test_an_app_adopted_from_an_older_keeper_is_restarted_under_ours_once_maintenance_ends(
+    store: MemoryLeaseStore,
+) -> None:
+    m1 = Node(config(ttl=0.6, heartbeat=0.15), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, what="m1 active")
+    assert await store.set_maintenance("c1", True, "op@host")
+    await until(lambda: m1.agent.ops.control.maintenance, 2, "m1 saw maintenance")
+    m1.app._unattached = True  # as if adopted from a keeper that cannot re-attach
+    await asyncio.sleep(0.5)
+    assert (len(m1.app.stopped_at), len(m1.app.started_at)) == (0, 1), "touched during maintenance"
+    assert await store.set_maintenance("c1", False, "op@host")
+    await until(lambda: len(m1.app.started_at) == 2, 2, "the app restarted under our keeper")
+    assert len(m1.app.stopped_at) == 1 and m1.app.stopped_at[0] < m1.app.started_at[1]
+    await until(lambda: m1.agent.role is Role.ACTIVE, 2, "m1 active again")
+    assert m1.binder.bound and not m1.app.unattached()
+    await m1.kill()

@@ -113,6 +113,7 @@ class FakeApp:
         self.stopped_at: list[float] = []
         self.detached = False
         self._running = False
+        self._unattached = False  # a test sets it: adopted from a keeper that cannot re-attach
 
     async def start(self, env: dict[str, str]) -> None:
         self.exited = asyncio.Event()
@@ -122,13 +123,16 @@ class FakeApp:
 
     async def stop(self) -> None:
         self.stopped_at.append(time.monotonic())
-        self._running = False
+        self._running = self._unattached = False
 
     def running(self) -> bool | None:
         return self._running
 
     def detach(self) -> None:
         self.detached = True
+
+    def unattached(self) -> bool:
+        return self._unattached and self._running
 
     def crash(self) -> None:
         self._running = False
