@@ -53,12 +53,13 @@ async def let_go(agent: Agent, kind: EventKind | None, decision: Decision) -> bo
 
 
 async def _keep_renewing(agent: Agent, epoch: int) -> None:
-    """Renew every heartbeat until cancelled or the lease is lost (a failed renewal is simply tried again)."""
+    """Renew now and then every heartbeat until cancelled or the lease is lost (a failed renewal is simply tried
+    again): the IP's drop may have taken a while since the holder's last renewal."""
     while True:
-        await agent.clock.sleep(agent.cfg.lease.heartbeat)
         renewal = await renew_lease(agent, epoch)
         if renewal.outcome is RenewOutcome.LOST:
             return
+        await agent.clock.sleep(agent.cfg.lease.heartbeat)
 
 
 async def _give_up(agent: Agent, holding: Holding, decision: Decision, ip_gone: bool) -> bool:
