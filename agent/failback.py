@@ -74,8 +74,8 @@ class FailBack:
             self.serving_since, self.attempts = now, 0
             return
         self.serving_since = None
-        if event in (HoldEvent.APP_FAILED, HoldEvent.WORK_FAILED):
-            self.unproven = True
+        if event in (HoldEvent.APP_FAILED, HoldEvent.WORK_FAILED) and not self.agent.ops.control.maintenance:
+            self.unproven = True  # (during maintenance the operator's upgrade stops the app: no step-down then)
 
     async def consider(self, state: LeaseState, holding_off: bool) -> None:
         """After a standby's read: request the fail-back when the rule says so (at most one attempt per
