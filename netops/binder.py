@@ -209,15 +209,17 @@ class NetlinkBinder:
             return msg is not None, ours
 
     def _index(self, ipr: Rtnl) -> int:
-        # if_nametoindex is one ioctl, where a link dump decodes every link of the machine; but it only says "no"
-        # (also when it could not open its socket): then the dump tells what is wrong.
+        # if_nametoindex is one ioctl; but it only says "no" (also when it could not open its socket): then a
+        # netlink get of the link by name tells what is wrong (a get, not a dump: never interrupted by churn).
         try:
             return socket.if_nametoindex(self.interface)
         except OSError:
             pass
-        for link in dump_retrying(ipr.links):
-            if link.name == self.interface:
-                return link.index
+        try:
+            return ipr.link(name=self.interface).index
+        except OSError as exc:
+            if exc.errno != errno.ENODEV:
+                raise
         raise NetopsError(f"interface {self.interface!r} does not exist on this machine: pick one from `fos iflist`")
 
     def _write(self, command: str, lifetime: int | None, not_after: float | None = None) -> None:

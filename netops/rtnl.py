@@ -13,12 +13,14 @@ when a concurrent change invalidated a dump (the caller repeats it).
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
 from dataclasses import dataclass
 
 NETLINK_ROUTE = 0
+SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 RTM_GETLINK, RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 18, 20, 21, 22
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP_INTR = 0x1, 0x2, 0x4, 0x10
@@ -26,7 +28,9 @@ NLM_F_DUMP = 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 
 IFA_ADDRESS, IFA_LOCAL, IFA_LABEL, IFA_CACHEINFO, IFA_FLAGS, IFA_PROTO = 1, 2, 3, 6, 8, 11
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_OPERSTATE = 1, 3, 16
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_OPERSTATE, IFLA_EXT_MASK = 1, 3, 16, 29
+RTEXT_FILTER_SKIP_STATS = 1 << 3
+IFNAMSIZ = 16
 OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
 
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
@@ -119,6 +123,11 @@ class Link:
         return OPERSTATES[raw[0]] if raw and raw[0] < len(OPERSTATES) else "UNKNOWN"
 
 
+def _link(payload: bytes) -> Link:
+    _, _, index, flags, _ = _IFINFOMSG.unpack_from(payload)
+    return Link(index, flags, _attrs(payload, _IFINFOMSG.size))
+
+
 class Rtnl:
     """One NETLINK_ROUTE socket; not thread-safe (open one per worker call, as netops does)."""
 
@@ -130,6 +139,15 @@ class Rtnl:
             self._sock.close()
             raise
         self._seq = 0
+        # Strict checking (Linux >= 4.20) makes the kernel honour the filters of a dump request (ifa_index, the
+        # family), so an address dump covers one interface, not the whole host: on a host with thousands of
+        # addresses a whole-host dump spans many messages, and any change anywhere meanwhile interrupts it
+        # (NLM_F_DUMP_INTR) again and again. Older kernels ignore the filters; addresses() filters as well.
+        try:
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+            self.strict = True
+        except OSError:
+            self.strict = False
 
     def close(self) -> None:
         self._sock.close()
@@ -173,15 +191,26 @@ class Rtnl:
     def links(self) -> list[Link]:
         """Every link (interface) of this network namespace."""
         payloads = self._request(RTM_GETLINK, NLM_F_DUMP, _IFINFOMSG.pack(0, 0, 0, 0, 0))
-        links = []
-        for p in payloads:
-            _, _, index, flags, _ = _IFINFOMSG.unpack_from(p)
-            links.append(Link(index, flags, _attrs(p, _IFINFOMSG.size)))
-        return links
+        return [_link(p) for p in payloads]
+
+    def link(self, index: int = 0, name: str | None = None) -> Link:
+        """The one link with interface index `index`, or (index 0) named `name`: a get, not a dump, so it is
+        never interrupted by changes elsewhere. OSError ENODEV if there is no such link."""
+        if name is not None and not 0 < len(name.encode()) < IFNAMSIZ:
+            raise OSError(errno.ENODEV, f"no interface can be named {name!r}")  # the kernel would say EINVAL
+        body = _IFINFOMSG.pack(0, 0, index, 0, 0) + _attr(IFLA_EXT_MASK, struct.pack("=I", RTEXT_FILTER_SKIP_STATS))
+        if name is not None:
+            body += _attr(IFLA_IFNAME, name.encode() + b"\0")
+        payloads = self._request(RTM_GETLINK, 0, body)
+        if not payloads:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+        return _link(payloads[0])
 
     def addresses(self, family: int = 0, index: int | None = None) -> list[Address]:
-        """Every address of `family` (0: all), on the interface `index` if given."""
-        payloads = self._request(RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(family, 0, 0, 0, 0))
+        """Every address of `family` (0: all), on the interface `index` if given. With strict checking the kernel
+        sends only those (a dump that stays small however many addresses the host has)."""
+        wanted = index if index is not None and self.strict else 0
+        payloads = self._request(RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(family, 0, 0, 0, wanted))
         found = []
         for p in payloads:
             fam, prefixlen, _, _, idx = _IFADDRMSG.unpack_from(p)

@@ -4,11 +4,16 @@ change nothing (the binder's tests exercise add/replace/delete in namespaces of 
 from __future__ import annotations
 
 import errno
+import json
 import socket
+import subprocess
+import sys
 
 import pytest
 
 from netops.rtnl import Rtnl
+from tests.support.netns import Host, Lan
+from tests.test_netops_binder import VIP
 
 
 def test_links_name_the_loopback_with_its_index_and_state() -> None:
@@ -16,6 +21,16 @@ def test_links_name_the_loopback_with_its_index_and_state() -> None:
         links = {link.name: link for link in rtnl.links()}
     assert links["lo"].index == socket.if_nametoindex("lo")
     assert links["lo"].mac == "00:00:00:00:00:00" and links["lo"].operstate in ("UNKNOWN", "UP")
+
+
+def test_a_link_is_got_by_index_or_by_name_and_a_missing_one_is_enodev() -> None:
+    lo = socket.if_nametoindex("lo")
+    with Rtnl() as rtnl:
+        assert rtnl.link(lo).name == "lo" and rtnl.link(name="lo").index == lo
+        for name in ("fos-no-such-if", "x" * 16, ""):
+            with pytest.raises(OSError) as missing:
+                rtnl.link(name=name)
+            assert missing.value.errno == errno.ENODEV
 
 
 def test_addresses_filter_by_family_and_interface() -> None:
@@ -33,3 +48,55 @@ def test_a_request_the_kernel_refuses_raises_its_errno() -> None:
     with Rtnl() as rtnl, pytest.raises(OSError) as refused:
         rtnl.set_address(False, 0x7FFFFFF0, "192.0.2.1", 24, 5, proto=222, label="nosuch:fos")
     assert refused.value.errno == errno.ENODEV
+
+
+# ---- a crowded host: thousands of addresses on another interface, and churn --------------------------------
+
+CROWD = 2000
+# Inside the test host: one thread adds and deletes an address on d1 as fast as netlink allows, while the binder
+# binds (the holder's every renewal) 100 times; prints the failures as JSON.
+CHURNED_BINDS = """
+import asyncio, ipaddress, json, socket, sys, threading, time
+from netops import NetlinkBinder, NetopsError
+from netops.rtnl import Rtnl
+stop = threading.Event()
+def churn():
+    with Rtnl() as r:
+        d1 = socket.if_nametoindex("d1")
+        while not stop.is_set():
+            r.set_address(False, d1, "10.250.0.9", 32, 100, proto=3)
+            r.delete_address(d1, "10.250.0.9", 32)
+async def main():
+    b = NetlinkBinder("eth0", ipaddress.ip_interface(sys.argv[1]))
+    failures = []
+    for _ in range(100):
+        try:
+            await b.bind(30, force=True, not_after=time.clock_gettime(time.CLOCK_BOOTTIME) + 40)
+        except NetopsError as exc:
+            failures.append(str(exc))
+    return failures
+t = threading.Thread(target=churn)
+t.start()
+try:
+    print(json.dumps(asyncio.run(main())))
+finally:
+    stop.set()
+    t.join()
+"""
+
+
+def crowd(host: Host) -> None:
+    """A second veth pair in `host` with CROWD addresses on d1."""
+    host.run("ip", "link", "add", "d1", "type", "veth", "peer", "name", "d2")
+    host.run("ip", "link", "set", "d1", "up")
+    batch = "".join(f"addr add 10.{100 + i // 250}.{i % 250}.1/32 dev d1\n" for i in range(CROWD))
+    subprocess.run(host.argv(["ip", "-batch", "-"]), input=batch, text=True, check=True, timeout=60)
+
+
+def test_binds_succeed_on_a_host_with_thousands_of_addresses_changing_on_another_interface(lan: Lan) -> None:
+    m1 = lan.add_host("m1")
+    crowd(m1)
+    out = m1.run(sys.executable, "-c", CHURNED_BINDS, f"{VIP}/24", timeout=60)
+    failures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not failures, f"{len(failures)} of 100 binds failed, e.g. {failures[0]}"
+    assert m1.has_address(VIP)
