@@ -245,18 +245,19 @@ class NetlinkBinder:
                 raise DeadlinePassed(1 - room)
             life = min(life, math.floor(room))
         write(command == "replace", life)
-        if not_after is not None:
-            # A freeze between the cut above and the write would count the lifetime from the thaw: check
-            # again, and shorten or remove the address at once if it could now outlive not_after.
+        while not_after is not None:
+            # A freeze between the cut and the write counts the lifetime from the thaw: after every write (the
+            # rewrites below too) check again, and shorten or remove the address if it could now outlive
+            # not_after. This ends: each rewrite is shorter than the last, and below 1 s the address goes.
             room = not_after - time.clock_gettime(time.CLOCK_BOOTTIME) - KERNEL_LATENESS_S
-            if room < life:
-                if room >= 1:
-                    life = math.floor(room)
-                    write(True, life)
-                else:
-                    ipr.delete_address(index, self.ip, prefixlen)
-                    self.written_lifetime = None
-                    raise DeadlinePassed(1 - room)
+            if room >= life:
+                break
+            if room < 1:
+                ipr.delete_address(index, self.ip, prefixlen)
+                self.written_lifetime = None
+                raise DeadlinePassed(1 - room)
+            life = math.floor(room)
+            write(True, life)
         self.written_lifetime = None if life == FOREVER else life
 
     def _delete(self) -> bool:
