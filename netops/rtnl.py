@@ -41,8 +41,12 @@ _CACHEINFO = struct.Struct("=IIII")  # preferred, valid, cstamp, tstamp
 _RECV_BUFFER = 1 << 16  # the kernel's dump messages are at most 32 KiB
 
 
-class DumpInterrupted(Exception):
-    """The kernel flagged the dump as inconsistent (a change happened meanwhile): repeat it."""
+class DumpInterrupted(OSError):
+    """The kernel flagged the dump as inconsistent (a change happened meanwhile): repeat it. An OSError (EAGAIN),
+    so that callers who report OSErrors as one-line errors report this one too, once its retries ran out."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EAGAIN, "the kernel's address table kept changing; retry")
 
 
 def _align(n: int) -> int:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 
-from netops import Interface
+import pytest
+
+from netops import Interface, NetopsError, find_interface, list_interfaces
+from netops.rtnl import Address, DumpInterrupted, Rtnl
 from tests.support.netns import Lan
 
 
@@ -34,3 +38,25 @@ def test_usable_needs_admin_up_and_a_live_link() -> None:
     assert Interface("lo", 1, "", "UNKNOWN", True).usable
     assert not Interface("e", 2, "", "LOWERLAYERDOWN", True).usable
     assert not Interface("e", 2, "", "DOWN", False).usable
+
+
+class ChurnedRtnl(Rtnl):
+    """A real netlink socket whose address dumps are always interrupted, as on a host whose addresses keep
+    changing while they are read (see test_netops_rtnl.py for the real thing)."""
+
+    def addresses(self, family: int = 0, index: int | None = None) -> list[Address]:
+        raise DumpInterrupted
+
+
+def test_address_dumps_interrupted_every_time_are_a_one_line_netops_error_saying_to_retry() -> None:
+    with ChurnedRtnl() as rtnl:
+        with pytest.raises(NetopsError) as listed:
+            list_interfaces(rtnl)
+        with pytest.raises(NetopsError) as found:
+            find_interface("lo", rtnl)
+    for caught in (listed, found):
+        assert "kept changing; retry" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_interrupted_dump_is_an_oserror_with_errno_eagain() -> None:
+    assert isinstance(DumpInterrupted(), OSError) and DumpInterrupted().errno == errno.EAGAIN
