@@ -31,6 +31,7 @@ IFA_ADDRESS, IFA_LOCAL, IFA_LABEL, IFA_CACHEINFO, IFA_FLAGS, IFA_PROTO = 1, 2, 3
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_OPERSTATE, IFLA_EXT_MASK = 1, 3, 16, 29
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 IFNAMSIZ = 16
+IP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
 
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
@@ -211,14 +212,19 @@ class Rtnl:
         return _link(payloads[0])
 
     def addresses(self, family: int = 0, index: int | None = None) -> list[Address]:
-        """Every address of `family` (0: all), on the interface `index` if given. With strict checking the kernel
-        sends only those (a dump that stays small however many addresses the host has)."""
+        """Every IPv4 and IPv6 address (`family` 0) or those of `family` (AF_INET, AF_INET6), on the interface
+        `index` if given. With strict checking the kernel sends only those (a dump that stays small however many
+        addresses the host has). Other families (MCTP, Phonet ...) are never returned: their addresses are not
+        IP addresses."""
+        if not family:
+            return self.addresses(socket.AF_INET, index) + self.addresses(socket.AF_INET6, index)
         wanted = index if index is not None and self.strict else 0
         payloads = self._request(RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(family, 0, 0, 0, wanted))
         found = []
         for p in payloads:
             fam, prefixlen, _, _, idx = _IFADDRMSG.unpack_from(p)
-            if (family and fam != family) or (index is not None and idx != index):
+            # kernels without strict checking ignore the request's filters: filter here as well
+            if fam not in IP_FAMILIES or fam != family or (index is not None and idx != index):
                 continue
             found.append(Address(fam, prefixlen, idx, _attrs(p, _IFADDRMSG.size)))
         return found

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
+import struct
 import subprocess
 import sys
 
@@ -42,6 +43,36 @@ def test_addresses_filter_by_family_and_interface() -> None:
     assert loopback.prefixlen == 8 and loopback.local == "127.0.0.1" and loopback.label == "lo"
     assert all(a.family == socket.AF_INET and a.index == lo for a in v4)
     assert {(a.index, a.address) for a in v4} <= {(a.index, a.address) for a in everything}
+
+
+AF_MCTP, AF_PHONET = 45, 35
+
+
+def crafted_address(family: int, raw: bytes, index: int = 7) -> bytes:
+    """The payload of an RTM_NEWADDR message as the kernel sends it: ifaddrmsg, then IFA_ADDRESS."""
+    attr = struct.pack("=HH", 4 + len(raw), 1) + raw
+    return struct.pack("=BBBBI", family, 8 * len(raw), 0, 0, index) + attr + b"\0" * (-len(attr) % 4)
+
+
+class CraftedDump(Rtnl):
+    """A real socket whose address dumps answer with crafted messages: the families a host may carry besides
+    IPv4 and IPv6 (MCTP, Phonet: their addresses are one byte, not an IP address)."""
+
+    def _request(self, kind: int, flags: int, body: bytes) -> list[bytes]:
+        return [
+            crafted_address(AF_MCTP, b"\x08"),
+            crafted_address(socket.AF_INET, socket.inet_pton(socket.AF_INET, "192.0.2.7")),
+            crafted_address(AF_PHONET, b"\x10"),
+            crafted_address(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, "2001:db8::7")),
+        ]
+
+
+def test_addresses_of_other_families_than_ipv4_and_ipv6_are_skipped() -> None:
+    with CraftedDump() as rtnl:
+        everything = [(a.family, a.address) for a in rtnl.addresses()]
+        v6 = [(a.family, a.address) for a in rtnl.addresses(socket.AF_INET6, 7)]
+    assert everything == [(socket.AF_INET, "192.0.2.7"), (socket.AF_INET6, "2001:db8::7")]
+    assert v6 == [(socket.AF_INET6, "2001:db8::7")]
 
 
 def test_a_request_the_kernel_refuses_raises_its_errno() -> None:
