@@ -1,5 +1,6 @@
-"""A minimal rtnetlink client: exactly the requests netops makes — dump the links, dump the addresses, add,
-replace or delete one address — on a plain AF_NETLINK socket, blocking (run it in a worker thread).
+"""A minimal rtnetlink client: exactly the requests netops makes — dump the links, get one link, dump the
+addresses (of one interface), add, replace or delete one address — on a plain AF_NETLINK socket, blocking (run
+it in a worker thread).
 
 Why not pyroute2, which did this before: importing any part of it runs its package __init__, which loads its whole
 library (IPDB, NDB with sqlite3, conntrack, nftables, multiprocessing, unittest: about 190 modules), about 10 MB
@@ -7,8 +8,10 @@ of each agent's 45 MB budget; and its sync API builds an event loop per socket a
 objects, a third of an idle holder's CPU. The wire format below is the kernel's (include/uapi/linux/netlink.h,
 rtnetlink.h, if_addr.h, if_link.h) and has not changed in decades.
 
-Failures are OSError with the kernel's errno (EPERM, ENODEV, EEXIST, EADDRNOTAVAIL ...), or DumpInterrupted
-when a concurrent change invalidated a dump (the caller repeats it).
+Failures are OSError with the kernel's errno (EPERM, ENODEV, EEXIST, EADDRNOTAVAIL ...), DumpInterrupted (EAGAIN)
+when a concurrent change invalidated a dump (the caller repeats it), EMSGSIZE for an answer larger than the
+receive buffer, TimeoutError when no answer came within the socket's timeout. Messages that do not come from the
+kernel (port 0) are ignored.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ _IFINFOMSG = struct.Struct("=BxHiII")  # family, (pad), type, index, flags, chan
 _RTATTR = struct.Struct("=HH")  # length, type
 _CACHEINFO = struct.Struct("=IIII")  # preferred, valid, cstamp, tstamp
 _RECV_BUFFER = 1 << 16  # the kernel's dump messages are at most 32 KiB
+# No answer within this is a failure, never a wait forever. A write cannot land after it: the kernel carries out
+# a request inside send() (waiting there for the RTNL lock, which no socket timeout interrupts); what the timeout
+# bounds is the wait for an answer that never comes (a kernel bug; an answer lost to a full receive buffer
+# raises ENOBUFS at once).
+TIMEOUT_S = 5.0
 
 
 class DumpInterrupted(OSError):
@@ -136,13 +144,15 @@ def _link(payload: bytes) -> Link:
 class Rtnl:
     """One NETLINK_ROUTE socket; not thread-safe (open one per worker call, as netops does)."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = TIMEOUT_S) -> None:
+        """`timeout`: how long one wait for the kernel's answer may last before TimeoutError (an OSError)."""
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         try:
             self._sock.bind((0, 0))
         except OSError:
             self._sock.close()
             raise
+        self._sock.settimeout(timeout)
         self._seq = 0
         # Strict checking (Linux >= 4.20) makes the kernel honour the filters of a dump request (ifa_index, the
         # family), so an address dump covers one interface, not the whole host: on a host with thousands of
@@ -171,7 +181,11 @@ class Rtnl:
         out: list[bytes] = []
         interrupted = False
         while True:
-            data = self._sock.recv(_RECV_BUFFER)
+            data, _, msg_flags, (sender, _) = self._sock.recvmsg(_RECV_BUFFER)
+            if sender != 0:
+                continue  # not from the kernel: another process can send to this socket's port
+            if msg_flags & socket.MSG_TRUNC:
+                raise OSError(errno.EMSGSIZE, f"a netlink answer was larger than {_RECV_BUFFER} bytes")
             offset = 0
             while offset + _HEADER.size <= len(data):
                 length, mtype, mflags, mseq, _ = _HEADER.unpack_from(data, offset)

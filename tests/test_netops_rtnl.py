@@ -9,9 +9,11 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
+from netops import rtnl as rtnl_module
 from netops.rtnl import Rtnl
 from tests.support.netns import Host, Lan
 from tests.test_netops_binder import VIP
@@ -81,6 +83,46 @@ def test_a_request_the_kernel_refuses_raises_its_errno() -> None:
     assert refused.value.errno == errno.ENODEV
 
 
+def test_an_answer_not_from_the_kernel_is_ignored() -> None:
+    with Rtnl() as rtnl, socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as forger:
+        forger.bind((0, 0))
+        port = rtnl._sock.getsockname()[0]
+        # A forged "permission denied" for the next request (sequence 1), queued before the kernel's answer.
+        forger.sendto(struct.pack("=IHHIIi", 20, 2, 0, 1, forger.getsockname()[0], -errno.EPERM), (port, 0))
+        assert "lo" in {link.name for link in rtnl.links()}
+
+
+def test_an_answer_larger_than_the_receive_buffer_is_an_error_not_a_truncated_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rtnl_module, "_RECV_BUFFER", 128)  # smaller than any link message
+    with Rtnl(timeout=2.0) as rtnl, pytest.raises(OSError) as truncated:
+        rtnl.links()
+    assert truncated.value.errno == errno.EMSGSIZE
+
+
+def test_a_request_that_gets_no_answer_times_out() -> None:
+    with Rtnl(timeout=0.2) as rtnl:
+        rtnl._sock = DroppingSocket(rtnl._sock)  # type: ignore[assignment]
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            rtnl.links()
+    assert time.monotonic() - started < 1.0
+
+
+class DroppingSocket:
+    """A real netlink socket whose requests never leave: no answer ever comes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def send(self, data: bytes) -> int:
+        return len(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
 # ---- a crowded host: thousands of addresses on another interface, and churn --------------------------------
 
 CROWD = 2000
@@ -89,6 +131,7 @@ CROWD = 2000
 CHURNED_BINDS = """
 import asyncio, ipaddress, json, socket, sys, threading, time
 from netops import NetlinkBinder, NetopsError
+from netops import rtnl as rtnl_module
 from netops.rtnl import Rtnl
 stop = threading.Event()
 def churn():
