@@ -67,14 +67,35 @@ def _list(ipr: Rtnl | None) -> list[Interface]:
     own = ipr is None
     rtnl = ipr or Rtnl()
     try:
-        addrs: dict[int, list[str]] = {}
-        for a in dump_retrying(rtnl.addresses):
-            addrs.setdefault(a.index, []).append(f"{a.address}/{a.prefixlen}")
-        out = [_interface(link, addrs.get(link.index, [])) for link in dump_retrying(rtnl.links)]
+        links = dump_retrying(rtnl.links)
+        out = []
+        if rtnl.strict:
+            # One small dump per interface and family, each retried on its own: changes on a crowded interface
+            # interrupt only that interface's dump, not the listing of all of them.
+            for link in links:
+                try:
+                    out.append(_interface(link, _addresses_of(rtnl, link.index)))
+                except OSError as exc:
+                    if exc.errno != errno.ENODEV:
+                        raise  # ENODEV: the link went away after the link dump; so it is not listed
+        else:  # the kernel ignores a dump's filters: one dump of the whole host
+            addrs: dict[int, list[str]] = {}
+            for a in dump_retrying(rtnl.addresses):
+                addrs.setdefault(a.index, []).append(f"{a.address}/{a.prefixlen}")
+            out = [_interface(link, addrs.get(link.index, [])) for link in links]
         return sorted(out, key=lambda i: i.index)
     finally:
         if own:
             rtnl.close()
+
+
+def _addresses_of(rtnl: Rtnl, index: int) -> list[str]:
+    """The IPv4 and IPv6 addresses of the interface `index`, "a.b.c.d/prefix", each family's dump retried."""
+    addrs: list[str] = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        dump = functools.partial(rtnl.addresses, family, index)
+        addrs += (f"{a.address}/{a.prefixlen}" for a in dump_retrying(dump))
+    return addrs
 
 
 def _missing(name: str) -> NetopsError:
@@ -97,11 +118,7 @@ def find_interface(name: str, ipr: Rtnl | None = None) -> Interface:
             if exc.errno == errno.ENODEV:
                 raise _missing(name) from None
             raise
-        addrs: list[str] = []
-        for family in (socket.AF_INET, socket.AF_INET6):
-            dump = functools.partial(rtnl.addresses, family, link.index)
-            addrs += (f"{a.address}/{a.prefixlen}" for a in dump_retrying(dump))
-        return _interface(link, addrs)
+        return _interface(link, _addresses_of(rtnl, link.index))
     except OSError as exc:
         raise describe(exc, f"look up the interface {name}") from exc
     finally:

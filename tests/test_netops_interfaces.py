@@ -11,6 +11,7 @@ import pytest
 from netops import Interface, NetopsError, find_interface, list_interfaces
 from netops.rtnl import Address, DumpInterrupted, Rtnl
 from tests.support.netns import Lan
+from tests.test_netops_rtnl import CROWD, crowd
 
 
 def test_iflist_json_inside_a_namespace_lists_exactly_its_interfaces(lan: Lan) -> None:
@@ -60,3 +61,41 @@ def test_address_dumps_interrupted_every_time_are_a_one_line_netops_error_saying
 
 def test_an_interrupted_dump_is_an_oserror_with_errno_eagain() -> None:
     assert isinstance(DumpInterrupted(), OSError) and DumpInterrupted().errno == errno.EAGAIN
+
+
+# Inside the test host: one thread adds and deletes an address on d1 as fast as netlink allows while the
+# interfaces are listed 30 times; prints the failures and how many addresses d1 had in each listing.
+CHURNED_LISTINGS = """
+import json, socket, threading
+from netops import NetopsError, list_interfaces
+from netops.rtnl import Rtnl
+stop = threading.Event()
+def churn():
+    with Rtnl() as r:
+        d1 = socket.if_nametoindex("d1")
+        while not stop.is_set():
+            r.set_address(False, d1, "10.250.0.9", 32, 100, proto=3)
+            r.delete_address(d1, "10.250.0.9", 32)
+t = threading.Thread(target=churn)
+t.start()
+failures, crowd = [], []
+try:
+    for _ in range(30):
+        try:
+            crowd.append(len(next(i for i in list_interfaces() if i.name == "d1").addresses))
+        except NetopsError as exc:
+            failures.append(str(exc))
+finally:
+    stop.set()
+    t.join()
+print(json.dumps({"failures": failures, "crowd": crowd}))
+"""
+
+
+def test_listing_succeeds_on_a_host_with_thousands_of_addresses_changing(lan: Lan) -> None:
+    m1 = lan.add_host("m1")
+    crowd(m1)
+    out = m1.run(sys.executable, "-c", CHURNED_LISTINGS, timeout=60)
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not doc["failures"], f"{len(doc['failures'])} of 30 listings failed, e.g. {doc['failures'][0]}"
+    assert all(n >= CROWD for n in doc["crowd"]), f"d1 listed with fewer than its {CROWD} addresses: {doc['crowd']}"
