@@ -47,6 +47,16 @@ def test_addresses_filter_by_family_and_interface() -> None:
     assert {(a.index, a.address) for a in v4} <= {(a.index, a.address) for a in everything}
 
 
+def test_without_strict_checking_the_dump_is_filtered_here_as_well() -> None:
+    lo = socket.if_nametoindex("lo")
+    with Rtnl() as strict, Rtnl() as lenient:
+        lenient.strict = False  # as on a kernel before 4.20: the request then asks for the whole host
+        assert strict.strict
+        assert [(a.index, a.address) for a in lenient.addresses(socket.AF_INET, lo)] == [
+            (a.index, a.address) for a in strict.addresses(socket.AF_INET, lo)
+        ]
+
+
 AF_MCTP, AF_PHONET = 45, 35
 
 
