@@ -77,6 +77,8 @@ class AddressBinder(Protocol):
         worker thread right before the netlink write, so that the kernel removes the address by `not_after`
         (write time + lifetime + KERNEL_LATENESS_S); if not even 1 s fits any more, nothing is written and
         DeadlinePassed is raised: a caller delayed or frozen on the way never adds or extends a stale address.
+        After every write (a shortening rewrite too) the room is checked again: a write that landed late is
+        rewritten shorter, or, when under 1 s fits, the address is deleted and DeadlinePassed raised.
         Unless `force`, first probe once for another owner and raise AddressConflict if one answers. With
         `force=True` it never probes, so nothing slow lies between the call and the netlink write: the caller
         probes first (probe_until_clear) and computes `lifetime` right before calling. Raises NetopsError if the
