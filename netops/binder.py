@@ -77,6 +77,8 @@ class AddressBinder(Protocol):
         worker thread right before the netlink write, so that the kernel removes the address by `not_after`
         (write time + lifetime + KERNEL_LATENESS_S); if not even 1 s fits any more, nothing is written and
         DeadlinePassed is raised: a caller delayed or frozen on the way never adds or extends a stale address.
+        After every write (a shortening rewrite too) the room is checked again: a write that landed late is
+        rewritten shorter, or, when under 1 s fits, the address is deleted and DeadlinePassed raised.
         Unless `force`, first probe once for another owner and raise AddressConflict if one answers. With
         `force=True` it never probes, so nothing slow lies between the call and the netlink write: the caller
         probes first (probe_until_clear) and computes `lifetime` right before calling. Raises NetopsError if the
@@ -209,15 +211,17 @@ class NetlinkBinder:
             return msg is not None, ours
 
     def _index(self, ipr: Rtnl) -> int:
-        # if_nametoindex is one ioctl, where a link dump decodes every link of the machine; but it only says "no"
-        # (also when it could not open its socket): then the dump tells what is wrong.
+        # if_nametoindex is one ioctl; but it only says "no" (also when it could not open its socket): then a
+        # netlink get of the link by name tells what is wrong (a get, not a dump: never interrupted by churn).
         try:
             return socket.if_nametoindex(self.interface)
         except OSError:
             pass
-        for link in dump_retrying(ipr.links):
-            if link.name == self.interface:
-                return link.index
+        try:
+            return ipr.link(name=self.interface).index
+        except OSError as exc:
+            if exc.errno != errno.ENODEV:
+                raise
         raise NetopsError(f"interface {self.interface!r} does not exist on this machine: pick one from `fos iflist`")
 
     def _write(self, command: str, lifetime: int | None, not_after: float | None = None) -> None:
@@ -243,18 +247,19 @@ class NetlinkBinder:
                 raise DeadlinePassed(1 - room)
             life = min(life, math.floor(room))
         write(command == "replace", life)
-        if not_after is not None:
-            # A freeze between the cut above and the write would count the lifetime from the thaw: check
-            # again, and shorten or remove the address at once if it could now outlive not_after.
+        while not_after is not None:
+            # A freeze between the cut and the write counts the lifetime from the thaw: after every write (the
+            # rewrites below too) check again, and shorten or remove the address if it could now outlive
+            # not_after. This ends: each rewrite is shorter than the last, and below 1 s the address goes.
             room = not_after - time.clock_gettime(time.CLOCK_BOOTTIME) - KERNEL_LATENESS_S
-            if room < life:
-                if room >= 1:
-                    life = math.floor(room)
-                    write(True, life)
-                else:
-                    ipr.delete_address(index, self.ip, prefixlen)
-                    self.written_lifetime = None
-                    raise DeadlinePassed(1 - room)
+            if room >= life:
+                break
+            if room < 1:
+                ipr.delete_address(index, self.ip, prefixlen)
+                self.written_lifetime = None
+                raise DeadlinePassed(1 - room)
+            life = math.floor(room)
+            write(True, life)
         self.written_lifetime = None if life == FOREVER else life
 
     def _delete(self) -> bool:

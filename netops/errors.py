@@ -18,7 +18,8 @@ class AddressConflict(NetopsError):
 
 class DeadlinePassed(NetopsError):
     """A write was skipped: at the moment of the netlink write not even a 1 s lifetime fitted before the deadline
-    the caller gave (it was delayed or frozen on the way). Nothing was added or extended."""
+    the caller gave (it was delayed or frozen on the way). Nothing was added or extended; or, found only after
+    a write (which then landed too late), the address was deleted."""
 
     def __init__(self, late_by: float) -> None:
         super().__init__(f"the common IP was not written: less than 1 s of lifetime was left ({late_by:.3f}s short)")

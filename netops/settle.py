@@ -63,7 +63,8 @@ def describe(exc: BaseException, what: str) -> NetopsError:
     if code in (errno.ENODEV, errno.ENXIO):
         return NetopsError(f"cannot {what}: the interface disappeared meanwhile; check it with `fos iflist`")
     if isinstance(code, int) and code > 0:
-        reason = os.strerror(code)
+        # the error's own text where it has one (DumpInterrupted's says what to do), else the errno's
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else os.strerror(code)
     else:
         reason = " ".join(str(exc).split()) or type(exc).__name__
     return NetopsError(f"cannot {what}: {reason}")

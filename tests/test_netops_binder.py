@@ -350,3 +350,52 @@ def test_a_write_caps_the_lifetime_at_the_callers_deadline_or_writes_nothing(
 )
 def test_an_ipv6_common_ip_needs_a_kernel_that_marks_fos_addresses(release: str, marks: bool) -> None:
     assert kernel_marks_addresses(release) is marks
+
+
+# Inside the test host: every netlink address write is stalled first by the next of argv[2:] seconds (a
+# descheduling or a freeze right before the write); bind with a deadline G + 3.5 s ahead; print each write (when
+# it returned, its lifetime), the outcome and the deadline as JSON.
+STALLED_WRITES = """
+import asyncio, ipaddress, json, sys, time
+from netops import KERNEL_LATENESS_S, NetlinkBinder, NetopsError
+from netops.rtnl import Rtnl
+stalls = [float(s) for s in sys.argv[2:]]
+writes = []
+write = Rtnl.set_address
+def stalled(self, replace, index, ip, prefixlen, lifetime, **kw):
+    time.sleep(stalls.pop(0) if stalls else 0)
+    write(self, replace, index, ip, prefixlen, lifetime, **kw)
+    writes.append((time.clock_gettime(time.CLOCK_BOOTTIME), lifetime))
+Rtnl.set_address = stalled
+async def main():
+    b = NetlinkBinder("eth0", ipaddress.ip_interface(sys.argv[1]))
+    not_after = time.clock_gettime(time.CLOCK_BOOTTIME) + KERNEL_LATENESS_S + 3.5
+    try:
+        outcome = await b.bind(30, force=True, not_after=not_after)
+    except NetopsError as exc:
+        outcome = type(exc).__name__
+    return {"outcome": outcome, "writes": writes, "not_after": not_after, "written": b.written_lifetime}
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+@pytest.mark.parametrize(
+    ("stalls", "kept"),
+    [(("0.7", "1.5"), True), (("0.7", "3"), False)],
+    ids=["rewrite-stalled-still-fits", "rewrite-stalled-past-the-deadline"],
+)
+def test_a_write_stalled_after_every_recheck_still_leaves_no_address_outliving_the_deadline(
+    trio: tuple[Host, Host, Host], stalls: tuple[str, ...], kept: bool
+) -> None:
+    m1 = trio[0]
+    out = m1.run(sys.executable, "-c", STALLED_WRITES, f"{VIP}/24", *stalls, timeout=30)
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(doc["writes"]) >= 2, f"the stall after the first write was not re-checked: {doc}"
+    if kept:
+        at, lifetime = doc["writes"][-1]
+        assert doc["outcome"] is True and doc["written"] == lifetime, doc
+        assert at + lifetime + KERNEL_LATENESS_S <= doc["not_after"], f"the last write outlives the deadline: {doc}"
+        assert (_valid_lft(m1, VIP) or 0) <= lifetime
+    else:
+        assert doc["outcome"] == "DeadlinePassed" and doc["written"] is None, doc
+        assert _valid_lft(m1, VIP) is None, "a write that ran past its deadline must leave no address"

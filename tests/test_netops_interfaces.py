@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 
-from netops import Interface
+import pytest
+
+from netops import Interface, NetopsError, find_interface, list_interfaces
+from netops.rtnl import Address, DumpInterrupted, Rtnl
 from tests.support.netns import Lan
+from tests.test_netops_rtnl import CROWD, crowd
 
 
 def test_iflist_json_inside_a_namespace_lists_exactly_its_interfaces(lan: Lan) -> None:
@@ -34,3 +39,72 @@ def test_usable_needs_admin_up_and_a_live_link() -> None:
     assert Interface("lo", 1, "", "UNKNOWN", True).usable
     assert not Interface("e", 2, "", "LOWERLAYERDOWN", True).usable
     assert not Interface("e", 2, "", "DOWN", False).usable
+
+
+class ChurnedRtnl(Rtnl):
+    """A real netlink socket whose address dumps are always interrupted, as on a host whose addresses keep
+    changing while they are read (see test_netops_rtnl.py for the real thing)."""
+
+    def addresses(self, family: int = 0, index: int | None = None) -> list[Address]:
+        raise DumpInterrupted
+
+
+def test_address_dumps_interrupted_every_time_are_a_one_line_netops_error_saying_to_retry() -> None:
+    with ChurnedRtnl() as rtnl:
+        with pytest.raises(NetopsError) as listed:
+            list_interfaces(rtnl)
+        with pytest.raises(NetopsError) as found:
+            find_interface("lo", rtnl)
+    for caught in (listed, found):
+        assert "kept changing; retry" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_without_strict_checking_the_listing_is_the_same() -> None:
+    with Rtnl() as strict, Rtnl() as lenient:
+        lenient.strict = False  # as on a kernel before 4.20: one whole-host dump
+        # lo only: other interfaces of this (shared) namespace may change between the two listings
+        assert [i for i in list_interfaces(lenient) if i.name == "lo"] == [
+            i for i in list_interfaces(strict) if i.name == "lo"
+        ]
+
+
+def test_an_interrupted_dump_is_an_oserror_with_errno_eagain() -> None:
+    assert isinstance(DumpInterrupted(), OSError) and DumpInterrupted().errno == errno.EAGAIN
+
+
+# Inside the test host: one thread adds and deletes an address on d1 as fast as netlink allows while the
+# interfaces are listed 30 times; prints the failures and how many addresses d1 had in each listing.
+CHURNED_LISTINGS = """
+import json, socket, threading
+from netops import NetopsError, list_interfaces
+from netops.rtnl import Rtnl
+stop = threading.Event()
+def churn():
+    with Rtnl() as r:
+        d1 = socket.if_nametoindex("d1")
+        while not stop.is_set():
+            r.set_address(False, d1, "10.250.0.9", 32, 100, proto=3)
+            r.delete_address(d1, "10.250.0.9", 32)
+t = threading.Thread(target=churn)
+t.start()
+failures, crowd = [], []
+try:
+    for _ in range(30):
+        try:
+            crowd.append(len(next(i for i in list_interfaces() if i.name == "d1").addresses))
+        except NetopsError as exc:
+            failures.append(str(exc))
+finally:
+    stop.set()
+    t.join()
+print(json.dumps({"failures": failures, "crowd": crowd}))
+"""
+
+
+def test_listing_succeeds_on_a_host_with_thousands_of_addresses_changing(lan: Lan) -> None:
+    m1 = lan.add_host("m1")
+    crowd(m1)
+    out = m1.run(sys.executable, "-c", CHURNED_LISTINGS, timeout=60)
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not doc["failures"], f"{len(doc['failures'])} of 30 listings failed, e.g. {doc['failures'][0]}"
+    assert all(n >= CROWD for n in doc["crowd"]), f"d1 listed with fewer than its {CROWD} addresses: {doc['crowd']}"

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from netops import NetopsError
+from netops.rtnl import DumpInterrupted
 from netops.settle import settled
 from tests.support.netns import Host, Lan
 from tests.test_netops_binder import ROOT, VIP, VIP6, netop
@@ -85,6 +86,7 @@ async def test_a_timeout_around_settled_work_still_becomes_a_timeout_error_after
         (PermissionError(1, "Operation not permitted"), "not permitted"),
         (OSError(19, "No such device"), "the interface disappeared"),
         (RuntimeError("two\nlines"), "cannot add X: two lines"),
+        (DumpInterrupted(), "cannot add X: the kernel's address table kept changing; retry"),
     ],
 )
 async def test_any_failure_of_the_work_becomes_a_one_line_netops_error(error: Exception, message: str) -> None:
