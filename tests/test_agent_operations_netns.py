@@ -106,6 +106,14 @@ def test_switchover_there_and_back_refused_failed_scheduled_stale_and_cancelled(
     # lease is handed to it. The old holder serves again within a normal failover (the reservation is a ttl).
     c.start("m1")
     c.wait_role("m1", "standby")
+    # Its /status says standby a moment before its first node row is written: freeze it only once the holder
+    # can see it alive (a row written by this start), or the holder rightly refuses a target it has not seen.
+    wait_for(
+        lambda: next(n for n in c.store_call("list_nodes") if n["node"] == "m1")["last_seen_age_s"] < 1.0,
+        10,
+        0.2,
+        "m1's row written by its new agent",
+    )
     c.agents["m1"].send_signal(signal.SIGSTOP)
     handovers = kinds(c).count("handover")
     switch(c, "m1")
