@@ -552,7 +552,9 @@ import agent.app as app_module
 from agent.app import SupervisedCommand
 
 new_argv = app_module._keeper_argv
-app_module._keeper_argv = lambda c, creds: [a for a in new_argv(c, creds) if a != app_module.keeper.REATTACH]
+app_module._keeper_argv = lambda c, creds, *rest: [
+    a for a in new_argv(c, creds, *rest) if a != app_module.keeper.REATTACH and not a.startswith("pidfile=")
+]
 
 async def main() -> None:
     app = SupervisedCommand(sys.argv[1], stop_timeout=10, pidfile=sys.argv[2])
