@@ -614,3 +614,31 @@ async def test_an_app_adopted_from_an_older_keeper_is_restarted_under_ours_once_
     await until(lambda: m1.agent.role is Role.ACTIVE, 2, "m1 active again")
     assert m1.binder.bound and not m1.app.unattached()
     await m1.kill()
+
+
+async def test_a_switchover_cancelled_while_the_app_stops_restarts_the_app_even_under_maintenance(
+    store: MemoryLeaseStore,
+) -> None:
+    """The app was stopped by fos itself (the let-go), not by the operator: maintenance, switched on meanwhile,
+    must not leave the node holding the IP with no application for as long as it lasts (invariant 5)."""
+    m1, m2 = await pair(store, ttl=0.6, heartbeat=0.15)
+    real_stop = m1.app.stop
+    stopping = asyncio.Event()
+
+    async def slow_stop() -> None:
+        stopping.set()
+        await asyncio.sleep(0.5)
+        await real_stop()
+
+    m1.app.stop = slow_stop  # type: ignore[method-assign]
+    try:
+        assert await store.request_switchover("c1", "m2", 0, "op@host")
+        await asyncio.wait_for(stopping.wait(), 2)
+        # The operator changes their mind: no switchover, an in-place upgrade of m1 under maintenance instead.
+        assert await store.cancel_switchover("c1", "op@host")
+        assert await store.set_maintenance("c1", True, "op@host")
+        await until(lambda: m1.agent.role is Role.ACTIVE and m1.app.running() is True, 5, "m1 serving again")
+        assert m1.binder.bound and not m2.binder.bound and not m2.app.running()
+    finally:
+        await m1.kill()
+        await m2.kill()
