@@ -12,6 +12,7 @@ import pwd
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -46,6 +47,7 @@ class Application(Protocol):
 
 
 KEEPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "keeper.py")
+DETACH_WAIT_S = 1.0  # how long detach() waits for the keeper to take its SIGUSR1
 ORPHAN_GRACE = 0.5  # after the agent died: how long the keeper lets the application end on SIGTERM before SIGKILL
 KILL_WAIT = 5.0  # a stop (which runs to its end even when cancelled) gives up on a process SIGKILL cannot end
 _POLL = 0.02  # polling a process group that is not our child (nothing to wait() on)
@@ -392,6 +394,12 @@ class SupervisedCommand:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGUSR1)
+        # Wait (bounded, DETACH_WAIT_S; microseconds normally) until the keeper took it: the agent exits next, and
+        # a detach still pending then is only honoured if the keeper's SIGTERM handler finds it (keeper.py). Sync:
+        # detach() runs at the agent's exit, where nothing else is left to run on the loop.
+        end = time.monotonic() + DETACH_WAIT_S
+        while _pending(pid, signal.SIGUSR1) and time.monotonic() < end:
+            time.sleep(0.005)
         # asyncio kills a child still running when its transport is closed or collected (at the loop's end):
         # forget the Popen so that nothing of ours ends the keeper. No public API says "let it outlive us".
         transport = getattr(self._proc, "_transport", None)

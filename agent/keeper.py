@@ -154,6 +154,10 @@ class _Supervisor:
         self.detached = False
         self.adopter: int | None = None  # set (by the watch thread) while re-attached to an adopting agent
         self.adopter_gone = False
+        # Held by the signal thread while it takes and applies a signal, and by the SIGTERM handler while it judges
+        # the agent's death: a detach sent before the agent died is applied before that death is judged.
+        # Reentrant: a second SIGTERM may interrupt the handler (in the same thread).
+        self.lock = threading.RLock()
 
     def gone(self) -> bool:
         """True once the agent the keeper serves has died (so a SIGTERM means: end the group)."""
@@ -194,44 +198,60 @@ def _accepted(info: signal.struct_siginfo, sup: _Supervisor, pidfile: str | None
     return ok
 
 
-def _signal_pending(signals: set[signal.Signals]) -> bool:
-    """True if any of `signals` waits for this process (blocked, not yet taken)."""
-    return bool(signal.sigpending() & signals)
+def _take(signals: set[signal.Signals], timeout: float) -> signal.struct_siginfo | None:
+    """sigtimedwait, without its garbage: CPython returns an uninitialised siginfo when a wait interrupted by a
+    signal (a SIGCONT) finds its timeout already over."""
+    info = signal.sigtimedwait(signals, timeout)
+    return info if info is not None and info.si_signo in signals else None
+
+
+def _take_detach(sup: _Supervisor, pidfile: str | None) -> None:
+    """Apply a SIGUSR1 still pending (the caller holds sup.lock): a detach the agent sent before it died."""
+    info = _take({signal.SIGUSR1}, 0)
+    if info is not None and _accepted(info, sup, pidfile):
+        sup.adopter, sup.detached = None, True
 
 
 def _watch_signals(sup: _Supervisor, pidfile: str | None = None) -> None:
-    """The keeper's signal thread. SIGUSR1 and SIGUSR2 stay blocked in every thread, so only sigtimedwait here
-    takes them, one at a time in the order they come: SIGUSR1 detaches (maintenance: the agent leaves the
-    application running); SIGUSR2 makes its sender the agent served (an adopter). When that process dies (its
-    pidfd turns readable) the keeper sends itself a SIGTERM, which the main thread's handler turns into the end of
-    the group."""
+    """The keeper's signal thread. SIGUSR1 and SIGUSR2 stay blocked in every thread, so only sigtimedwait here (or
+    the SIGTERM handler's, see main) takes them, one at a time: SIGUSR1 detaches (maintenance: the agent leaves the
+    application running); SIGUSR2 makes its sender the agent served (an adopter); each only from the process
+    allowed to send it (_accepted). When the adopter dies (its pidfd turns readable) the keeper sends itself a
+    SIGTERM, which the main thread's handler turns into the end of the group, unless a detach from the adopter
+    was still pending."""
     pidfd: int | None = None
+    watched: int | None = None  # the adopter the pidfd belongs to
     poller = select.poll()
     while True:
-        info = signal.sigtimedwait({signal.SIGUSR1, signal.SIGUSR2}, 0.0 if pidfd is not None else 0.5)
-        if info is not None and _accepted(info, sup, pidfile):
-            if pidfd is not None:
+        with sup.lock:  # short waits: the SIGTERM handler waits for this lock
+            info = _take({signal.SIGUSR1, signal.SIGUSR2}, 0.0 if pidfd is not None else 0.05)
+            if info is not None and _accepted(info, sup, pidfile):
+                if info.si_signo == signal.SIGUSR1:
+                    sup.adopter, sup.detached = None, True
+                else:
+                    try:
+                        fd: int | None = os.pidfd_open(info.si_pid)
+                    except ProcessLookupError:  # it died right after it signalled us
+                        fd = None
+                    sup.adopter, sup.adopter_gone, sup.detached = info.si_pid, fd is None, False
+                    if fd is None:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                    else:
+                        if pidfd is not None:
+                            poller.unregister(pidfd)
+                            os.close(pidfd)
+                        pidfd, watched = fd, info.si_pid
+                        poller.register(pidfd, select.POLLIN)
+            if pidfd is not None and sup.adopter != watched:  # detached (here or by the SIGTERM handler)
                 poller.unregister(pidfd)
                 os.close(pidfd)
-                pidfd = None
-            if info.si_signo == signal.SIGUSR1:
-                sup.adopter, sup.detached = None, True
-                continue
-            try:
-                pidfd = os.pidfd_open(info.si_pid)
-            except ProcessLookupError:  # it died right after it signalled us
-                pidfd = None
-            sup.adopter, sup.adopter_gone, sup.detached = info.si_pid, pidfd is None, False
-            if pidfd is None:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            poller.register(pidfd, select.POLLIN)
-        # A SIGUSR1 sent before the adopter exited is pending by the time its pidfd turns readable: the next
-        # round takes it (and drops the watch) before the exit is judged.
-        if pidfd is not None and poller.poll(200) and not _signal_pending({signal.SIGUSR1, signal.SIGUSR2}):
+                pidfd = watched = None
+        if pidfd is not None and poller.poll(200) and sup.adopter == watched:
             sup.adopter_gone = True
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler applies a pending detach first
+            poller.unregister(pidfd)
+            os.close(pidfd)
+            pidfd = watched = None
 
 
 def main(argv: list[str]) -> int:
@@ -242,7 +262,10 @@ def main(argv: list[str]) -> int:
     def on_sigterm(signum: int, frame: object) -> None:
         nonlocal stopping
         if sup.gone():
-            raise _Orphaned
+            with sup.lock:  # the signal thread is not between taking a signal and applying it
+                _take_detach(sup, spec.pidfile)
+            if sup.gone():
+                raise _Orphaned
         stopping = True  # the agent's stop reached the whole group: the application has it too
 
     signal.signal(signal.SIGTERM, on_sigterm)

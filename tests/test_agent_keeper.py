@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -201,5 +202,37 @@ async def test_a_stray_signal_is_reported_by_the_keeper(
             await asyncio.sleep(0.02)
             seen += capfd.readouterr().err
         assert alive(pid)
+    finally:
+        await app.stop()
+
+
+SENDS_USR2_THEN_USR1 = """
+import os, signal, sys, time
+k = int(sys.argv[1])
+os.kill(k, signal.SIGUSR2)  # a stray re-attach ...
+os.kill(k, signal.SIGUSR1)  # ... and a stray detach, pending together
+print("sent", flush=True)
+time.sleep(0.3)
+"""
+
+
+async def test_stray_usr_signals_pending_together_change_nothing(
+    tmp_path: Path,
+    leftovers: Leftovers,  # noqa: F811
+) -> None:
+    app, pid, keeper_pid = await _started(tmp_path, leftovers, "USR1")
+    try:
+        os.kill(keeper_pid, signal.SIGSTOP)  # both signals pend together at a descheduled keeper
+        try:
+            sender = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", SENDS_USR2_THEN_USR1, str(keeper_pid), stdout=asyncio.subprocess.PIPE
+            )
+            assert sender.stdout is not None
+            assert await asyncio.wait_for(sender.stdout.readline(), 10) == b"sent\n"
+        finally:
+            os.kill(keeper_pid, signal.SIGCONT)
+        await sender.wait()
+        await asyncio.sleep(1.0)
+        assert alive(pid), "the keeper ended the group at the death of a process it does not serve"
     finally:
         await app.stop()
