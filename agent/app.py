@@ -12,6 +12,7 @@ import pwd
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -46,6 +47,7 @@ class Application(Protocol):
 
 
 KEEPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "keeper.py")
+DETACH_WAIT_S = 1.0  # how long detach() waits for the keeper to take its SIGUSR1
 ORPHAN_GRACE = 0.5  # after the agent died: how long the keeper lets the application end on SIGTERM before SIGKILL
 KILL_WAIT = 5.0  # a stop (which runs to its end even when cancelled) gives up on a process SIGKILL cannot end
 _POLL = 0.02  # polling a process group that is not our child (nothing to wait() on)
@@ -94,16 +96,19 @@ def resolve_credentials(user: str | None, group: str | None) -> Credentials | No
     return Credentials(uid, gid, groups)
 
 
-def _keeper_argv(command: str | list[str], creds: Credentials | None) -> list[str]:
-    """The keeper's command line (see keeper.py); a string command runs through /bin/sh, as typed."""
+def _keeper_argv(command: str | list[str], creds: Credentials | None, pidfile: str | None = None) -> list[str]:
+    """The keeper's command line (see keeper.py); a string command runs through /bin/sh, as typed. With a
+    pidfile, the keeper re-attaches only to an adopter recorded there (see SupervisedCommand.adopt)."""
     argv = [sys.executable, "-I", "-S", KEEPER, str(os.getpid()), f"{ORPHAN_GRACE:g}", keeper.REATTACH]
+    if pidfile is not None:
+        argv.append(f"pidfile={os.path.abspath(pidfile)}")
     if creds is not None:
         argv += [f"uid={creds.uid}", f"gid={creds.gid}", "groups=" + ",".join(map(str, creds.groups))]
     return [*argv, "--", *(["/bin/sh", "-c", command] if isinstance(command, str) else command)]
 
 
 async def _spawn(
-    command: str | list[str], env: dict[str, str], creds: Credentials | None = None
+    command: str | list[str], env: dict[str, str], creds: Credentials | None = None, pidfile: str | None = None
 ) -> asyncio.subprocess.Process:
     """Start `command` under a keeper in a new session; the returned process is the keeper, the session leader.
 
@@ -118,7 +123,8 @@ async def _spawn(
     # waits for the keeper's handlers instead of killing it (their default action). Here they are only delayed.
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGUSR2})
     try:
-        return await asyncio.create_subprocess_exec(*_keeper_argv(command, creds), env=full_env, start_new_session=True)
+        argv = _keeper_argv(command, creds, pidfile)
+        return await asyncio.create_subprocess_exec(*argv, env=full_env, start_new_session=True)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
@@ -255,7 +261,11 @@ def _settle(future: asyncio.Future[None]) -> None:
 def _write_pidfile(path: str, pid: int, argv: list[str]) -> None:
     """Record the session leader with what identifies it beyond its pid, which the kernel reuses: its start time
     and the command line it was given (not read back: it may not be set yet, see _identity)."""
-    record = {"pid": pid, "start_time": _start_time(pid), "cmdline": argv}
+    _write_record(path, {"pid": pid, "start_time": _start_time(pid), "cmdline": argv})
+
+
+def _write_record(path: str, record: dict[str, Any]) -> None:
+    """Replace the pidfile's content with `record`, atomically."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(record, f)
@@ -336,13 +346,13 @@ class SupervisedCommand:
             return
         self.exited = asyncio.Event()
         try:
-            proc = await _spawn(self.command, env, self.creds)
+            proc = await _spawn(self.command, env, self.creds, self.pidfile)
         except OSError as exc:
             raise AppError(f"cannot start application.command: {exc}") from None
         self._proc = proc
         self._watch = asyncio.create_task(self._wait(proc))
         if self.pidfile:
-            _write_pidfile(self.pidfile, proc.pid, _keeper_argv(self.command, self.creds))
+            _write_pidfile(self.pidfile, proc.pid, _keeper_argv(self.command, self.creds, self.pidfile))
         log.info("app_started", pid=proc.pid)
 
     async def _wait(self, proc: asyncio.subprocess.Process) -> None:
@@ -384,6 +394,12 @@ class SupervisedCommand:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGUSR1)
+        # Wait (bounded, DETACH_WAIT_S; microseconds normally) until the keeper took it: the agent exits next, and
+        # a detach still pending then is only honoured if the keeper's SIGTERM handler finds it (keeper.py). Sync:
+        # detach() runs at the agent's exit, where nothing else is left to run on the loop.
+        end = time.monotonic() + DETACH_WAIT_S
+        while _pending(pid, signal.SIGUSR1) and time.monotonic() < end:
+            time.sleep(0.005)
         # asyncio kills a child still running when its transport is closed or collected (at the loop's end):
         # forget the Popen so that nothing of ours ends the keeper. No public API says "let it outlive us".
         transport = getattr(self._proc, "_transport", None)
@@ -413,6 +429,8 @@ class SupervisedCommand:
         self._adopted, self.exited = pid, asyncio.Event()
         self._watch = asyncio.create_task(self._watch_adopted(pid))
         if keeper.REATTACH in (record.get("cmdline") or []):
+            # The keeper takes SIGUSR2 only from the adopter the pidfile names: record this agent first.
+            _write_record(self.pidfile, {**record, "adopter": os.getpid()})
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGUSR2)  # the keeper now ends the application when this agent dies
             await _taken(pid, signal.SIGUSR2)  # so that a detach() later cannot overtake it

@@ -234,19 +234,30 @@ async def _switchover_end(store: Store, cluster: str) -> str:
 # ---- fos maintenance / disable / enable ----------------------------------------------------------------------
 
 
-def left_running_refusal(state: LeaseState, nodes: Sequence[NodeRecord]) -> str | None:
+def left_running_refusal(state: LeaseState, nodes: Sequence[NodeRecord], heartbeat: float) -> str | None:
     """Why maintenance mode must not be turned off yet: the holder's agent was stopped under maintenance, so its
     application still runs there, supervised by nobody; off now, another node would take over and start a second
-    copy. None when no such agent is found."""
+    copy. Its row says "stopped", or (a stop whose last row write failed) still sees maintenance but was not
+    refreshed for DOWN_AFTER_HEARTBEATS heartbeats. None when no such agent is found."""
     holder = state.holder or state.reserved_for
     row = next((r for r in nodes if r.node == holder), None)
-    if row is None or row.role != "stopped" or SEES_MAINTENANCE not in (sees_states(row.sees) or frozenset()):
+    if row is None or SEES_MAINTENANCE not in (sees_states(row.sees) or frozenset()):
         return None
-    return (
-        f"the agent on {holder} (the holder) was stopped during maintenance and left its application running: "
+    fix = (
         f"start fos on {holder} first (it adopts the application), or pass --force if that application is "
         "known to be stopped"
     )
+    if row.role == "stopped":
+        return (
+            f"the agent on {holder} (the holder) was stopped during maintenance and left its application running: {fix}"
+        )
+    if node_is_down(row.role, row.last_seen_age_s, heartbeat):
+        seen = "ever" if row.last_seen_age_s is None else f"for {row.last_seen_age_s:.0f} s"
+        return (
+            f"the agent on {holder} (the holder) was not seen {seen}, seeing maintenance mode: it may have stopped "
+            f"and left its application running: {fix}"
+        )
+    return None
 
 
 async def _maintenance(cfg: Config, store: Store, on: bool, wait: bool, by: str, force: bool = False) -> int:
@@ -256,7 +267,8 @@ async def _maintenance(cfg: Config, store: Store, on: bool, wait: bool, by: str,
         if old:
             return _not_done("maintenance", old)
     elif not force:
-        left = left_running_refusal(await store.read(cfg.cluster), await store.list_nodes(cfg.cluster))
+        state, nodes = await store.read(cfg.cluster), await store.list_nodes(cfg.cluster)
+        left = left_running_refusal(state, nodes, cfg.lease.heartbeat)
         if left:
             return _not_done("maintenance", left)
     if await store.set_maintenance(cfg.cluster, on, by):
@@ -450,7 +462,8 @@ def register(
     p.add_argument(
         "--force",
         action="store_true",
-        help="off even though the holder's agent is stopped with its application left running",
+        help="off even though the holder's agent is stopped (or not seen for 3 heartbeats) with its application "
+        "left running",
     )
     p.set_defaults(func=cmd_maintenance)
     p = with_config(sub.add_parser("disable", help="the holder lets go cleanly and no node acquires"))

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 
 MAX_ATTEMPTS = 3  # fail-back requests that did not make this node the holder before it stops asking
+RETRY_AFTER_DELAYS = 10  # given up: asked again after this many failback_delay, or at once when the holder changes
 
 
 class FailBack:
@@ -32,6 +33,7 @@ class FailBack:
         self._unproven = unproven_mark is not None and os.path.exists(unproven_mark)
         self._next_try = 0.0
         self.attempts = 0  # fail-back requests since this node last served: capped at MAX_ATTEMPTS
+        self._given_up: tuple[float, str | None] | None = None  # when, and who held then
 
     @property
     def unproven(self) -> bool:
@@ -71,23 +73,39 @@ class FailBack:
         if self.serving_since is not None and now - self.serving_since >= delay:
             self.unproven = False
         if event is HoldEvent.WORK_DONE:
-            self.serving_since, self.attempts = now, 0
+            self.serving_since, self.attempts, self._given_up = now, 0, None
             return
         self.serving_since = None
         if event in (HoldEvent.APP_FAILED, HoldEvent.WORK_FAILED) and not self.agent.ops.control.maintenance:
             self.unproven = True  # (during maintenance the operator's upgrade stops the app: no step-down then)
+
+    def _retry_if_due(self, now: float, holder: str | None) -> None:
+        """Given up: start counting attempts afresh once RETRY_AFTER_DELAYS x failback_delay have passed, or when
+        another node holds (the refusal may have been that holder's, e.g. its config), and say which."""
+        if self._given_up is None or self.attempts < MAX_ATTEMPTS:
+            return
+        since, then_held = self._given_up
+        if holder is not None and holder != then_held:
+            why = f"the holder changed ({then_held} -> {holder})"
+        elif now - since >= RETRY_AFTER_DELAYS * self.agent.cfg.policy.failback_delay:
+            why = f"{RETRY_AFTER_DELAYS} x failback_delay passed since it gave up"
+        else:
+            return
+        self.attempts, self._given_up = 0, None
+        self.agent.log.info("failback_retrying", why=why)
 
     async def consider(self, state: LeaseState, holding_off: bool) -> None:
         """After a standby's read: request the fail-back when the rule says so (at most one attempt per
         heartbeat; the request's compare-and-set refuses a second pending one)."""
         a = self.agent
         now = a.clock.now()
+        holder = state.holder if state.held else None
+        self._retry_if_due(now, holder)
         if not self.auto or holding_off or self.unproven or self.attempts >= MAX_ATTEMPTS:
             self.ready_since = None
             return
         if self.ready_since is None:
             self.ready_since = now
-        holder = state.holder if state.held else None
         priorities = {n.name: n.priority for n in a.cfg.nodes}
         if holder is None or priorities.get(holder, 0) >= a.node.priority or now < self._next_try:
             return
@@ -114,10 +132,17 @@ class FailBack:
                 a.log.info("failback_requested" if requested else "failback_not_requested", reason=why)
                 if requested:
                     # Refused or failed (the holder's config disagrees, our start failed): not again before
-                    # another delay, and not at all after MAX_ATTEMPTS until this node serves again.
+                    # another delay, and not at all after MAX_ATTEMPTS until this node serves again, the holder
+                    # changes or RETRY_AFTER_DELAYS x failback_delay have passed (_retry_if_due).
                     self.attempts += 1
                     self._next_try = now + max(a.cfg.policy.failback_delay, a.cfg.lease.heartbeat)
                     if self.attempts >= MAX_ATTEMPTS:
-                        a.log.warning("failback_given_up", attempts=self.attempts, holder=holder)
+                        self._given_up = (now, holder)
+                        a.log.warning(
+                            "failback_given_up",
+                            attempts=self.attempts,
+                            holder=holder,
+                            retry_in_s=RETRY_AFTER_DELAYS * a.cfg.policy.failback_delay,
+                        )
         except StoreError as exc:
             a.log.debug("failback_failed", error=str(exc))

@@ -18,8 +18,12 @@ lives is the agent's own stop (sent to the whole group): the keeper then just ke
 SIGUSR1 detaches the keeper (an agent stopped during maintenance mode): from then on the agent's death is ignored,
 the application keeps running, and every SIGTERM is a stop sent to the group. SIGUSR2 re-attaches it to whoever
 sent it (the agent that adopted the application, see app.py): the keeper then ends the group when that process
-dies, as for the first agent. A later SIGUSR1 detaches it again. Both signals stay blocked and a thread takes them
-with sigtimedwait, one at a time in the order they came (it names the sender; a pidfd watches it). The agent
+dies, as for the first agent. A later SIGUSR1 detaches it again. Only the agent served may detach it, and only an
+adopter that wrote its pid into the pidfile (key "adopter"; `pidfile=PATH` on the command line) before signalling may
+re-attach it: an application that uses these signals itself, or a monitor signalling the whole group, is ignored
+(said on stderr). Both signals stay blocked and a thread takes them with sigtimedwait, one at a time (the kernel
+delivers the lower-numbered SIGUSR1 first when both pend; the agent waits for each to be taken before the next, so
+none ever pends behind the other); sigtimedwait names the sender, and a pidfd watches an adopter. The agent
 spawns the keeper with both already blocked, so neither can kill it (their default action) before it is ready;
 the application's child unblocks everything it inherited. The keeper says it understands SIGUSR2 by
 `reattach=usr2` on its command line: an adopter never sends it to an older keeper, for which it would be fatal.
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import select
 import signal
@@ -87,6 +92,7 @@ class Spec:
         self.agent_pid, self.grace = int(head[0]), float(head[1])
         options = dict(item.split("=", 1) for item in head[2:])
         options.pop(REATTACH.split("=")[0], None)  # a capability announced to adopters, nothing to set
+        self.pidfile = options.pop("pidfile", None)  # where an adopter records itself before its SIGUSR2
         self.uid = int(options["uid"]) if "uid" in options else None
         self.gid = int(options["gid"]) if "gid" in options else None
         self.groups = [int(g) for g in options.get("groups", "").split(",") if g]
@@ -148,6 +154,10 @@ class _Supervisor:
         self.detached = False
         self.adopter: int | None = None  # set (by the watch thread) while re-attached to an adopting agent
         self.adopter_gone = False
+        # Held by the signal thread while it takes and applies a signal, and by the SIGTERM handler while it judges
+        # the agent's death: a detach sent before the agent died is applied before that death is judged.
+        # Reentrant: a second SIGTERM may interrupt the handler (in the same thread).
+        self.lock = threading.RLock()
 
     def gone(self) -> bool:
         """True once the agent the keeper serves has died (so a SIGTERM means: end the group)."""
@@ -156,44 +166,92 @@ class _Supervisor:
         return not self.detached and os.getppid() != self.agent_pid
 
 
-def _signal_pending(signals: set[signal.Signals]) -> bool:
-    """True if any of `signals` waits for this process (blocked, not yet taken)."""
-    return bool(signal.sigpending() & signals)
+def _recorded_adopter(pidfile: str | None) -> int | None:
+    """The pid an adopting agent wrote into the pidfile (key "adopter") before it sent SIGUSR2; None if none."""
+    if pidfile is None:
+        return None
+    try:
+        with open(pidfile) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    adopter = record.get("adopter") if isinstance(record, dict) else None
+    return adopter if isinstance(adopter, int) else None
 
 
-def _watch_signals(sup: _Supervisor) -> None:
-    """The keeper's signal thread. SIGUSR1 and SIGUSR2 stay blocked in every thread, so only sigtimedwait here
-    takes them, one at a time in the order they come: SIGUSR1 detaches (maintenance: the agent leaves the
-    application running); SIGUSR2 makes its sender the agent served (an adopter). When that process dies (its
-    pidfd turns readable) the keeper sends itself a SIGTERM, which the main thread's handler turns into the end of
-    the group."""
+def _accepted(info: signal.struct_siginfo, sup: _Supervisor, pidfile: str | None) -> bool:
+    """Whether a SIGUSR1/SIGUSR2 comes from the one process allowed to send it: SIGUSR1 (detach) only from the
+    agent served now; SIGUSR2 (re-attach) only from the adopter recorded in the pidfile. Anything else (an
+    application's own use of the signals, a monitor signalling the whole group) is ignored, and said so."""
+    if info.si_signo == signal.SIGUSR1:
+        served = sup.adopter if sup.adopter is not None else (None if sup.detached else sup.agent_pid)
+        ok = served is not None and info.si_pid == served
+    else:
+        ok = info.si_pid == _recorded_adopter(pidfile)
+    if not ok:
+        name = signal.Signals(info.si_signo).name
+        print(
+            f"fos keeper: ignored {name} from pid {info.si_pid}: not the agent it serves or its adopter",
+            file=sys.stderr,
+            flush=True,
+        )
+    return ok
+
+
+def _take(signals: set[signal.Signals], timeout: float) -> signal.struct_siginfo | None:
+    """sigtimedwait, without its garbage: CPython returns an uninitialised siginfo when a wait interrupted by a
+    signal (a SIGCONT) finds its timeout already over."""
+    info = signal.sigtimedwait(signals, timeout)
+    return info if info is not None and info.si_signo in signals else None
+
+
+def _take_detach(sup: _Supervisor, pidfile: str | None) -> None:
+    """Apply a SIGUSR1 still pending (the caller holds sup.lock): a detach the agent sent before it died."""
+    info = _take({signal.SIGUSR1}, 0)
+    if info is not None and _accepted(info, sup, pidfile):
+        sup.adopter, sup.detached = None, True
+
+
+def _watch_signals(sup: _Supervisor, pidfile: str | None = None) -> None:
+    """The keeper's signal thread. SIGUSR1 and SIGUSR2 stay blocked in every thread, so only sigtimedwait here (or
+    the SIGTERM handler's, see main) takes them, one at a time: SIGUSR1 detaches (maintenance: the agent leaves the
+    application running); SIGUSR2 makes its sender the agent served (an adopter); each only from the process
+    allowed to send it (_accepted). When the adopter dies (its pidfd turns readable) the keeper sends itself a
+    SIGTERM, which the main thread's handler turns into the end of the group, unless a detach from the adopter
+    was still pending."""
     pidfd: int | None = None
+    watched: int | None = None  # the adopter the pidfd belongs to
     poller = select.poll()
     while True:
-        info = signal.sigtimedwait({signal.SIGUSR1, signal.SIGUSR2}, 0.0 if pidfd is not None else 0.5)
-        if info is not None:
-            if pidfd is not None:
+        with sup.lock:  # short waits: the SIGTERM handler waits for this lock
+            info = _take({signal.SIGUSR1, signal.SIGUSR2}, 0.0 if pidfd is not None else 0.05)
+            if info is not None and _accepted(info, sup, pidfile):
+                if info.si_signo == signal.SIGUSR1:
+                    sup.adopter, sup.detached = None, True
+                else:
+                    try:
+                        fd: int | None = os.pidfd_open(info.si_pid)
+                    except ProcessLookupError:  # it died right after it signalled us
+                        fd = None
+                    sup.adopter, sup.adopter_gone, sup.detached = info.si_pid, fd is None, False
+                    if fd is None:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                    else:
+                        if pidfd is not None:
+                            poller.unregister(pidfd)
+                            os.close(pidfd)
+                        pidfd, watched = fd, info.si_pid
+                        poller.register(pidfd, select.POLLIN)
+            if pidfd is not None and sup.adopter != watched:  # detached (here or by the SIGTERM handler)
                 poller.unregister(pidfd)
                 os.close(pidfd)
-                pidfd = None
-            if info.si_signo == signal.SIGUSR1:
-                sup.adopter, sup.detached = None, True
-                continue
-            try:
-                pidfd = os.pidfd_open(info.si_pid)
-            except ProcessLookupError:  # it died right after it signalled us
-                pidfd = None
-            sup.adopter, sup.adopter_gone, sup.detached = info.si_pid, pidfd is None, False
-            if pidfd is None:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            poller.register(pidfd, select.POLLIN)
-        # A SIGUSR1 sent before the adopter exited is pending by the time its pidfd turns readable: the next
-        # round takes it (and drops the watch) before the exit is judged.
-        if pidfd is not None and poller.poll(200) and not _signal_pending({signal.SIGUSR1, signal.SIGUSR2}):
+                pidfd = watched = None
+        if pidfd is not None and poller.poll(200) and sup.adopter == watched:
             sup.adopter_gone = True
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler applies a pending detach first
+            poller.unregister(pidfd)
+            os.close(pidfd)
+            pidfd = watched = None
 
 
 def main(argv: list[str]) -> int:
@@ -204,7 +262,10 @@ def main(argv: list[str]) -> int:
     def on_sigterm(signum: int, frame: object) -> None:
         nonlocal stopping
         if sup.gone():
-            raise _Orphaned
+            with sup.lock:  # the signal thread is not between taking a signal and applying it
+                _take_detach(sup, spec.pidfile)
+            if sup.gone():
+                raise _Orphaned
         stopping = True  # the agent's stop reached the whole group: the application has it too
 
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -221,7 +282,8 @@ def main(argv: list[str]) -> int:
         app = os.fork()
         if app == 0:
             _run_application(spec, keeper)
-        threading.Thread(target=_watch_signals, args=(sup,), daemon=True).start()  # SIGTERM blocked there too
+        watch = threading.Thread(target=_watch_signals, args=(sup, spec.pidfile), daemon=True)
+        watch.start()  # SIGTERM blocked there too
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         _, status = os.waitpid(app, 0)  # PEP 475: resumed after a handler that returns
         code = os.waitstatus_to_exitcode(status)

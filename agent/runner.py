@@ -94,6 +94,9 @@ class Agent:
         self.lease_view: LeaseState | None = None  # the lease as last read or acquired, for /status
         self.replication: ReplicationSchedule | None = None  # scheduled fos mirror, when configured (/status)
         self.renew_failing = False
+        # A switchover's let-go stopped the app and kept the lease (no handover): fos stopped that app, not the
+        # operator, so its restart on resuming is due even if maintenance came on meanwhile.
+        self.restart_own_stop = False
         self.last_tick = clock.now()
         self.stop_requested = asyncio.Event()
         self.stop_reason = ""
@@ -422,7 +425,8 @@ class Agent:
     async def _start_app(self, holding: Holding) -> str:
         """Start the app (nothing if it runs: adopted, or still running) and wait until it is healthy."""
         env = {"FOS_NODE": self.node.name, "FOS_CLUSTER": self.cfg.cluster, "FOS_EPOCH": str(holding.epoch)}
-        if self.ops.control.maintenance:  # fos starts no application then (the operator's upgrade may be under way)
+        own_stop, self.restart_own_stop = self.restart_own_stop, False
+        if self.ops.control.maintenance and not own_stop:  # fos starts no app then (the operator may be upgrading)
             self.log.info("app_not_started_during_maintenance")
         else:
             await self.app.start(env)
@@ -470,6 +474,9 @@ class Agent:
 
     async def _demoting(self, decision: Decision) -> Decision:
         handed = await let_go(self, let_go_event(decision), decision)
+        self.restart_own_stop = decision.handover_to is not None and not handed and not decision.then_stop
+        if self.restart_own_stop:
+            self.log.warning("app_restart_due", why="a switchover stopped it and did not hand over")
         if decision.then_stop:
             return Decision(Role.STOPPED, f"stopped ({self.stop_reason})")
         if handed:
@@ -480,6 +487,7 @@ class Agent:
 
     async def _fenced(self, decision: Decision) -> Decision:
         await let_go(self, EventKind.FENCED, decision)
+        self.restart_own_stop = False
         if self.stop_requested.is_set():
             return Decision(Role.STOPPED, f"stopped ({self.stop_reason})")
         return Decision(Role.STANDBY, "fenced; back to standby")

@@ -552,7 +552,9 @@ import agent.app as app_module
 from agent.app import SupervisedCommand
 
 new_argv = app_module._keeper_argv
-app_module._keeper_argv = lambda c, creds: [a for a in new_argv(c, creds) if a != app_module.keeper.REATTACH]
+app_module._keeper_argv = lambda c, creds, *rest: [
+    a for a in new_argv(c, creds, *rest) if a != app_module.keeper.REATTACH and not a.startswith("pidfile=")
+]
 
 async def main() -> None:
     app = SupervisedCommand(sys.argv[1], stop_timeout=10, pidfile=sys.argv[2])
@@ -586,3 +588,36 @@ async def test_an_app_adopted_from_a_keeper_that_cannot_re_attach_says_so_until_
     assert adopter.unattached() is False and adopter.running() is True
     leftovers.add(json.loads(pidfile.read_text())["pid"])
     await adopter.stop()
+
+
+DETACHING_LATE = """
+import asyncio, sys
+from agent.app import SupervisedCommand
+
+async def main() -> None:
+    app = SupervisedCommand(sys.argv[1], stop_timeout=10, pidfile=sys.argv[2])
+    await app.start({})
+    await asyncio.sleep(1.0)
+    app.detach()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_detach_the_keeper_has_not_taken_when_its_agent_exits_still_leaves_the_app_running(
+    tmp_path: Path, leftovers: Leftovers
+) -> None:
+    pidfile, leader = tmp_path / "app.pid", tmp_path / "leader"
+    command = f"echo $$ > {leader}; while true; do sleep 0.05; done"
+    agent = await asyncio.create_subprocess_exec(sys.executable, "-c", DETACHING_LATE, command, str(pidfile), cwd=REPO)
+    app = await wait_for_pid(leader, 10)
+    keeper_pid = json.loads(pidfile.read_text())["pid"]
+    leftovers.add(app, keeper_pid)
+    os.kill(keeper_pid, signal.SIGSTOP)  # the keeper not scheduled (a loaded machine) while the agent detaches
+    try:
+        assert await agent.wait() == 0  # the agent waited its bounded while, then exited
+    finally:
+        os.kill(keeper_pid, signal.SIGCONT)  # now the agent's death (SIGTERM) and the detach pend together
+    await asyncio.sleep(1.0)  # the keeper would end the group within ORPHAN_GRACE
+    assert alive(app) and alive(keeper_pid), "the app left running for maintenance was killed at its agent's exit"
+    os.killpg(keeper_pid, signal.SIGKILL)

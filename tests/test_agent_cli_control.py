@@ -496,6 +496,26 @@ def test_maintenance_off_is_refused_while_the_holders_agent_is_stopped_with_its_
     assert not ops.db(lambda s: s.read("ops")).control.maintenance
 
 
+def test_maintenance_off_is_refused_while_the_holders_row_sees_maintenance_and_is_stale(ops: Ops) -> None:
+    # A stop whose last row write failed leaves "active" (seeing maintenance) behind: older than 3 heartbeats,
+    # the agent may be gone with its app left running. Refused as for "stopped"; --force overrides.
+    ops.db(_setup(_holds, lambda s: s.set_maintenance("ops", True, "bob@h")))
+    ops.db(lambda s: s.record_node("ops", "m1", "active", True, None, "0.3", instance="i-m1", sees="maintenance"))
+    ops.sql(
+        "UPDATE fos_node SET last_seen = strftime('%Y-%m-%d %H:%M:%f', 'now', '-10 seconds') WHERE node_name = 'm1'"
+    )
+    code, out, err = ops.fos("maintenance", "off")
+    assert (code, out) == (1, "")
+    assert err == (
+        "fos maintenance: not done: the agent on m1 (the holder) was not seen for 10 s, seeing maintenance mode: it "
+        "may have stopped and left its application running: start fos on m1 first (it adopts the application), "
+        "or pass --force if that application is known to be stopped\n"
+    )
+    assert ops.db(lambda s: s.read("ops")).control.maintenance
+    assert ops.fos("maintenance", "off", "--force")[0] == 0
+    assert not ops.db(lambda s: s.read("ops")).control.maintenance
+
+
 def test_maintenance_off_goes_ahead_once_the_holders_agent_runs_again(ops: Ops) -> None:
     ops.db(_setup(_holds, lambda s: s.set_maintenance("ops", True, "bob@h")))
     ops.db(lambda s: s.record_node("ops", "m1", "active", True, None, "0.3", instance="i-m1", sees="maintenance"))

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from agent.control_rules import HolderAction, HolderPlan
-from agent.failback import MAX_ATTEMPTS
+from agent.failback import MAX_ATTEMPTS, RETRY_AFTER_DELAYS
 from agent.roles import Role
 from lease import EventKind
 from lease.memory import MemoryLeaseStore
@@ -499,7 +499,7 @@ async def test_a_target_does_not_poll_fast_while_the_cluster_is_disabled(store: 
 
 
 async def test_fail_back_does_not_ping_pong_when_the_nodes_disagree_on_priority(store: MemoryLeaseStore) -> None:
-    cl = {"failback": "auto", "failback_delay": 0.3}
+    cl = {"failback": "auto", "failback_delay": 0.5}  # asked again only after 5 s (RETRY_AFTER_DELAYS)
     m1 = Node(config(cluster=cl, priorities=(10, 0)), "m1", store).start()
     await until(lambda: m1.agent.role is Role.ACTIVE, what="m1 active")
     m2 = Node(config(cluster=cl, priorities=(0, 10)), "m2", store).start()  # m2's file prefers m2
@@ -614,3 +614,52 @@ async def test_an_app_adopted_from_an_older_keeper_is_restarted_under_ours_once_
     await until(lambda: m1.agent.role is Role.ACTIVE, 2, "m1 active again")
     assert m1.binder.bound and not m1.app.unattached()
     await m1.kill()
+
+
+async def test_a_switchover_cancelled_while_the_app_stops_restarts_the_app_even_under_maintenance(
+    store: MemoryLeaseStore,
+) -> None:
+    """The app was stopped by fos itself (the let-go), not by the operator: maintenance, switched on meanwhile,
+    must not leave the node holding the IP with no application for as long as it lasts (invariant 5)."""
+    m1, m2 = await pair(store, ttl=0.6, heartbeat=0.15)
+    real_stop = m1.app.stop
+    stopping = asyncio.Event()
+
+    async def slow_stop() -> None:
+        stopping.set()
+        await asyncio.sleep(0.5)
+        await real_stop()
+
+    m1.app.stop = slow_stop  # type: ignore[method-assign]
+    try:
+        assert await store.request_switchover("c1", "m2", 0, "op@host")
+        await asyncio.wait_for(stopping.wait(), 2)
+        # The operator changes their mind: no switchover, an in-place upgrade of m1 under maintenance instead.
+        assert await store.cancel_switchover("c1", "op@host")
+        assert await store.set_maintenance("c1", True, "op@host")
+        await until(lambda: m1.agent.role is Role.ACTIVE and m1.app.running() is True, 5, "m1 serving again")
+        assert m1.binder.bound and not m2.binder.bound and not m2.app.running()
+    finally:
+        await m1.kill()
+        await m2.kill()
+
+
+async def test_fail_back_given_up_asks_again_after_ten_delays(store: MemoryLeaseStore) -> None:
+    delay = 0.2
+    cl = {"failback": "auto", "failback_delay": delay}
+    m1 = Node(config(cluster=cl, priorities=(10, 0)), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, what="m1 active")
+    m2 = Node(config(cluster=cl, priorities=(0, 10)), "m2", store).start()  # m2's file prefers m2: refused
+    try:
+
+        def requests() -> int:
+            return kinds(store).count(EventKind.SWITCHOVER_REQUESTED)
+
+        await until(lambda: requests() == MAX_ATTEMPTS and m2.agent.failback.attempts == MAX_ATTEMPTS, 5, "given up")
+        given_up = time.monotonic()
+        await until(lambda: requests() == MAX_ATTEMPTS + 1, RETRY_AFTER_DELAYS * delay + 3, "asked again")
+        assert time.monotonic() - given_up >= RETRY_AFTER_DELAYS * delay - 0.5, "asked again before 10 delays"
+        assert m1.agent.role is Role.ACTIVE
+    finally:
+        await m1.kill()
+        await m2.kill()
