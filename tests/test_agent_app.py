@@ -415,7 +415,8 @@ def test_an_unknown_application_user_or_group_is_a_one_line_config_error() -> No
         StartStopCommands("true", "true", 1, 1, user="nobody", group="no-such-group-fos")
 
 
-# A stand-in agent stopped during maintenance: supervises argv[1] with pidfile argv[2], detaches it and exits.
+# A stand-in agent stopped during maintenance: supervises argv[1] with pidfile argv[2], detaches it after argv[3]
+# seconds (default 0.3) and exits.
 DETACHING = """
 import asyncio, sys
 from agent.app import SupervisedCommand
@@ -423,7 +424,7 @@ from agent.app import SupervisedCommand
 async def main() -> None:
     app = SupervisedCommand(sys.argv[1], stop_timeout=10, pidfile=sys.argv[2])
     await app.start({})
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(float(sys.argv[3]) if len(sys.argv) > 3 else 0.3)
     app.detach()
 
 asyncio.run(main())
@@ -590,26 +591,14 @@ async def test_an_app_adopted_from_a_keeper_that_cannot_re_attach_says_so_until_
     await adopter.stop()
 
 
-DETACHING_LATE = """
-import asyncio, sys
-from agent.app import SupervisedCommand
-
-async def main() -> None:
-    app = SupervisedCommand(sys.argv[1], stop_timeout=10, pidfile=sys.argv[2])
-    await app.start({})
-    await asyncio.sleep(1.0)
-    app.detach()
-
-asyncio.run(main())
-"""
-
-
 async def test_a_detach_the_keeper_has_not_taken_when_its_agent_exits_still_leaves_the_app_running(
     tmp_path: Path, leftovers: Leftovers
 ) -> None:
     pidfile, leader = tmp_path / "app.pid", tmp_path / "leader"
     command = f"echo $$ > {leader}; while true; do sleep 0.05; done"
-    agent = await asyncio.create_subprocess_exec(sys.executable, "-c", DETACHING_LATE, command, str(pidfile), cwd=REPO)
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", DETACHING, command, str(pidfile), "1.0", cwd=REPO
+    )
     app = await wait_for_pid(leader, 10)
     keeper_pid = json.loads(pidfile.read_text())["pid"]
     leftovers.add(app, keeper_pid)

@@ -442,13 +442,7 @@ async def test_a_standby_stops_an_adopted_app_once_another_node_serves(store: Me
 
 async def test_a_slow_app_stop_during_a_switchover_is_still_a_handover(store: MemoryLeaseStore) -> None:
     m1, m2 = await pair(store, ttl=0.6, heartbeat=0.15)
-    fake_stop = m1.app.stop
-
-    async def slow_stop() -> None:
-        await asyncio.sleep(1.2)  # two ttls
-        await fake_stop()
-
-    m1.app.stop = slow_stop  # type: ignore[method-assign]
+    m1.app.stop_seconds = 1.2  # two ttls
     assert await store.request_switchover("c1", "m2", 0, "op@host")
     await until(lambda: m2.agent.role is Role.ACTIVE, 4, "m2 active")
     await until(lambda: EventKind.SWITCHOVER_DONE in kinds(store), 2, "SWITCHOVER_DONE")
@@ -538,15 +532,8 @@ async def test_restarting_the_holders_agent_during_maintenance_is_not_flapping(
 
 async def test_a_switchover_cancelled_during_a_slow_let_go_leaves_the_holder_serving(store: MemoryLeaseStore) -> None:
     m1, m2 = await pair(store, ttl=0.6, heartbeat=0.15)
-    fake_stop = m1.app.stop
-    stopping = asyncio.Event()
-
-    async def slow_stop() -> None:
-        stopping.set()
-        await asyncio.sleep(1.0)
-        await fake_stop()
-
-    m1.app.stop = slow_stop  # type: ignore[method-assign]
+    m1.app.stop_seconds = 1.0
+    stopping = m1.app.stopping
     assert await store.request_switchover("c1", "m2", 0, "op@host")
     await asyncio.wait_for(stopping.wait(), 2)
     assert await store.cancel_switchover("c1", "op@host")  # the operator changes their mind mid-way
@@ -622,15 +609,8 @@ async def test_a_switchover_cancelled_while_the_app_stops_restarts_the_app_even_
     """The app was stopped by fos itself (the let-go), not by the operator: maintenance, switched on meanwhile,
     must not leave the node holding the IP with no application for as long as it lasts (invariant 5)."""
     m1, m2 = await pair(store, ttl=0.6, heartbeat=0.15)
-    real_stop = m1.app.stop
-    stopping = asyncio.Event()
-
-    async def slow_stop() -> None:
-        stopping.set()
-        await asyncio.sleep(0.5)
-        await real_stop()
-
-    m1.app.stop = slow_stop  # type: ignore[method-assign]
+    m1.app.stop_seconds = 0.5
+    stopping = m1.app.stopping
     try:
         assert await store.request_switchover("c1", "m2", 0, "op@host")
         await asyncio.wait_for(stopping.wait(), 2)

@@ -114,6 +114,8 @@ class FakeApp:
         self.detached = False
         self._running = False
         self._unattached = False  # a test sets it: adopted from a keeper that cannot re-attach
+        self.stop_seconds = 0.0  # a test sets it: how long a stop takes (a slow application)
+        self.stopping = asyncio.Event()  # set when a stop begins
 
     async def start(self, env: dict[str, str]) -> None:
         self.exited = asyncio.Event()
@@ -122,6 +124,9 @@ class FakeApp:
         self._running = True
 
     async def stop(self) -> None:
+        self.stopping.set()
+        if self.stop_seconds > 0:
+            await asyncio.sleep(self.stop_seconds)
         self.stopped_at.append(time.monotonic())
         self._running = self._unattached = False
 
