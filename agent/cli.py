@@ -125,6 +125,7 @@ async def _status(cfg: Config) -> dict[str, Any]:
     return {
         "cluster": cfg.cluster,
         "alias_url": cfg.alias_url,
+        "app_mode": cfg.app.mode,
         "lease": row,
         "holder_copy": copy,
         "nodes": [
@@ -159,6 +160,8 @@ def _print_status(status: dict[str, Any]) -> None:
     )
     for line in control_lines(lease):
         print(line)
+    if status.get("app_mode") == "warm":
+        print("application mode warm: it runs on every node, only the common IP moves")
     copy = status.get("holder_copy")
     if copy is not None:
         age = copy.get("age_s")

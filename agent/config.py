@@ -66,6 +66,25 @@ __all__ = [
 ]
 
 
+def _check_mode(app: AppConfig) -> None:
+    """application.mode: a known value; "warm" needs an application and a health check (a warm node competes for
+    the lease only while its running application answers healthy)."""
+    if app.mode not in APP_MODES:
+        raise ConfigError(f"application.mode = {shown('', app.mode)} is unknown: use 'cold' or 'warm'")
+    if app.mode != "warm":
+        return
+    if app.command is None and app.start is None:
+        raise ConfigError(
+            "application.mode = 'warm' needs an application: set application.command (or start and stop), "
+            "or use mode = 'cold'"
+        )
+    if not app.health.enabled:
+        raise ConfigError(
+            "application.mode = 'warm' needs application.health (http, tcp or command): a warm node competes only "
+            "while its application answers healthy"
+        )
+
+
 def _bounded(default: Any, low: float = 0.0, high: float = DAY, low_ok: bool = False, fix: str = "") -> Any:
     """A numeric field: its default and its accepted range (low exclusive unless low_ok, high inclusive); fix
     replaces the generic out-of-range message."""
@@ -95,6 +114,9 @@ class HealthConfig:
         return bool(self.http or self.tcp or self.command)
 
 
+APP_MODES = ("cold", "warm")
+
+
 @dataclass(frozen=True)
 class AppConfig:
     command: str | list[str] | None = None
@@ -105,6 +127,7 @@ class AppConfig:
     hold_off: float = _bounded(30.0, low_ok=True)  # after stepping down for an app failure, do not re-acquire
     user: str | None = None  # run the application as this user (agent/app.py), None: as the agent
     group: str | None = None  # and this group, None: the user's primary group
+    mode: str = "cold"  # "warm": the application runs on every node (agent/warm.py), only the common IP moves
 
 
 @dataclass(frozen=True)
@@ -323,8 +346,10 @@ def parse(
         hold_off=ap.number(AppConfig, "hold_off"),
         user=ap.text("user", ACCOUNT, "a user name", account_fix),
         group=ap.text("group", ACCOUNT, "a group name", account_fix),
+        mode=ap.get("mode", str, default_of(AppConfig, "mode")),
     )
     ap.done()
+    _check_mode(app)
     if app.command is not None and (app.start is not None or app.stop is not None):
         raise ConfigError("application has command and start/stop: use command (supervised) or start and stop")
     if app.command is None and (app.start is None) != (app.stop is None):

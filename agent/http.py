@@ -4,7 +4,7 @@ GET /         the status page for people (agent/page.py); with http.token, / /st
 GET /health   200 while the loop is alive and consistent; 503 if it stalled, or if we hold the lease but
               renewals are failing
 GET /active   200 only on the node that holds the lease, has the common IP bound and a healthy app
-GET /standby  200 on a node that is a ready standby
+GET /standby  200 on a node that is a ready standby (in warm mode: with its application healthy)
 GET /status   JSON of the agent's view
 GET /metrics  Prometheus text
 """
@@ -36,6 +36,7 @@ def status(agent: Agent) -> dict[str, Any]:
         "renew_failing": agent.renew_failing,
         "common_ip": str(agent.cfg.common_ip) if agent.cfg.common_ip else None,
         "ip_bound": agent.ip_bound,
+        "app_mode": agent.cfg.app.mode,
         "app_healthy": agent.health.healthy,
         "app_detail": agent.health.last_detail,
         "loop_age_s": round(now - agent.last_tick, 3),
@@ -110,7 +111,7 @@ def make_app(agent: Agent) -> web.Application:
         return web.json_response(status(agent), status=200 if ok else 503)
 
     async def standby(_: web.Request) -> web.Response:
-        ok = agent.role is Role.STANDBY and not loop_stalled(agent)
+        ok = agent.role is Role.STANDBY and agent.app_ready() and not loop_stalled(agent)  # warm: app healthy
         return web.json_response(status(agent), status=200 if ok else 503)
 
     async def status_view(_: web.Request) -> web.Response:

@@ -20,12 +20,30 @@ CLEANUP_TIMEOUT_S = 5.0  # each step of the emergency clean-up after an internal
 
 
 async def let_go(agent: Agent, kind: EventKind | None, decision: Decision) -> bool:
-    """IP first (from then on no user traffic reaches this node), then the app, then the lease: released,
+    """IP first (from then on no user traffic reaches this node), then the app (not in warm mode: there the
+    app keeps running on every node until the agent stops), then the lease: released,
     or handed over to a switchover's target (only once the IP is confirmed gone, like a release). For a
     switchover the lease is renewed while the app stops (the IP is confirmed gone, so holding it serves nobody and
     harms nobody): a stop longer than the ttl stays a handover, never an expiry the target takes as a fault.
     Returns True if the lease was handed over."""
     ip_gone = await agent.ip.drop()
+    if agent.warm is None:  # warm mode: only the IP moves; the app keeps running under its supervisor
+        await _stop_app(agent, decision, ip_gone)
+    holding, agent.holding = agent.holding, None
+    handed = False
+    if holding is not None:
+        handed = await _give_up(agent, holding, decision, ip_gone)
+        if kind is not None:
+            await agent.event(kind, decision.reason, holding.epoch)
+    agent.renew_failing = False
+    agent.metrics.epoch.set(0)
+    agent.metrics.lease_seconds_left.set(0)
+    agent.not_before = agent.clock.now() + decision.hold_off
+    return handed
+
+
+async def _stop_app(agent: Agent, decision: Decision, ip_gone: bool) -> None:
+    """Stop the application; for a switchover the lease is renewed meanwhile (see let_go)."""
     holding = agent.holding
     renewing = None
     if decision.handover_to is not None and ip_gone and holding is not None:
@@ -39,17 +57,6 @@ async def let_go(agent: Agent, kind: EventKind | None, decision: Decision) -> bo
                 await renewing
     agent.metrics.app_healthy.set(0)
     agent.health.forget("the application is stopped on this node")
-    holding, agent.holding = agent.holding, None
-    handed = False
-    if holding is not None:
-        handed = await _give_up(agent, holding, decision, ip_gone)
-        if kind is not None:
-            await agent.event(kind, decision.reason, holding.epoch)
-    agent.renew_failing = False
-    agent.metrics.epoch.set(0)
-    agent.metrics.lease_seconds_left.set(0)
-    agent.not_before = agent.clock.now() + decision.hold_off
-    return handed
 
 
 async def _keep_renewing(agent: Agent, epoch: int) -> None:
@@ -114,8 +121,8 @@ async def emergency_let_go(agent: Agent, detail: str) -> None:
     except Exception as exc:
         agent.log.error("cleanup_failed", step="ip", error=f"{type(exc).__name__}: {exc}")
     try:
-        async with asyncio.timeout(CLEANUP_TIMEOUT_S):
-            await agent.app.stop()
+        async with asyncio.timeout(CLEANUP_TIMEOUT_S):  # warm: its supervisor first, or it would restart it
+            await (agent.warm.close() if agent.warm is not None else agent.app.stop())
     except Exception as exc:
         agent.log.error("cleanup_failed", step="app", error=f"{type(exc).__name__}: {exc}")
     holding, agent.holding = agent.holding, None

@@ -111,6 +111,17 @@ def plan_standby(
     return StandbyPlan(StandbyAction.WAIT, min(expiry, observed_at + poll), refusal)
 
 
+def warm_gate(plan: StandbyPlan, warm: bool, app_healthy: bool, observed_at: float, poll: float) -> StandbyPlan:
+    """Warm mode: a node competes for the lease only while its running application is healthy (taking it with a
+    sick app would only make it step down again). A plan to acquire then becomes a wait of at most `poll` (the
+    runner also wakes when the application becomes healthy). Cold mode, or a plan to wait: unchanged."""
+    if not warm or app_healthy or plan.action is StandbyAction.WAIT:
+        return plan
+    return StandbyPlan(
+        StandbyAction.WAIT, observed_at + poll, f"{plan.reason}, but the application here is not healthy"
+    )
+
+
 def plan_retry(state: LeaseState, me: str, instance: str | None, now: float, poll: float, not_before: float) -> float:
     """When to try again after an acquisition that did not succeed (a lost race, a row not as read): at the
     plan for what the store saw then, but never at once (a loop without a wait would spin a core)."""

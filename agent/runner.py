@@ -51,8 +51,10 @@ from .roles import (
     plan_retry,
     plan_standby,
     renewal_due,
+    warm_gate,
 )
 from .timing import MIN_RETRY_S
+from .warm import WarmSupervisor
 
 if TYPE_CHECKING:
     from .replication_schedule import ReplicationSchedule
@@ -108,6 +110,13 @@ class Agent:
         self.ip = CommonIp(cfg, binder, clock, self.metrics, self.log)
         self.ops = Operations(self)
         self.failback = FailBack(self, unproven_mark)
+        self.warm: WarmSupervisor | None = None  # warm mode: the application runs on this node all the agent's life
+        if cfg.app.mode == "warm":
+            env = {"FOS_NODE": node.name, "FOS_CLUSTER": cfg.cluster}  # no FOS_EPOCH: started before any lease
+            self.warm = WarmSupervisor(
+                app, self.health, cfg.app.health, clock, env, lambda: self.ops.control.maintenance, self._app_changed
+            )
+        self.app_left_running = False  # STOPPED during maintenance with the app detached: not stopped at exit
 
     # ---- shorthands --------------------------------------------------------------------------------------
 
@@ -137,6 +146,11 @@ class Agent:
     def _tick(self) -> None:
         self.last_tick = self.clock.now()
 
+    def _app_changed(self, healthy: bool) -> None:
+        """Warm mode: the supervisor saw the application's health change (the node row is written at once)."""
+        self.metrics.app_healthy.set(1 if healthy else 0)
+        self.ops.report_now.set()
+
     # ---- the loop -----------------------------------------------------------------------------------------
 
     def request_stop(self, why: str) -> None:
@@ -147,6 +161,8 @@ class Agent:
         """Run until stopped. On an internal error (anything but a cancellation): drop the IP, stop the app,
         release the lease, then raise AgentFailed with one line."""
         reporter = asyncio.create_task(self.ops.report_loop())
+        if self.warm is not None:
+            self.warm.start()
         try:
             decision = Decision(Role.STANDBY, "agent started")
             self._enter(decision)
@@ -167,6 +183,7 @@ class Agent:
                     case Role.STOPPED:
                         if decision.leave_running:
                             self.app.detach()  # its keeper must not end it when this process exits
+                            self.app_left_running = True
                         break
                     case _:
                         assert_never(self.role)
@@ -177,6 +194,8 @@ class Agent:
             await emergency_let_go(self, detail)
             raise AgentFailed(f"internal error, stopped after dropping the IP and the app: {detail}") from exc
         finally:
+            if self.warm is not None:  # the agent stops: so does its application (unless left running above)
+                await self.warm.close(stop_app=not self.app_left_running)
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
@@ -225,17 +244,19 @@ class Agent:
             self._db_up()
             self._saw(state)
             self.ops.observe(state)
-            if self.app.running() and (why := left_app_must_stop(state, self.node.name)):
+            if self.warm is None and self.app.running() and (why := left_app_must_stop(state, self.node.name)):
                 self.log.warning("left_app_stopped", why=why)  # adopted under maintenance; another may serve now
                 await self.app.stop()
             poll = standby_poll(state, self.node.name, self.cfg.lease.heartbeat)
             plan = plan_standby(state, self.node.name, self.instance, self.clock.now(), poll, self.not_before)
+            plan = warm_gate(plan, self.warm is not None, self.app_ready(), self.clock.now(), poll)
             if plan.action is StandbyAction.WAIT:
-                await self.failback.consider(state, holding_off=self.clock.now() < self.not_before)
+                not_ready = self.clock.now() < self.not_before or not self.app_ready()
+                await self.failback.consider(state, holding_off=not_ready)
             if plan.action is StandbyAction.WAIT:
                 if not leftovers_checked:
                     leftovers_checked = await self.ip.drop()
-                await self._sleep_until(plan.wake_at)
+                await self._standby_sleep(plan.wake_at)
                 continue
             sent = self.clock.now()
             try:
@@ -270,6 +291,17 @@ class Agent:
             await self._sleep_until(plan_retry(got.seen, self.node.name, self.instance, now, poll, self.not_before))
         return Decision(Role.STOPPED, f"stop requested ({self.stop_reason})")
 
+    def app_ready(self) -> bool:
+        """Warm mode: the application running on this node is healthy (always True in cold mode)."""
+        return self.warm is None or self.warm.healthy
+
+    async def _standby_sleep(self, until: float) -> None:
+        """The standby's wait; in warm mode with the application unhealthy it also ends when it becomes healthy."""
+        if self.warm is None or self.warm.healthy:
+            await self._sleep_until(until)
+        else:
+            await self.warm.wait_healthy_or(self.stop_requested, until - self.clock.now())
+
     def _saw(self, state: LeaseState | None) -> None:
         self.lease_view = state
         if state is not None:
@@ -301,8 +333,8 @@ class Agent:
         tasks: dict[str, asyncio.Task[Any]] = {"stop": asyncio.create_task(self.stop_requested.wait())}
         if work is not None:
             tasks["work"] = asyncio.create_task(work)
-        if watch_app:
-            tasks["app"] = asyncio.create_task(self.health.watch())
+        if watch_app:  # warm: the supervisor's verdict (it is the only one checking the app)
+            tasks["app"] = asyncio.create_task(self.warm.wait_unhealthy() if self.warm else self.health.watch())
         try:
             while True:
                 self._tick()
@@ -426,11 +458,14 @@ class Agent:
         """Start the app (nothing if it runs: adopted, or still running) and wait until it is healthy."""
         env = {"FOS_NODE": self.node.name, "FOS_CLUSTER": self.cfg.cluster, "FOS_EPOCH": str(holding.epoch)}
         own_stop, self.restart_own_stop = self.restart_own_stop, False
-        if self.ops.control.maintenance and not own_stop:  # fos starts no app then (the operator may be upgrading)
-            self.log.info("app_not_started_during_maintenance")
+        if self.warm is not None:  # it runs already (the standby competed only while it was healthy): no 2nd copy
+            ok, detail = await self.warm.wait_healthy(self.cfg.app.health.start_grace)
         else:
-            await self.app.start(env)
-        ok, detail = await self.health.wait_healthy(self.cfg.app.health.start_grace)
+            if self.ops.control.maintenance and not own_stop:  # fos starts no app then (the operator may upgrade)
+                self.log.info("app_not_started_during_maintenance")
+            else:
+                await self.app.start(env)
+            ok, detail = await self.health.wait_healthy(self.cfg.app.health.start_grace)
         if not ok:
             raise AppError(detail)
         self.metrics.app_healthy.set(1)
@@ -440,7 +475,7 @@ class Agent:
         """Already serving (the IP stays bound by the renewals): only the application, started in place."""
         assert self.holding is not None
         if self.app.unattached():  # adopted from an older keeper, which would outlive us: restart it under ours
-            await self.app.stop()
+            await (self.warm.restart("adopted under an older keeper") if self.warm else self.app.stop())
         return f"application running again: {await self._start_app(self.holding)}"
 
     async def _promoting(self, decision: Decision) -> Decision:

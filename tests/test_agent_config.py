@@ -441,6 +441,11 @@ EFFECTS: dict[str, tuple[dict[str, Any], Any, Any]] = {
     "application.hold_off": ({"application": {"hold_off": 0}}, lambda c: c.app.hold_off, 0.0),
     "application.user": ({"application": {"user": "nobody"}}, lambda c: c.app.user, "nobody"),
     "application.group": ({"application": {"group": "nogroup"}}, lambda c: c.app.group, "nogroup"),
+    "application.mode": (
+        {"application": {"mode": "warm", "command": "app", "health": {"tcp": 8080}}},
+        lambda c: c.app.mode,
+        "warm",
+    ),
     "application.health.http": (
         {"application": {"health": {"http": "http://127.0.0.1:8080/h"}}},
         lambda c: c.app.health.http,
@@ -524,6 +529,29 @@ def test_the_operations_policy_defaults_are_declared_once() -> None:
 def test_bad_operations_policy_values_are_refused_in_one_line(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message) as err:
         parse(base(**overrides))
+    assert "\n" not in str(err.value)
+
+
+def test_application_mode_defaults_to_cold_and_accepts_warm() -> None:
+    assert parse(base()).app.mode == "cold"
+    assert parse(base(application={"mode": "cold"})).app.mode == "cold"
+    warm = {"mode": "warm", "start": "a", "stop": "b", "health": {"http": "http://127.0.0.1:1/h"}}
+    assert parse(base(application=warm)).app.mode == "warm"
+
+
+@pytest.mark.parametrize(
+    ("application", "message"),
+    [
+        ({"mode": "hot"}, r"^application\.mode = 'hot' is unknown: use 'cold' or 'warm'$"),
+        ({"mode": "Warm", "command": "a", "health": {"tcp": 1}}, r"^application\.mode = 'Warm' is unknown"),
+        ({"mode": 1}, r"^application\.mode = 1 has the wrong type: expected a string$"),
+        ({"mode": "warm", "health": {"tcp": 1}}, r"^application\.mode = 'warm' needs an application: set applic"),
+        ({"mode": "warm", "command": "a"}, r"^application\.mode = 'warm' needs application\.health \(http, tcp"),
+    ],
+)
+def test_bad_application_mode_is_refused_in_one_line(application: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        parse(base(application=application))
     assert "\n" not in str(err.value)
 
 
