@@ -12,12 +12,14 @@ from agent.roles import (
     RenewOutcome,
     Role,
     StandbyAction,
+    StandbyPlan,
     after_holding,
     after_renewal,
     live_namesake,
     plan_retry,
     plan_standby,
     renewal_due,
+    warm_gate,
 )
 from agent.timing import MIN_RETRY_S, RHO, fence_deadline
 from lease import LeaseState, NodeRecord
@@ -145,3 +147,30 @@ def test_a_renewal_comes_early_enough_to_extend_the_address_before_it_lapses(
 ) -> None:
     got = renewal_due(planned, last_attempt, ip_expires_at, heartbeat=1.0, call_timeout=0.5)
     assert got == pytest.approx(due)
+
+
+ACQUIRE_PLAN = StandbyPlan(StandbyAction.ACQUIRE, NOW, "m2's lease expired")
+WAIT_PLAN = StandbyPlan(StandbyAction.WAIT, NOW + 1.7, "m2 holds epoch 4")
+
+
+@pytest.mark.parametrize(
+    ("plan", "warm", "healthy", "expected"),
+    [
+        (ACQUIRE_PLAN, False, False, ACQUIRE_PLAN),  # cold: the app does not run on a standby, nothing to gate
+        (ACQUIRE_PLAN, False, True, ACQUIRE_PLAN),
+        (ACQUIRE_PLAN, True, True, ACQUIRE_PLAN),  # warm and healthy: compete
+        (
+            ACQUIRE_PLAN,
+            True,
+            False,
+            StandbyPlan(StandbyAction.WAIT, NOW + 0.5, "m2's lease expired, but the application here is not healthy"),
+        ),
+        (WAIT_PLAN, True, False, WAIT_PLAN),  # waiting anyway: its own wake time stands
+        (WAIT_PLAN, True, True, WAIT_PLAN),
+        (WAIT_PLAN, False, False, WAIT_PLAN),
+    ],
+)
+def test_warm_gate_lets_a_warm_node_compete_only_while_its_app_is_healthy(
+    plan: StandbyPlan, warm: bool, healthy: bool, expected: StandbyPlan
+) -> None:
+    assert warm_gate(plan, warm, healthy, NOW, poll=0.5) == expected
