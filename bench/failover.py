@@ -8,8 +8,12 @@ link cut (machine death), SIGTERM (graceful), and a planned switchover: for fos 
 keepalived the graceful move of the master (SIGTERM: it resigns with a priority-0 advert). Reported per
 setup and fault: median and max over the repetitions of fault -> client served by the new node, and for fos the
 part of it after the lease expired; plus the number of samples in which both nodes had the common IP bound.
+Each fos timing runs in each application mode of --modes: cold (the app starts on the new holder) and warm (it
+runs on both nodes, only the IP moves). "acquired to IP bound" is the conflict probe and the bind (from the
+promoting agent's log to the sampler's first sample of the address on it); "after expiry less probe" removes it.
 
-    .venv/bin/python bench/failover.py [--reps 5] [--timings 2/0.5,3/1,10/3] [--with-default] [--no-keepalived]
+    .venv/bin/python bench/failover.py [--reps 5] [--timings 2/0.5,3/1,10/3] [--modes cold,warm] [--with-default]
+        [--no-keepalived]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tests.support.cluster import VIP, WEBAPP, Cluster, IpSampler, Prober
 from tests.support.netns import Host, Lan, wait_for
 
 FAULTS = ["kill9", "linkcut", "sigterm", "switchover"]
+MODES = ["cold", "warm"]  # application.mode
 SWITCHOVER_VIA = "cli"  # or "store": --switchover-via
 TAKEOVER = re.compile(r"expired (-?\d+) ms before the read")
 APP_HEALTHY = re.compile(r"app_healthy\s+after=([0-9.]+)")
@@ -100,12 +105,17 @@ def heal(c: Cluster, fault: str, failed: str) -> None:
     c.start(failed)
 
 
-def fos_runs(lan_factory: Any, ttl: float, heartbeat: float, reps: int) -> list[dict[str, Any]]:
-    return [fos_fault(lan_factory(), ttl, heartbeat, fault, reps) for fault in FAULTS]
+def fos_runs(lan_factory: Any, ttl: float, heartbeat: float, reps: int, mode: str = "cold") -> list[dict[str, Any]]:
+    return [fos_fault(lan_factory(), ttl, heartbeat, fault, reps, mode) for fault in FAULTS]
 
 
-def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> dict[str, Any]:
-    c = Cluster(lan, "postgresql", ttl=ttl, heartbeat=heartbeat)
+def app_healthy(c: Cluster, node: str) -> bool:
+    doc = c.status(node)
+    return doc is not None and doc.get("app_healthy") is True
+
+
+def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int, mode: str = "cold") -> dict[str, Any]:
+    c = Cluster(lan, "postgresql", ttl=ttl, heartbeat=heartbeat, mode=mode)
     try:
         c.active_pair()
         results: list[dict[str, float]] = []
@@ -124,6 +134,9 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> 
                 lambda s=standby, t=t0: c.prober.first_answer_from(s, t), ttl * 3 + 20, 0.01, "the take-over"
             )
             acquired_wall = log_time_of(c.log_text(standby), standby, "promoting", w0)
+            bound = c.sampler.first_time(standby, t0)
+            # The conflict probe and the bind: from the acquisition (logged) to the first sample of the address.
+            to_bound = None if acquired_wall is None or bound is None else bound - (t0 + (acquired_wall - w0))
             after_expiry = None
             events = c.client.run(
                 sys.executable, "-m", "agent", "status", "--json", "--config", c.config, check=False
@@ -147,10 +160,16 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> 
                     "after_expiry_less_app": None
                     if after_expiry is None or app_start is None
                     else after_expiry - app_start,
+                    "acquired_to_bound": to_bound,
+                    "after_expiry_less_probe": None
+                    if after_expiry is None or to_bound is None
+                    else after_expiry - to_bound,
                 }
             )
             heal(c, fault, active)
             wait_for(lambda a=active: c.role(a) == "standby", 60, 0.1, "the failed node to be standby again")
+            if mode == "warm":  # a warm standby competes only once its application is healthy
+                wait_for(lambda a=active: app_healthy(c, a), 60, 0.1, "the failed node's application healthy")
         both = len(c.sampler.both_bound())
     except BaseException:
         for name in c.names:  # what the agents said, for a run that failed
@@ -160,7 +179,7 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int) -> 
         c.close()
         lan.close()
     via = f" ({SWITCHOVER_VIA})" if fault == "switchover" else ""
-    return summarise(f"fos ttl {ttl:g}/hb {heartbeat:g}{via}", fault, results, both)
+    return summarise(f"fos {mode} ttl {ttl:g}/hb {heartbeat:g}{via}", fault, results, both)
 
 
 def summarise(setup: str, fault: str, results: list[dict[str, Any]], both: int) -> dict[str, Any]:
@@ -171,6 +190,8 @@ def summarise(setup: str, fault: str, results: list[dict[str, Any]], both: int) 
     app = [r["app_start"] for r in results if r.get("app_start") is not None]
     fos_part = [r["after_expiry_less_app"] for r in results if r.get("after_expiry_less_app") is not None]
     claim = [r["acquired_to_app_spawned"] for r in results if r.get("acquired_to_app_spawned") is not None]
+    to_bound = [r["acquired_to_bound"] for r in results if r.get("acquired_to_bound") is not None]
+    less_probe = [r["after_expiry_less_probe"] for r in results if r.get("after_expiry_less_probe") is not None]
     return {
         "setup": setup,
         "fault": fault,
@@ -186,6 +207,9 @@ def summarise(setup: str, fault: str, results: list[dict[str, Any]], both: int) 
         "acquired_to_app_spawned_median_s": statistics.median(claim) if claim else None,
         "after_expiry_less_app_median_s": statistics.median(fos_part) if fos_part else None,
         "after_expiry_less_app_max_s": max(fos_part) if fos_part else None,
+        "acquired_to_bound_median_s": statistics.median(to_bound) if to_bound else None,
+        "after_expiry_less_probe_median_s": statistics.median(less_probe) if less_probe else None,
+        "after_expiry_less_probe_max_s": max(less_probe) if less_probe else None,
         "both_bound_samples": both,
         "raw": results,
     }
@@ -297,6 +321,7 @@ def main() -> None:
     parser.add_argument("--no-keepalived", action="store_true")
     parser.add_argument("--faults", default=",".join(FAULTS), help="subset of " + ",".join(FAULTS))
     parser.add_argument("--no-fos", action="store_true")
+    parser.add_argument("--modes", default=",".join(MODES), help="application.mode of the fos rows: cold, warm or both")
     parser.add_argument(
         "--switchover-via",
         choices=["cli", "store"],
@@ -310,14 +335,18 @@ def main() -> None:
     if args.with_default:
         timings.append((180.0, 10.0))
     FAULTS[:] = [f for f in args.faults.split(",") if f in FAULTS]
+    modes = [m for m in args.modes.split(",") if m in MODES]
+    if not modes:
+        sys.exit(f"--modes = {args.modes!r} names no mode: use cold, warm or cold,warm")
     global SWITCHOVER_VIA
     SWITCHOVER_VIA = args.switchover_via
     rows: list[dict[str, Any]] = []
     if not args.no_keepalived:
         rows += keepalived_runs(Lan, args.reps)
     for ttl, hb in [] if args.no_fos else timings:
-        rows += fos_runs(Lan, ttl, hb, args.reps)
-        print(table(rows, COLUMNS), flush=True)
+        for mode in modes:  # side by side: each timing in each mode
+            rows += fos_runs(Lan, ttl, hb, args.reps, mode)
+            print(table(rows, COLUMNS), flush=True)
     print(table(rows, COLUMNS))
     print(f"saved {save('failover', {'args': vars(args), 'results': rows})}")
 
@@ -337,6 +366,9 @@ COLUMNS = [
     ("app_start_median_s", "app start-to-healthy median s"),
     ("after_expiry_less_app_median_s", "after expiry less app median s"),
     ("after_expiry_less_app_max_s", "after expiry less app max s"),
+    ("acquired_to_bound_median_s", "acquired to IP bound (probe, bind) median s"),
+    ("after_expiry_less_probe_median_s", "after expiry less probe median s"),
+    ("after_expiry_less_probe_max_s", "after expiry less probe max s"),
     ("both_bound_samples", "both bound"),
 ]
 

@@ -19,7 +19,6 @@ from tests.support.cluster import WEBAPP, Cluster, assert_never_two_holders, clu
 from tests.support.netns import Lan, wait_for
 
 TTL, HEARTBEAT = 4, 1
-WARM_APP = f'command = "{sys.executable} {WEBAPP} --port 8080"\nmode = "warm"'
 
 
 @pytest.fixture
@@ -57,7 +56,7 @@ def warm_pair(c: Cluster) -> tuple[int, int]:
 
 
 def test_kill9_of_the_active_moves_only_the_ip_and_sigterm_stops_the_app(make_cluster: Callable[..., Cluster]) -> None:
-    c = make_cluster("sqlite", app=WARM_APP)
+    c = make_cluster("sqlite", mode="warm")
     m1_app, m2_app = warm_pair(c)
     doc = c.status("m2")
     assert doc is not None and doc["role"] == "standby" and doc["app_mode"] == "warm"
@@ -89,7 +88,7 @@ def test_kill9_of_the_active_moves_only_the_ip_and_sigterm_stops_the_app(make_cl
 def test_an_app_failure_on_the_active_moves_the_ip_and_the_app_is_restarted_there(
     make_cluster: Callable[..., Cluster],
 ) -> None:
-    c = make_cluster("sqlite", app=WARM_APP)
+    c = make_cluster("sqlite", mode="warm")
     m1_app, m2_app = warm_pair(c)
     served_by(c, "m1", 0, 10)
     failed = time.monotonic()
@@ -112,8 +111,8 @@ def test_a_standby_with_a_failing_app_does_not_take_over_until_it_is_healthy(
 ) -> None:
     sick = tmp_path / "sick"
     # The application refuses to start on m2 while tmp/sick-m2 exists (FOS_NODE is in its environment).
-    app = f'command = "test -e {sick}-$FOS_NODE && exit 3; exec {sys.executable} {WEBAPP} --port 8080"\nmode = "warm"'
-    c = make_cluster("sqlite", app=app)
+    app = f'command = "test -e {sick}-$FOS_NODE && exit 3; exec {sys.executable} {WEBAPP} --port 8080"'
+    c = make_cluster("sqlite", app=app, mode="warm")
     _, m2_app = warm_pair(c)
     Path(f"{sick}-m2").touch()
     os.killpg(m2_app, signal.SIGKILL)

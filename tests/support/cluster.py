@@ -126,7 +126,8 @@ class Cluster:
     """`nodes` agents m1..mN (not started: see start), a client probing the common IP from its own host, the lease
     database, and a sampler over every node host. `ipv6` makes the common IP fd00:213::100/64. `name` is the
     cluster's name in the config; `init_db_as` runs `fos init-db` for another cluster name instead (or for none,
-    with ""), so that `fos run` finds the schema without this cluster's row."""
+    with ""), so that `fos run` finds the schema without this cluster's row. `mode="warm"` (a keyword of `extra`)
+    sets application.mode."""
 
     def __init__(
         self,
@@ -179,6 +180,8 @@ class Cluster:
 
     def _write_config(self, dsn: str, ttl: float, heartbeat: float, extra: dict[str, Any], name: str) -> None:
         app = extra.get("app", f'command = "{sys.executable} {WEBAPP} --port 8080"')
+        if extra.get("mode"):  # application.mode: "warm" runs the app on every node
+            app += f'\nmode = "{extra["mode"]}"'
         prefix = 64 if self.family == AF_INET6 else 24
         priorities: dict[str, int] = extra.get("priorities", {})
         nodes = "".join(
