@@ -454,12 +454,14 @@ class Agent:
         self.ops.serving(holding)
         return f"promotion complete: {detail}"
 
-    async def _start_app(self, holding: Holding) -> str:
-        """Start the app (nothing if it runs: adopted, or still running) and wait until it is healthy."""
+    async def _start_app(self, holding: Holding, resume: bool = False) -> str:
+        """Start the app (nothing if it runs: adopted, or still running) and wait until it is healthy. Warm mode:
+        nothing to start; a promotion goes on only if the app is healthy now (else it fails at once: another node's
+        may be), a resume in place waits for the supervisor's restart like a cold start."""
         env = {"FOS_NODE": self.node.name, "FOS_CLUSTER": self.cfg.cluster, "FOS_EPOCH": str(holding.epoch)}
         own_stop, self.restart_own_stop = self.restart_own_stop, False
         if self.warm is not None:  # it runs already (the standby competed only while it was healthy): no 2nd copy
-            ok, detail = await self.warm.wait_healthy(self.cfg.app.health.start_grace)
+            ok, detail = await self.warm.wait_healthy(self.cfg.app.health.start_grace if resume else 0.0)
         else:
             if self.ops.control.maintenance and not own_stop:  # fos starts no app then (the operator may upgrade)
                 self.log.info("app_not_started_during_maintenance")
@@ -476,7 +478,7 @@ class Agent:
         assert self.holding is not None
         if self.app.unattached():  # adopted from an older keeper, which would outlive us: restart it under ours
             await (self.warm.restart("adopted under an older keeper") if self.warm else self.app.stop())
-        return f"application running again: {await self._start_app(self.holding)}"
+        return f"application running again: {await self._start_app(self.holding, resume=True)}"
 
     async def _promoting(self, decision: Decision) -> Decision:
         event, detail = await self._hold(self._resume() if decision.resume else self._promote(), watch_app=False)

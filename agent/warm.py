@@ -51,6 +51,7 @@ class WarmSupervisor:
         self._paused, self._on_change = paused, on_change
         self.healthy = False
         self.detail = "not started yet"
+        self.failure = "not started yet"  # why it last became unhealthy (the detail then moves on: restarting...)
         self.became_healthy = asyncio.Event()  # set while healthy
         self.became_unhealthy = asyncio.Event()  # set while not healthy
         self.became_unhealthy.set()
@@ -78,7 +79,7 @@ class WarmSupervisor:
     async def wait_unhealthy(self) -> str:
         """Return (with the reason) once the application is not healthy (at once if it is not now)."""
         await self.became_unhealthy.wait()
-        return self.detail
+        return self.failure
 
     # ---- life -------------------------------------------------------------------------------------------------
 
@@ -113,6 +114,8 @@ class WarmSupervisor:
         if healthy == self.healthy:
             return
         self.healthy = healthy
+        if not healthy:
+            self.failure = detail
         (self.became_healthy if healthy else self.became_unhealthy).set()
         (self.became_unhealthy if healthy else self.became_healthy).clear()
         (log.info if healthy else log.warning)("warm_app_" + ("healthy" if healthy else "unhealthy"), detail=detail)

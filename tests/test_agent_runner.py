@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from agent.app import AppError
 from agent.roles import Role
 from agent.runner import AgentFailed
 from agent.timing import KERNEL_LATENESS_S, NODE_ROW_HEARTBEATS
@@ -487,3 +488,92 @@ async def test_an_idle_agent_writes_its_node_row_every_few_heartbeats_and_at_onc
     m1.app.crash()
     await until(lambda: any(t >= crashed and r != "active" for t, r in writes), 2 * heartbeat, "the step-down row")
     await m1.kill()
+
+
+# ---- warm mode (application.mode = "warm"): the app runs on every node, only the IP moves ----------------------
+
+
+@pytest.fixture
+async def health_port() -> AsyncIterator[int]:
+    """A port that accepts connections: the warm nodes' TCP health check (each node's app is told apart by its
+    FakeApp: a crash or a failed start is that node's alone)."""
+    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+def warm_config(port: int, **kw: Any) -> Any:
+    health = {"tcp": port, "interval": 0.05, "timeout": 0.05, "start_grace": 1}
+    return config(mode="warm", command="unused", health=health, **kw)
+
+
+async def test_warm_the_standby_runs_the_app_and_takes_over_without_starting_a_second_copy(
+    store: MemoryLeaseStore, health_port: int
+) -> None:
+    cfg = warm_config(health_port)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, what="m1 active")
+    m2 = Node(cfg, "m2", store).start()
+    await until(lambda: m2.agent.role is Role.STANDBY and m2.agent.health.healthy is True, what="m2 healthy standby")
+    assert m2.app.env == {"FOS_NODE": "m2", "FOS_CLUSTER": "c1"} and len(m2.app.started_at) == 1
+    assert not m2.binder.bound
+    await m1.kill()  # vanishes holding the lease
+    await until(lambda: m2.agent.role is Role.ACTIVE, 3, "m2 active after the expiry")
+    assert m2.binder.bound and len(m2.app.started_at) == 1 and not m2.app.stopped_at  # the same copy serves
+    assert [e.kind for e in store.events if e.node == "m2"][-1] == EventKind.PROMOTED
+    await m2.kill()
+
+
+async def test_warm_an_app_failure_steps_down_and_the_app_is_restarted_not_stopped_by_the_let_go(
+    store: MemoryLeaseStore, health_port: int
+) -> None:
+    cfg = warm_config(health_port)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store).start()
+    await until(lambda: m2.agent.role is Role.STANDBY and m2.agent.app_ready())
+    m1.app.crash()
+    await until(lambda: m2.agent.role is Role.ACTIVE, 3, "m2 active")
+    await until(lambda: m1.agent.role is Role.STANDBY and m1.agent.app_ready(), 3, "m1 a healthy standby again")
+    assert not m1.binder.bound and any(e.kind == EventKind.STEPPED_DOWN and e.node == "m1" for e in store.events)
+    # One stop (the supervisor's, of the crashed copy) and one restart: the let-go stopped nothing.
+    assert len(m1.app.stopped_at) == 1 and len(m1.app.started_at) == 2
+    assert len(m2.app.started_at) == 1
+    await m1.kill()
+    await m2.kill()
+
+
+async def test_warm_a_standby_whose_app_is_unhealthy_lets_the_lease_lapse_until_it_is_healthy(
+    store: MemoryLeaseStore, health_port: int
+) -> None:
+    cfg = warm_config(health_port)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store).start()
+    await until(lambda: m2.agent.app_ready())
+
+    async def failing_start(env: dict[str, str]) -> None:
+        raise AppError("cannot start application.command: test")
+
+    real_start, m2.app.start = m2.app.start, failing_start  # type: ignore[method-assign]
+    m2.app.crash()
+    await until(lambda: not m2.agent.app_ready(), what="m2 unhealthy")
+    await m1.kill()
+    expiry = store.rows["c1"].expires_at
+    while boottime() < expiry + 2 * cfg.lease.ttl:  # well past the expiry: nobody takes it
+        assert m2.agent.role is Role.STANDBY and store.rows["c1"].holder == "m1" and not m2.binder.bound
+        await asyncio.sleep(0.02)
+    m2.app.start = real_start  # type: ignore[method-assign]
+    await until(lambda: m2.agent.role is Role.ACTIVE, 5, "m2 active once its app is healthy")
+    await m2.kill()
+
+
+async def test_warm_a_stopping_agent_lets_go_then_stops_its_app(store: MemoryLeaseStore, health_port: int) -> None:
+    m1 = Node(warm_config(health_port, ttl=30, heartbeat=2), "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m1.agent.request_stop("test")
+    assert m1.task is not None
+    await asyncio.wait_for(m1.task, 3)
+    assert m1.agent.role is Role.STOPPED and not m1.binder.bound and store.rows["c1"].holder is None
+    assert len(m1.app.stopped_at) == 1 and first_unbind_after_bind(m1.binder) <= m1.app.stopped_at[-1]
