@@ -577,3 +577,20 @@ async def test_warm_a_stopping_agent_lets_go_then_stops_its_app(store: MemoryLea
     await asyncio.wait_for(m1.task, 3)
     assert m1.agent.role is Role.STOPPED and not m1.binder.bound and store.rows["c1"].holder is None
     assert len(m1.app.stopped_at) == 1 and first_unbind_after_bind(m1.binder) <= m1.app.stopped_at[-1]
+
+
+async def test_warm_a_switchover_moves_only_the_ip(store: MemoryLeaseStore, health_port: int) -> None:
+    cfg = warm_config(health_port, ttl=3, heartbeat=0.5)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store).start()
+    await until(lambda: m2.agent.role is Role.STANDBY and m2.agent.app_ready() and ("c1", "m2") in store.nodes)
+    assert store.nodes[("c1", "m2")].app_healthy is True  # a warm standby's row: its app's real health
+    assert await store.request_switchover("c1", "m2", 0, "op@host")
+    await until(lambda: m2.agent.role is Role.ACTIVE, 3, "m2 active")
+    assert any(e.kind == EventKind.HANDOVER for e in store.events) and m2.binder.bound and not m1.binder.bound
+    assert not m1.app.stopped_at and not m2.app.stopped_at  # both apps kept running
+    assert len(m1.app.started_at) == 1 and len(m2.app.started_at) == 1
+    assert m1.agent.app_ready()
+    await m1.kill()
+    await m2.kill()

@@ -61,6 +61,7 @@ def test_kill9_of_the_active_moves_only_the_ip_and_sigterm_stops_the_app(make_cl
     doc = c.status("m2")
     assert doc is not None and doc["role"] == "standby" and doc["app_mode"] == "warm"
     wait_for(lambda: node_rows(c)["m2"]["app_healthy"] is True, 10, 0.2, "m2's node row to show its app healthy")
+    assert "application mode warm" in c.fos("status").stdout
     served_by(c, "m1", 0, 10)
 
     killed = time.monotonic()
