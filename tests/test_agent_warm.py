@@ -185,3 +185,13 @@ async def test_wait_healthy_or_ends_on_the_other_event_or_the_timeout(rig: Rig) 
     rig.sup.start()
     await rig.sup.wait_healthy_or(asyncio.Event(), 5)
     assert rig.sup.healthy
+
+
+async def test_restart_replaces_the_running_app_and_supervises_the_new_one(rig: Rig) -> None:
+    rig.sup.start()
+    assert (await rig.sup.wait_healthy(5))[0]
+    first = rig.pid()
+    await rig.sup.restart("adopted under an older keeper")
+    assert first is not None and not group_alive(first)
+    assert (await rig.sup.wait_healthy(5))[0] and rig.pid() not in (None, first)
+    assert rig.changes == [True, False, True]
