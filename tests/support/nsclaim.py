@@ -27,7 +27,7 @@ from agent.common_ip import CommonIp
 from agent.config import parse
 from agent.metrics import Metrics
 from agent.roles import Holding
-from netops import Announce, AddressConflict, NetlinkBinder
+from netops import AddressConflict, Announce, NetlinkBinder
 
 TTL, MARGIN = 4.0, 0.2
 
