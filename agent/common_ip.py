@@ -95,6 +95,14 @@ class CommonIp:
         self.ahead = ProbeAhead(mac is None, self.clock.now(), mac)
         self.log.info("ip_probed_ahead", clear=mac is None, owner=mac)
 
+    async def close(self) -> None:
+        """End a probe round ahead still under way (the agent is stopping), and wait for it: its worker thread
+        stops within one poll of the probe loop."""
+        task, self._ahead_task = self._ahead_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+
     async def _ahead_of(self, sent: float) -> bool:
         """True when a probe round ahead covers an acquisition sent at `sent`; a round still under way is waited
         for (it ends sooner than a round started now would), for at most one round's length."""

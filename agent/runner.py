@@ -183,6 +183,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
             await self.health.close()
+            await self.ip.close()
             await self.ops.close()
             with contextlib.suppress(StoreError):
                 await self.ops.record_node(Role.STOPPED, None)

@@ -487,3 +487,42 @@ async def test_an_idle_agent_writes_its_node_row_every_few_heartbeats_and_at_onc
     m1.app.crash()
     await until(lambda: any(t >= crashed and r != "active" for t, r in writes), 2 * heartbeat, "the step-down row")
     await m1.kill()
+
+
+# ---- the conflict probe ahead of an acquisition (agent/common_ip.py probe_ahead) ----------------------------
+
+
+async def test_a_standby_probes_once_ahead_of_the_expiry_and_binds_right_after_acquiring(
+    store: MemoryLeaseStore,
+) -> None:
+    cfg = config(ttl=4, heartbeat=0.5, driver="netlink")
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store, binder=FakeBinder(probe_seconds=cfg.probe_timeout)).start()
+    await until(lambda: m2.agent.role is Role.STANDBY)
+    await m1.kill()
+    await until(lambda: m2.binder.bound, 6, "m2 to bind the common IP")
+    (probed,), bound = m2.binder.times("probe"), m2.binder.times("bind")[0]
+    acquired = next(t for e, t in zip(store.events, store.event_times, strict=True) if e.kind == EventKind.TAKEOVER)
+    probed_boottime = boottime() - (time.monotonic() - probed)
+    # One round, during the wait, before the acquisition; it ended (probed + probe_timeout) just before the bind.
+    assert probed_boottime < acquired, f"the round began {probed_boottime - acquired:.3f}s after the acquisition"
+    assert 0 <= bound - (probed + cfg.probe_timeout) < 0.1, f"bound {bound - probed:.3f}s after the round began"
+    await until(lambda: m2.agent.role is Role.ACTIVE, 3, "m2 active")
+    assert m2.binder.times("probe") == [probed], "no probe after the acquisition"
+    await m2.kill()
+
+
+async def test_a_stop_request_ends_the_standbys_wait_at_once_while_a_round_ahead_runs(store: MemoryLeaseStore) -> None:
+    cfg = config(ttl=4, heartbeat=0.5, driver="netlink")
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store, binder=FakeBinder(probe_seconds=30)).start()  # a round that would last
+    await until(lambda: m2.agent.role is Role.STANDBY)
+    await m1.kill()
+    await until(lambda: m2.binder.times("probe"), 6, "the round ahead of the expiry")
+    m2.agent.request_stop("test")
+    assert m2.task is not None
+    await asyncio.wait_for(m2.task, 0.5)
+    assert m2.agent.role is Role.STOPPED and not m2.binder.bound
+    assert not m2.agent.ip.probing_ahead, "the round ahead ends with the agent"
