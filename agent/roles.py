@@ -22,7 +22,8 @@ from .timing import MIN_RETRY_S, RHO, fence_deadline
 
 RENEW_LEAD_S = 0.2  # time to reconcile the address once a renewal answered (two netlink calls, a loaded host)
 # The conflict probe's own cost before it listens (the interface look-up, a worker thread's start): measured
-# 0.02-0.04 s per round (bench/probe_cost.py), budgeted so that a probe ahead of an acquisition has ended by then.
+# 0.02-0.06 s per round, quiet and with the 2 cores busy (bench/probe_cost.py), budgeted so that a round ahead of
+# an acquisition has ended by then. A round delayed longer (once 0.28 s under load) is waited for by the claim.
 PROBE_AHEAD_LEAD_S = 0.05
 
 
