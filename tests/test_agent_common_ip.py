@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from agent.common_ip import PROBE_AHEAD_FRESH_S, ProbeAhead, ahead_covers
+from agent.roles import PROBE_AHEAD_LEAD_S
 from tests.support.netns import SUBNET, SUBNET6, Host, Lan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,6 +93,19 @@ def test_a_clear_round_ahead_lets_the_claim_bind_without_probing(pair: tuple[Hos
     assert "ip_probe_skipped" in events(claim) and "ip_probed" not in events(claim)
     # Binding alone: the netlink calls, no probe round (which would take at least the probe timeout).
     assert claim["took"] < PROBE_TIMEOUT / 2, f"the claim took {claim['took']:.3f}s"
+
+
+def test_a_round_ahead_still_under_way_at_the_acquisition_is_waited_for_instead_of_a_new_one(
+    pair: tuple[Host, Host],
+) -> None:
+    _, m2 = pair
+    claim = claim_run(m2, f"{VIP}/24", "--took-over", "--claim-during-ahead", "0.1")["claim"]
+    print(f"claim {claim['took']:.3f}s")
+    assert claim["ok"] and claim["bound"]
+    assert "ip_probed_ahead" in events(claim) and "ip_probe_skipped" in events(claim)
+    assert "ip_probed" not in events(claim)
+    # the rest of the round (about 0.1 s of 0.2 s plus its overhead), not a whole new one
+    assert claim["took"] < PROBE_TIMEOUT + PROBE_AHEAD_LEAD_S, f"the claim took {claim['took']:.3f}s"
 
 
 def test_without_a_round_ahead_the_claim_probes_as_before(pair: tuple[Host, Host]) -> None:

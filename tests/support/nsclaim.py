@@ -10,7 +10,7 @@ host takes the address) after the round ahead and before the claim; --gap S then
 that is no longer fresh at the acquisition).
 
     python -m tests.support.nsclaim --address A/P [--probe-timeout S] [--took-over] [--no-ahead]
-        [--wait-for-go] [--gap S]
+        [--wait-for-go] [--gap S] [--claim-during-ahead S]
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ async def main() -> int:
     p.add_argument("--probe-timeout", type=float, default=0.2)
     p.add_argument("--took-over", action="store_true")
     p.add_argument("--no-ahead", action="store_true")
+    p.add_argument("--claim-during-ahead", type=float, help="start the round ahead as a task, claim S seconds later")
     p.add_argument("--wait-for-go", action="store_true")
     p.add_argument("--gap", type=float, default=0.0, help="seconds between the round ahead (or the go) and the claim")
     args = p.parse_args()
@@ -70,7 +71,10 @@ async def main() -> int:
     binder = NetlinkBinder(args.interface, address, Announce(count=1, interval=0.05), probe_timeout=args.probe_timeout)
     clock, log = SystemClock(), ListLog()
     ip = CommonIp(cfg, binder, clock, Metrics(), log)
-    if not args.no_ahead:
+    if args.claim_during_ahead:  # the round ahead is still under way when the acquisition is sent
+        ip.start_probe_ahead()
+        await asyncio.sleep(args.claim_during_ahead)
+    elif not args.no_ahead:
         started = clock.now()
         await ip.probe_ahead()
         assert ip.ahead is not None
