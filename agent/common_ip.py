@@ -4,12 +4,17 @@ While a renewal sent less than F ago succeeded (a `Holding`) and the promotion's
 address must be bound, with a kernel lifetime that ends before the fence deadline F; otherwise it must not be.
 The agent calls `reconcile` after every successful renewal, `claim` once when promoting, and `drop` when letting
 go. All changes of the address go through one lock, so a reconciliation and a drop never interleave.
+
+A standby about to take over an expired lease probes for another owner during the last moments of its wait
+(`probe_ahead`, started when roles.probe_ahead_at says); `claim` then binds without probing again when that round
+heard nobody and ended at most PROBE_AHEAD_FRESH_S before the acquisition was sent (`ahead_covers`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from netops import KERNEL_LATENESS_S, AddressBinder, AddressConflict, DeadlinePassed, NetopsError
@@ -17,8 +22,30 @@ from netops import KERNEL_LATENESS_S, AddressBinder, AddressConflict, DeadlinePa
 from .clock import Clock
 from .config import Config
 from .metrics import Metrics
-from .roles import Holding
+from .roles import PROBE_AHEAD_LEAD_S, Holding
 from .timing import address_lifetime
+
+# How long a probe round that heard nobody still stands for "no other owner" at the acquisition: the round is
+# placed to end at the expiry, and the acquisition follows one lease read and the compare-and-set later (a few
+# ms; p99 under 20 ms on the bench's databases, up to the call timeout on a slow one). It bounds the time in which
+# a foreign host could take the address unseen between the probe and our bind (a probe after the acquisition
+# leaves a few ms), at about one probe round; a slower read falls back to probing after the acquisition.
+PROBE_AHEAD_FRESH_S = 0.25
+
+
+@dataclass(frozen=True)
+class ProbeAhead:
+    """The outcome of a conflict probe round run ahead of an acquisition."""
+
+    clear: bool  # nobody answered for the common IP during the whole round
+    ended_at: float  # local clock instant the round ended
+    owner: str | None = None  # the MAC that answered, or the error that ended the round
+
+
+def ahead_covers(ahead: ProbeAhead | None, sent: float) -> bool:
+    """True when a probe round ahead stands in for the probe after an acquisition sent at local time `sent`: it
+    heard nobody, and it ended no more than PROBE_AHEAD_FRESH_S before `sent` (later is fresher still)."""
+    return ahead is not None and ahead.clear and ahead.ended_at >= sent - PROBE_AHEAD_FRESH_S
 
 
 class CommonIp:
@@ -30,21 +57,84 @@ class CommonIp:
         self._wanted = False  # the promotion's probe passed: from then until drop(), the address must be up
         self._lock = asyncio.Lock()
         self._up = asyncio.Event()
+        self.ahead: ProbeAhead | None = None  # the last probe round ahead of an acquisition
+        self._ahead_task: asyncio.Task[None] | None = None
 
     @property
     def managed(self) -> bool:
         """False with address_driver = "none": the binder only records the state (NoneBinder)."""
         return self.cfg.address_driver == "netlink"
 
+    @property
+    def probes(self) -> bool:
+        """A promotion probes for another owner before binding (the netlink driver, cluster.probe_conflict on)."""
+        return self.managed and self.cfg.probe_conflict
+
+    @property
+    def probing_ahead(self) -> bool:
+        """A probe round ahead of an acquisition is under way."""
+        return self._ahead_task is not None and not self._ahead_task.done()
+
+    def start_probe_ahead(self) -> None:
+        """Start `probe_ahead` as a task of its own (nothing if one runs): the caller goes on waiting and reads
+        the lease at its time, whatever the round is doing."""
+        if self.probes and not self.probing_ahead:
+            self._ahead_task = asyncio.create_task(self.probe_ahead())
+
+    async def probe_ahead(self) -> None:
+        """One conflict probe round ahead of an acquisition, its outcome recorded in `ahead` for `claim`. Bounded
+        by the probe timeout plus the round's own overhead; never raises NetopsError (a failed round is recorded
+        as not clear); a cancelled round records nothing."""
+        self.ahead = None
+        if not self.probes:
+            return
+        try:
+            mac = await self.binder.probe_until_clear(0.0)
+        except NetopsError as exc:
+            mac = f"the probe failed: {exc}"
+        self.ahead = ProbeAhead(mac is None, self.clock.now(), mac)
+        self.log.info("ip_probed_ahead", clear=mac is None, owner=mac)
+
+    async def close(self) -> None:
+        """End a probe round ahead still under way (the agent is stopping), and wait for it: its worker thread
+        stops within one poll of the probe loop."""
+        task, self._ahead_task = self._ahead_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+
+    async def _ahead_of(self, sent: float) -> bool:
+        """True when a probe round ahead covers an acquisition sent at `sent`; a round still under way is waited
+        for (it ends sooner than a round started now would), for at most one round's length."""
+        task = self._ahead_task
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=self.cfg.probe_timeout + PROBE_AHEAD_LEAD_S)
+            if not task.done():
+                task.cancel()  # not awaited: its thread stops within one poll, and its outcome is not recorded
+        covered = ahead_covers(self.ahead, sent)
+        if covered:
+            assert self.ahead is not None
+            self.log.info(
+                "ip_probe_skipped",
+                why="a probe round just before the acquisition heard nobody",
+                ended_before_acquisition=round(sent - self.ahead.ended_at, 3),
+            )
+        self.ahead = None  # used once
+        return covered
+
     async def claim(self, holding: Holding, announce: bool = True) -> None:
         """Probe for another owner, then bind (and announce, unless `announce` is False: the caller announces
         beside other work, e.g. the app's start). Right after taking over an *expired* lease the old holder's address
         may still be up for up to G (the kernel's lateness): probe again until it is gone before calling it a
-        conflict (AddressConflict). If not even a 1 s lifetime fits before F any more (a slow acquisition, a long
-        probe), wait for the next successful renewal to make room: the caller's fence deadline bounds the wait."""
-        if self.managed and self.cfg.probe_conflict:
+        conflict (AddressConflict). No probe when a round ahead of the acquisition (`probe_ahead`) heard nobody and
+        is fresh (`ahead_covers`): it says what this probe would. If not even a 1 s lifetime fits before F any more
+        (a slow acquisition, a long probe), wait for the next successful renewal to make room: the caller's fence
+        deadline bounds the wait."""
+        if self.probes and not await self._ahead_of(holding.last_sent):
             window = KERNEL_LATENESS_S if holding.took_over else 0.0
+            started = self.clock.now()
             mac = await self.binder.probe_until_clear(window)
+            self.log.info("ip_probed", took=round(self.clock.now() - started, 3), owner=mac)
             if mac:
                 raise AddressConflict(str(self.cfg.common_ip.ip if self.cfg.common_ip else ""), mac)
         self._wanted = True

@@ -21,6 +21,10 @@ from lease.model import EventKind, LeaseState, NodeRecord
 from .timing import MIN_RETRY_S, RHO, fence_deadline
 
 RENEW_LEAD_S = 0.2  # time to reconcile the address once a renewal answered (two netlink calls, a loaded host)
+# The conflict probe's own cost before it listens (the interface look-up, a worker thread's start): measured
+# 0.02-0.06 s per round, quiet and with the 2 cores busy (bench/probe_cost.py), budgeted so that a round ahead of
+# an acquisition has ended by then. A round delayed longer (once 0.28 s under load) is waited for by the claim.
+PROBE_AHEAD_LEAD_S = 0.05
 
 
 class Role(enum.StrEnum):
@@ -70,6 +74,9 @@ class StandbyPlan:
     action: StandbyAction
     wake_at: float  # local clock instant of the next attempt when waiting
     reason: str
+    # WAIT for another process's lease: the local instant by which it has surely expired (a poll may come first).
+    # None when the wait is for anything else (a hold-off, the control state, a handover reserved for a node).
+    expires_at: float | None = None
 
 
 def plan_standby(
@@ -108,7 +115,7 @@ def plan_standby(
         return StandbyPlan(StandbyAction.WAIT, observed_at + poll, refusal)
     else:
         refusal = f"{state.holder} holds epoch {state.epoch}"
-    return StandbyPlan(StandbyAction.WAIT, min(expiry, observed_at + poll), refusal)
+    return StandbyPlan(StandbyAction.WAIT, min(expiry, observed_at + poll), refusal, expires_at=expiry)
 
 
 def warm_gate(plan: StandbyPlan, warm: bool, app_healthy: bool, observed_at: float, poll: float) -> StandbyPlan:
@@ -127,6 +134,27 @@ def plan_retry(state: LeaseState, me: str, instance: str | None, now: float, pol
     plan for what the store saw then, but never at once (a loop without a wait would spin a core)."""
     plan = plan_standby(state, me, instance, now, poll, not_before)
     return max(plan.wake_at, now + MIN_RETRY_S)
+
+
+def probe_ahead_at(plan: StandbyPlan, now: float, probe_timeout: float, probing: bool) -> float | None:
+    """When to start the conflict probe ahead of an acquisition (CommonIp.probe_ahead), or None for no probe now.
+
+    Only while waiting for another process's lease to expire (plan.expires_at), and only when the promotion
+    would probe (`probing`: the netlink driver with cluster.probe_conflict on): one round (`probe_timeout` plus
+    PROBE_AHEAD_LEAD_S of its own overhead) placed to end at the expiry, so that its verdict is as fresh at the
+    acquisition as a probe right after it. The holder's address is gone by its fence deadline, before the
+    database can call the lease expired, so a round that hears nobody then says what a later round would. A round
+    that can no longer end by the expiry is started at once if it can still listen `probe_timeout` before it (the
+    read that planned it came late); else None, and the promotion probes as it always did. Never a round whose
+    start lies beyond the plan's wake-up: the next read plans again (and a renewal may have moved the expiry)."""
+    if not probing or plan.action is not StandbyAction.WAIT or plan.expires_at is None:
+        return None
+    start = plan.expires_at - probe_timeout - PROBE_AHEAD_LEAD_S
+    if start > plan.wake_at:
+        return None
+    if start >= now:
+        return start
+    return now if now + probe_timeout <= plan.expires_at else None
 
 
 class RenewOutcome(enum.Enum):

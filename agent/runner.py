@@ -46,10 +46,12 @@ from .roles import (
     Holding,
     Role,
     StandbyAction,
+    StandbyPlan,
     after_holding,
     let_go_event,
     plan_retry,
     plan_standby,
+    probe_ahead_at,
     renewal_due,
     warm_gate,
 )
@@ -200,6 +202,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
             await self.health.close()
+            await self.ip.close()
             await self.ops.close()
             with contextlib.suppress(StoreError):
                 await self.ops.record_node(Role.STOPPED, None)
@@ -256,7 +259,7 @@ class Agent:
             if plan.action is StandbyAction.WAIT:
                 if not leftovers_checked:
                     leftovers_checked = await self.ip.drop()
-                await self._standby_sleep(plan.wake_at)
+                await self._wait_probing_ahead(plan)
                 continue
             sent = self.clock.now()
             try:
@@ -301,6 +304,18 @@ class Agent:
             await self._sleep_until(until)
         else:
             await self.warm.wait_healthy_or(self.stop_requested, until - self.clock.now())
+
+    async def _wait_probing_ahead(self, plan: StandbyPlan) -> None:
+        """Sleep until the plan's wake-up (or a stop request); when the lease it waits for expires soon, start on
+        the way the conflict probe of the acquisition that may follow (CommonIp.probe_ahead, as a task: the read
+        at the wake-up never waits for it)."""
+        probing = self.ip.probes and not self.ip.probing_ahead and self.app_ready()
+        start = probe_ahead_at(plan, self.clock.now(), self.cfg.probe_timeout, probing)
+        if start is not None:
+            await self._sleep_until(start)
+            if not self.stop_requested.is_set():
+                self.ip.start_probe_ahead()
+        await self._standby_sleep(plan.wake_at)
 
     def _saw(self, state: LeaseState | None) -> None:
         self.lease_view = state

@@ -149,6 +149,8 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int, mod
             spawned = first_log_time(c.log_text(standby), "app_started", w0)
             # From the acquisition to the app's spawn: the conflict probe, the bind and the spawn itself.
             claim = None if spawned is None or acquired_wall is None else spawned - acquired_wall
+            # Whether the promotion bound without a probe round of its own (a clear round ahead of the expiry).
+            skipped = first_log_time(c.log_text(standby), "ip_probe_skipped", w0) is not None
             results.append(
                 {
                     "served": served - t0,
@@ -157,6 +159,7 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int, mod
                     "after_command": None if command_done is None else served - command_done,
                     "app_start": app_start,
                     "acquired_to_app_spawned": claim,
+                    "probe_skipped": skipped,
                     "after_expiry_less_app": None
                     if after_expiry is None or app_start is None
                     else after_expiry - app_start,
@@ -211,8 +214,16 @@ def summarise(setup: str, fault: str, results: list[dict[str, Any]], both: int) 
         "after_expiry_less_probe_median_s": statistics.median(less_probe) if less_probe else None,
         "after_expiry_less_probe_max_s": max(less_probe) if less_probe else None,
         "both_bound_samples": both,
+        "probe_skipped": probe_skipped(results),
         "raw": results,
     }
+
+
+def probe_skipped(results: list[dict[str, Any]]) -> str | None:
+    """How many of fos's promotions bound without a probe round after the acquisition, as "k/n"."""
+    if not any("probe_skipped" in r for r in results):
+        return None  # keepalived
+    return f"{sum(bool(r.get('probe_skipped')) for r in results)}/{len(results)}"
 
 
 KEEPALIVED = """
@@ -370,6 +381,7 @@ COLUMNS = [
     ("after_expiry_less_probe_median_s", "after expiry less probe median s"),
     ("after_expiry_less_probe_max_s", "after expiry less probe max s"),
     ("both_bound_samples", "both bound"),
+    ("probe_skipped", "bound without probing after the acquisition"),
 ]
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.roles import (
+    PROBE_AHEAD_LEAD_S,
     RENEW_LEAD_S,
     Decision,
     HoldEvent,
@@ -18,11 +19,13 @@ from agent.roles import (
     live_namesake,
     plan_retry,
     plan_standby,
+    probe_ahead_at,
     renewal_due,
     warm_gate,
 )
 from agent.timing import MIN_RETRY_S, RHO, fence_deadline
 from lease import LeaseState, NodeRecord
+from lease.model import Control
 
 NOW = 1000.0
 
@@ -174,3 +177,73 @@ def test_warm_gate_lets_a_warm_node_compete_only_while_its_app_is_healthy(
     plan: StandbyPlan, warm: bool, healthy: bool, expected: StandbyPlan
 ) -> None:
     assert warm_gate(plan, warm, healthy, NOW, poll=0.5) == expected
+
+
+# ---- the probe ahead of an acquisition ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "not_before", "expires_at"),
+    [
+        (LeaseState("c", "m2", 4, 300), 0, NOW + 0.3 * (1 + RHO)),  # another node's lease: its expiry
+        (LeaseState("c", "m2", 4, 60_000), 0, NOW + 60 * (1 + RHO)),  # known even while the wake is a poll
+        (LeaseState("c", "m1", 4, 300, holder_instance="i2"), 0, NOW + 0.3 * (1 + RHO)),  # a namesake's lease
+        (LeaseState("c", "m2", 4, -1), 0, None),  # expired: acquire now
+        (LeaseState("c", None, 4, -5), 0, None),  # free
+        (LeaseState("c", "m2", 4, 300), NOW + 0.2, None),  # holding off after a step-down
+        (LeaseState("c", "m2", 4, 300, control=Control(maintenance_ms=1000)), 0, None),  # the control state
+        (LeaseState("c", "m2", 4, 300, control=Control(disabled_ms=1000)), 0, None),
+        (LeaseState("c", "m2", 4, 300, control=Control(failover_off_ms=1000)), 0, None),
+        (LeaseState("c", None, 4, 300, handover_to="m3"), 0, None),  # handed over to another node
+    ],
+)
+def test_a_standby_plan_names_the_expiry_only_when_it_waits_for_another_process_lease(
+    state: LeaseState, not_before: float, expires_at: float | None
+) -> None:
+    plan = plan_standby(state, "m1", "i1", NOW, poll=0.5, not_before=not_before)
+    assert plan.expires_at == (None if expires_at is None else pytest.approx(expires_at))
+
+
+T, LEAD = 0.2, PROBE_AHEAD_LEAD_S
+EXPIRY = NOW + 1.0
+
+
+def waiting(wake_at: float, expires_at: float | None = EXPIRY) -> StandbyPlan:
+    return StandbyPlan(StandbyAction.WAIT, wake_at, "m2 holds epoch 4", expires_at)
+
+
+@pytest.mark.parametrize(
+    ("plan", "now", "probing", "start"),
+    [
+        # the wake-up is the expiry: one round placed to end there
+        (waiting(EXPIRY), NOW, True, EXPIRY - T - LEAD),
+        # the wake-up is a poll, but the round must start before it: start it on the way
+        (waiting(EXPIRY - 0.1), NOW, True, EXPIRY - T - LEAD),
+        # the round's start lies beyond this wait's poll: the next read plans it
+        (waiting(EXPIRY - T - LEAD - 0.01), NOW, True, None),
+        # read late (the round's time has passed), but a whole round still fits before the expiry: at once
+        (waiting(EXPIRY), EXPIRY - T - 0.01, True, EXPIRY - T - 0.01),
+        (waiting(EXPIRY), EXPIRY - T, True, EXPIRY - T),
+        # no whole round fits any more: the promotion probes as it always did
+        (waiting(EXPIRY), EXPIRY - T + 0.01, True, None),
+        (waiting(EXPIRY), EXPIRY + 0.01, True, None),
+        # not probing (the none driver, probe_conflict off, or a round already under way)
+        (waiting(EXPIRY), NOW, False, None),
+        # a wait for anything but another process's expiry (hold-off, control state, a handover)
+        (waiting(EXPIRY, expires_at=None), NOW, True, None),
+        (StandbyPlan(StandbyAction.ACQUIRE, NOW, "m2's lease expired"), NOW, True, None),
+    ],
+)
+def test_the_probe_ahead_starts_one_round_before_the_expiry_and_never_late(
+    plan: StandbyPlan, now: float, probing: bool, start: float | None
+) -> None:
+    got = probe_ahead_at(plan, now, T, probing)
+    assert got == (None if start is None else pytest.approx(start))
+
+
+def test_a_round_started_as_planned_ends_before_the_standby_reads_at_the_expiry() -> None:
+    plan = plan_standby(LeaseState("c", "m2", 4, 280), "m1", "i1", NOW, poll=0.3, not_before=0)
+    start = probe_ahead_at(plan, NOW, T, True)
+    assert start is not None and plan.expires_at is not None
+    # the round listens for the probe timeout after its own overhead (measured 0.02-0.04 s): done by the read
+    assert start + 0.04 + T <= plan.expires_at == plan.wake_at

@@ -14,7 +14,7 @@ from agent.app import AppError
 from agent.roles import Role
 from agent.runner import AgentFailed
 from agent.timing import KERNEL_LATENESS_S, NODE_ROW_HEARTBEATS
-from lease import AcquireResult, EventKind, LeaseState, SchemaMissing
+from lease import AcquireResult, EventKind, LeaseState, SchemaMissing, StoreUnavailable
 from lease.memory import MemoryLeaseStore
 from netops import NetopsError
 from tests.support.agents import Node, boottime, config, until
@@ -592,5 +592,76 @@ async def test_warm_a_switchover_moves_only_the_ip(store: MemoryLeaseStore, heal
     assert not m1.app.stopped_at and not m2.app.stopped_at  # both apps kept running
     assert len(m1.app.started_at) == 1 and len(m2.app.started_at) == 1
     assert m1.agent.app_ready()
+    await m1.kill()
+    await m2.kill()
+
+
+# ---- the conflict probe ahead of an acquisition (agent/common_ip.py probe_ahead) ----------------------------
+
+
+async def test_a_standby_probes_once_ahead_of_the_expiry_and_binds_right_after_acquiring(
+    store: MemoryLeaseStore,
+) -> None:
+    cfg = config(ttl=4, heartbeat=0.5, driver="netlink")
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store, binder=FakeBinder(probe_seconds=cfg.probe_timeout)).start()
+    await until(lambda: m2.agent.role is Role.STANDBY)
+    await m1.kill()
+    await until(lambda: m2.binder.bound, 6, "m2 to bind the common IP")
+    (probed,), bound = m2.binder.times("probe"), m2.binder.times("bind")[0]
+    acquired = next(t for e, t in zip(store.events, store.event_times, strict=True) if e.kind == EventKind.TAKEOVER)
+    probed_boottime = boottime() - (time.monotonic() - probed)
+    # One round, during the wait, before the acquisition; it ended (probed + probe_timeout) just before the bind.
+    assert probed_boottime < acquired, f"the round began {probed_boottime - acquired:.3f}s after the acquisition"
+    assert 0 <= bound - (probed + cfg.probe_timeout) < 0.1, f"bound {bound - probed:.3f}s after the round began"
+    await until(lambda: m2.agent.role is Role.ACTIVE, 3, "m2 active")
+    assert m2.binder.times("probe") == [probed], "no probe after the acquisition"
+    await m2.kill()
+
+
+async def test_a_stop_request_ends_the_standbys_wait_at_once_while_a_round_ahead_runs(store: MemoryLeaseStore) -> None:
+    cfg = config(ttl=4, heartbeat=0.5, driver="netlink")
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store, binder=FakeBinder(probe_seconds=30)).start()  # a round that would last
+    await until(lambda: m2.agent.role is Role.STANDBY)
+    await m1.kill()
+    await until(lambda: m2.binder.times("probe"), 6, "the round ahead of the expiry")
+    m2.agent.request_stop("test")
+    assert m2.task is not None
+    await asyncio.wait_for(m2.task, 0.5)
+    assert m2.agent.role is Role.STOPPED and not m2.binder.bound
+    assert not m2.agent.ip.probing_ahead, "the round ahead ends with the agent"
+
+
+async def test_a_holder_that_renews_after_the_round_ahead_keeps_its_lease_and_the_round_decides_nothing(
+    store: MemoryLeaseStore,
+) -> None:
+    """A live holder whose renewals fail for a while (its database link) and succeed again between the standby's
+    round ahead and the expiry: the standby's read at the expiry finds the lease renewed, so it never acquires
+    nor binds, whatever its round heard."""
+    cfg = config(ttl=4, heartbeat=0.5, driver="netlink", cluster={"probe_timeout": 1.0})  # a round of a second
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store, binder=FakeBinder(probe_seconds=cfg.probe_timeout)).start()
+    await until(lambda: m2.agent.role is Role.STANDBY)
+    renew, failing = store.renew, True
+
+    async def renew_unless_failing(*args: Any, **kwargs: Any) -> bool:
+        if failing:
+            raise StoreUnavailable("the holder's database link is down")
+        return await renew(*args, **kwargs)
+
+    store.renew = renew_unless_failing  # type: ignore[method-assign]
+    expiry = store.rows["c1"].expires_at  # on CLOCK_BOOTTIME, as the store's clock
+    await until(lambda: m2.binder.times("probe"), 6, "the standby's round ahead of the expiry")
+    assert boottime() < expiry - 0.2 and m1.agent.role is Role.ACTIVE
+    failing = False  # the holder's next renewal attempt (every heartbeat/4) succeeds, before its fence deadline
+    await until(lambda: store.rows["c1"].expires_at > expiry, 1, "the holder to renew")
+    await asyncio.sleep(expiry + 0.5 - boottime())  # past the old expiry: the standby's read there came and went
+    assert m1.agent.role is Role.ACTIVE and m1.agent.epoch == 1
+    assert m2.agent.role is Role.STANDBY and not m2.binder.times("bind")
+    assert not any(e.kind == EventKind.TAKEOVER for e in store.events)
     await m1.kill()
     await m2.kill()
