@@ -30,7 +30,7 @@ from lease import (
 from netops import AddressBinder, NetopsError
 
 from .app import AppError, Application
-from .clock import Clock, wait_event
+from .clock import Clock
 from .common_ip import CommonIp
 from .config import Config, NodeConfig
 from .control_rules import left_app_must_stop, standby_poll
@@ -53,9 +53,11 @@ from .roles import (
     renewal_due,
 )
 from .timing import MIN_RETRY_S
+from .wake import wait_either
 
 if TYPE_CHECKING:
     from .replication_schedule import ReplicationSchedule
+    from .wake import Waker
 
 
 IP_FAILURES_TO_STEP_DOWN = 2  # reconciliations in a row that could not manage the address (a lapse is not one)
@@ -99,6 +101,8 @@ class Agent:
         self.restart_own_stop = False
         self.last_tick = clock.now()
         self.stop_requested = asyncio.Event()
+        self.wake = asyncio.Event()  # a wake-up hint came (agent/wake.py): read the database now, as on a poll
+        self.waker: Waker | None = None  # sends hints to the other nodes (wired by service.py; None: no hints)
         self.stop_reason = ""
         self.transition_reason = "starting"
         self.not_before = 0.0
@@ -196,8 +200,10 @@ class Agent:
         self.ops.report_now.set()
 
     async def _sleep_until(self, when: float) -> None:
-        """Sleep until local time `when`, or until a stop is requested."""
-        await wait_event(self.stop_requested, when - self.clock.now())
+        """Sleep until local time `when`, until a stop is requested, or until a wake-up hint came (then the caller
+        reads the database at once and judges by it, as on a poll: a hint alone decides nothing)."""
+        await wait_either(self.stop_requested, self.wake, when - self.clock.now())
+        self.wake.clear()
 
     # ---- standby ------------------------------------------------------------------------------------------
 
@@ -299,6 +305,8 @@ class Agent:
         control_at: float | None = self.clock.now()  # when to read the control state (besides after a renewal)
         half_beat = self.cfg.lease.heartbeat / 2
         tasks: dict[str, asyncio.Task[Any]] = {"stop": asyncio.create_task(self.stop_requested.wait())}
+        tasks["wake"] = asyncio.create_task(self.wake.wait())
+        hinted = False  # a wake-up hint asks for a control read (a command wrote a request): as soon as none runs
         if work is not None:
             tasks["work"] = asyncio.create_task(work)
         if watch_app:
@@ -344,10 +352,13 @@ class Agent:
                 # waits for it, and a read uses its own connection): right after a renewal, and half a heartbeat
                 # later (or at a scheduled switchover's time) while renewals succeed, so a request is seen within
                 # half a heartbeat. Not while renewals fail: no extra calls into a database that does not answer.
+                if tasks["wake"].done():  # (the listener rate-limits hints: agent/wake.py)
+                    self.wake.clear()
+                    tasks["wake"], hinted = asyncio.create_task(self.wake.wait()), True
                 timer_due = control_at is not None and now >= control_at and not self.renew_failing
-                if "control" not in tasks and (renewed or timer_due):
+                if "control" not in tasks and (renewed or timer_due or (hinted and not self.renew_failing)):
                     tasks["control"] = asyncio.create_task(self.ops.read_as_holder(acting=work is None))
-                    control_at = None
+                    control_at, hinted = None, False
                 control = tasks.get("control")
                 if control is not None and control.done():
                     del tasks["control"]
@@ -356,7 +367,7 @@ class Agent:
                     ended = self.ops.holder_event(plan, acting=work is None, app_dropped=app_dropped)
                     if ended is not None:
                         return ended
-                    control_at = now + min(plan.wake_in or half_beat, half_beat)
+                    control_at = now if hinted else now + min(plan.wake_in or half_beat, half_beat)
                 if tasks["stop"].done():
                     return HoldEvent.STOP_REQUESTED, self.stop_reason
                 if "work" in tasks and tasks["work"].done():
