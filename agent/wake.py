@@ -19,16 +19,19 @@ import contextlib
 import enum
 import socket
 import struct
+import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from .config import Config
-from .metrics import Metrics
 from .replication import peer_host
+
+if TYPE_CHECKING:  # not imported at run time: a command (fos switchover) needs no Prometheus client
+    from .metrics import Metrics
 
 log = structlog.get_logger("fos.wake")
 
@@ -176,13 +179,11 @@ class Waker:
 
     async def _resolve(self, host: str) -> None:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, self.port, type=socket.SOCK_DGRAM)
+            self._addresses[host] = (time.monotonic(), await lookup(host, self.port))
         except (OSError, UnicodeError) as exc:
             if host not in self._unresolved_logged:
                 self._unresolved_logged.add(host)
                 self.log.warning("wake_peer_unresolved", host=host, error=str(exc), why="it gets no wake-up hints")
-            return
-        self._addresses[host] = (time.monotonic(), list(dict.fromkeys((i[0], i[4]) for i in infos)))
 
     def prefetch(self) -> None:
         """Resolve the peers' hosts in a task (at the agent's start), so that the first hint goes out at once."""
@@ -241,6 +242,40 @@ class Waker:
             await asyncio.wait(list(self._tasks), timeout=timeout)
         for task in list(self._tasks):
             task.cancel()
+
+
+async def lookup(host: str, port: int) -> list[tuple[int, Any]]:
+    """(family, sockaddr) of `host`: a literal IP at once, a name in a daemon thread. Not the loop's executor: a
+    command's exit would wait for a resolver that hangs; a daemon thread is simply left behind."""
+    with contextlib.suppress(socket.gaierror):
+        return _addresses(socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST))
+    loop = asyncio.get_running_loop()
+    found: asyncio.Future[list[tuple[int, Any]]] = loop.create_future()
+
+    def settle(result: list[tuple[int, Any]], error: Exception | None) -> None:
+        if found.done():  # the caller stopped waiting (its timeout)
+            return
+        if error is not None:
+            found.set_exception(error)
+        else:
+            found.set_result(result)
+
+    def work() -> None:
+        result: list[tuple[int, Any]] = []
+        error: Exception | None = None
+        try:
+            result = _addresses(socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM))
+        except (OSError, UnicodeError) as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name="fos-wake-resolve", daemon=True).start()
+    return await found
+
+
+def _addresses(infos: list[tuple[Any, ...]]) -> list[tuple[int, Any]]:
+    return list(dict.fromkeys((int(i[0]), i[4]) for i in infos))
 
 
 async def wait_either(first: asyncio.Event, second: asyncio.Event, timeout: float) -> None:
