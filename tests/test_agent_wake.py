@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import itertools
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -22,12 +23,14 @@ from agent.roles import Role
 from agent.wake import (
     COMMAND_SENDER,
     HINT_INTERVAL_S,
+    RESOLVE_TIMEOUT_S,
     Hint,
     HintGate,
     HintKind,
     Waker,
     decode,
     encode,
+    lookup,
     start_listener,
     wait_either,
     wake_peers,
@@ -258,6 +261,41 @@ async def test_hint_never_waits_for_a_name_to_resolve(port: int) -> None:
     waker.hint(HintKind.RELEASED)  # nothing resolved yet: the send moves to a task
     assert time.monotonic() - began < 0.005
     await waker.close()
+
+
+async def test_lookup_takes_a_literal_ip_without_a_thread_and_a_name_in_one() -> None:
+    threads = threading.active_count()
+    assert await lookup("127.0.0.1", 8470) == [(socket.AF_INET, ("127.0.0.1", 8470))]
+    assert await lookup("::1", 8470) == [(socket.AF_INET6, ("::1", 8470, 0, 0))]
+    assert threading.active_count() == threads
+    assert (socket.AF_INET, ("127.0.0.1", 8470)) in await lookup("localhost", 8470)  # /etc/hosts
+    with pytest.raises(OSError):
+        await lookup("no-such-host.invalid", 8470)
+
+
+def test_a_command_does_not_wait_for_a_resolver_that_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer's name whose lookup never ends: the command gives up after RESOLVE_TIMEOUT_S and exits; nothing
+    (no executor thread) holds its exit."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def hanging(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("flags", 0) & socket.AI_NUMERICHOST:
+            return real(host, port, *args, **kwargs)  # the literal fast path: a name fails it at once
+        release.wait(30)  # a resolver that does not answer
+        raise socket.gaierror("timed out")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    cfg = loopback_config(free_udp_port())
+    cfg = dataclasses.replace(
+        cfg, nodes=tuple(dataclasses.replace(n, url="http://peer.example:8080/") for n in cfg.nodes)
+    )
+    began = time.monotonic()
+    try:
+        assert asyncio.run(wake_peers(cfg, HintKind.CONTROL)) == 0
+        assert time.monotonic() - began < RESOLVE_TIMEOUT_S + 0.5
+    finally:
+        release.set()
 
 
 async def test_wait_either_returns_on_either_event_or_the_timeout() -> None:
