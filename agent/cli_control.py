@@ -28,7 +28,8 @@ from .config import Config, load
 from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .history import format_timeline, parse_since, timeline
 from .stores import command_store
-from .wake import HintKind, wake_peers
+from .wake import HintKind
+from .wake_send import wake_peers
 
 DOWN_AFTER_HEARTBEATS = 3  # a node row older than this many heartbeats is not alive (status shows it DOWN)
 HOLD_OFF_ROLE = "hold_off"  # the node row's role while a node waits after stepping down for an app failure

@@ -57,7 +57,7 @@ from .wake import wait_either
 
 if TYPE_CHECKING:
     from .replication_schedule import ReplicationSchedule
-    from .wake import Waker
+    from .wake_send import Waker
 
 
 IP_FAILURES_TO_STEP_DOWN = 2  # reconciliations in a row that could not manage the address (a lapse is not one)

@@ -42,7 +42,8 @@ from .runner import Agent, AgentFailed
 from .statedir import StateDir
 from .stores import open_store
 from .timing import NODE_ROW_HEARTBEATS, check
-from .wake import WakeListener, Waker, start_listener
+from .wake import WakeListener, start_listener
+from .wake_send import Waker
 
 
 def build_app(cfg: Config, node: NodeConfig, state: StateDir) -> Application:
