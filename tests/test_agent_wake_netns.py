@@ -1,5 +1,5 @@
 """Wake-up hints between two real `fos run` agents in network namespaces (PostgreSQL in its own host): with a
-long heartbeat (ttl 12 / heartbeat 4: a standby polls, and a holder reads its control state, every 2 s) a planned
+long heartbeat (ttl 30 / heartbeat 10: a standby polls, and a holder reads its control state, every 5 s) a planned
 move is acted on at once, measured between the database's own event times; with `cluster.wake_port = 0` no
 node listens or sends. The sampler asserts the common IP was never bound on both nodes."""
 
@@ -17,8 +17,11 @@ import pytest
 from tests.support.cluster import Cluster, assert_never_two_holders, clusters, served_by
 from tests.support.netns import Lan, wait_for
 
-TTL, HEARTBEAT = 12, 4  # a poll falls due up to heartbeat / 2 = 2 s after a release or a request
-PROMPT_S = 0.5  # "at once": well under the poll's 2 s (on main, without hints, two moves in a row meet it 1 in 16)
+TTL, HEARTBEAT = 30, 10  # a poll falls due up to heartbeat / 2 = 5 s after a release or a request
+# "At once": with hints 0.01-0.03 s from a release to the acquisition, 0.1-0.35 s from a switchover request to the
+# hand-over (the holder's let-go, the demo app's stop, on a loaded machine). Without them (main) a move meets this
+# bound about 1 time in 5, two in a row 1 in 25.
+PROMPT_S = 1.0
 
 
 @pytest.fixture
