@@ -246,14 +246,23 @@ async def test_wait_either_returns_on_either_event_or_the_timeout() -> None:
 
 
 class CountingStore:
-    """The shared in-memory store, counting one agent's lease reads (when each was answered)."""
+    """The shared in-memory store, counting one agent's lease reads (when each began and was answered); each read
+    takes `delay` seconds (a slow database)."""
 
-    def __init__(self, store: MemoryLeaseStore) -> None:
-        self.store = store
+    def __init__(self, store: MemoryLeaseStore, delay: float = 0.0) -> None:
+        self.store, self.delay = store, delay
+        self.began: list[float] = []
         self.reads: list[float] = []
+        self.running = 0  # reads under way (one cancelled with its task is not)
 
     async def read(self, *args: Any, **kwargs: Any) -> Any:
-        state = await self.store.read(*args, **kwargs)
+        self.began.append(time.monotonic())
+        self.running += 1
+        try:
+            await asyncio.sleep(self.delay)
+            state = await self.store.read(*args, **kwargs)
+        finally:
+            self.running -= 1
         self.reads.append(time.monotonic())
         return state
 
@@ -387,3 +396,23 @@ async def test_a_fail_back_request_wakes_the_holder_at_once(
         assert count(m2.agent.metrics, "fos_wake_hints_received") >= 1
     finally:
         listener.close()
+
+
+async def test_a_hint_during_a_holders_control_read_makes_it_read_again_right_after(
+    store: MemoryLeaseStore, nodes: list[Node]
+) -> None:
+    """The running read may have been answered before the command's write: a hint that came meanwhile is not lost
+    (it gets a read of its own as soon as the running one ended), nor does it start a second read alongside."""
+    m1_store = CountingStore(store, delay=0.3)
+    m1 = Node(config(**SLOW), "m1", m1_store).start()
+    nodes.append(m1)
+    await until(lambda: m1.agent.role is Role.ACTIVE, 5, "m1 active")
+    await until(lambda: m1_store.running == 0, 5, "no read running")
+    began = len(m1_store.began)
+    await until(lambda: len(m1_store.began) > began, 5, "a control read to begin")  # the next: 2 s later
+    assert m1_store.running == 1  # it runs (0.3 s)
+    ended = len(m1_store.reads)
+    m1.agent.wake.set()  # as the listener does on a hint
+    await until(lambda: len(m1_store.began) > began + 1, 1.5, "another read")  # not 2 s later
+    assert len(m1_store.reads) == ended + 1 and m1_store.running == 1  # not alongside: the first read had ended
+    assert m1_store.began[-1] - m1_store.reads[-1] < 0.1  # and right after it
