@@ -28,6 +28,8 @@ from .config import Config, load
 from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .history import format_timeline, parse_since, timeline
 from .stores import command_store
+from .wake import HintKind
+from .wake_send import wake_peers
 
 DOWN_AFTER_HEARTBEATS = 3  # a node row older than this many heartbeats is not alive (status shows it DOWN)
 HOLD_OFF_ROLE = "hold_off"  # the node row's role while a node waits after stepping down for an app failure
@@ -168,6 +170,7 @@ def parse_at(text: str, now: datetime | None = None) -> datetime:
 async def _switchover(cfg: Config, store: Store, args: argparse.Namespace, by: str) -> int:
     if args.cancel:
         if await store.cancel_switchover(cfg.cluster, by):
+            await wake_peers(cfg, HintKind.CONTROL)
             print(f"pending switchover cancelled by {by}")
             return EXIT_OK
         return _not_done("switchover", "no switchover is pending: nothing to cancel")
@@ -189,6 +192,7 @@ async def _switchover(cfg: Config, store: Store, args: argparse.Namespace, by: s
     requested = time.monotonic()
     if not await store.request_switchover(cfg.cluster, target, due_ms, by):
         return _not_done("switchover", control_refusal(await store.read(cfg.cluster)) or "the request was refused")
+    await wake_peers(cfg, HintKind.CONTROL)  # the holder reads its control state now, not at its next poll
     when = f"at {args.at.isoformat()}" if args.at is not None else "now"
     print(f"switchover from {state.holder} to {target} requested {when} by {by} (epoch {state.epoch})")
     if not args.wait:
@@ -272,6 +276,7 @@ async def _maintenance(cfg: Config, store: Store, on: bool, wait: bool, by: str,
         if left:
             return _not_done("maintenance", left)
     if await store.set_maintenance(cfg.cluster, on, by):
+        await wake_peers(cfg, HintKind.CONTROL)
         if on:
             print(f"maintenance mode on (by {by}): nobody fails over, fos starts and stops no application")
         else:
@@ -345,6 +350,7 @@ async def _disable(cfg: Config, store: Store, by: str) -> int:
         c = state.control
         print(f"the cluster was already disabled (by {c.disabled_by}, {_ago(c.disabled_ms)})")
         return EXIT_OK
+    await wake_peers(cfg, HintKind.CONTROL)
     holder = f"{state.holder} releases the common IP, the application and the lease; " if state.held else ""
     print(f"cluster {cfg.cluster} disabled by {by}: {holder}no node acquires until `fos enable`")
     return EXIT_OK
@@ -355,6 +361,7 @@ async def _enable(cfg: Config, store: Store, by: str) -> int:
     if not await store.set_disabled(cfg.cluster, False, by):
         print(f"cluster {cfg.cluster} was already enabled, with automatic failover on")
         return EXIT_OK
+    await wake_peers(cfg, HintKind.CONTROL)
     what = [
         w
         for w, on in (("the cluster", c.disabled), (f"automatic failover ({c.failover_off_reason})", c.failover_off))

@@ -207,6 +207,8 @@ class Config:
     http_listen: str | None = "0.0.0.0:8470"  # None: no HTTP endpoint
     probe_conflict: bool = True
     probe_timeout: float = _bounded(DEFAULT_PROBE_TIMEOUT_S, high=60)
+    # UDP port of the wake-up hints (agent/wake.py), the HTTP port's number by default; 0: no hints
+    wake_port: int = _bounded(8470, high=65535, low_ok=True, fix="is not a port: use 1-65535, or 0 to turn hints off")
     unset_env: tuple[str, ...] = ()  # ${VAR}s replaced by DEFERRED_SECRET (only when parsed with defer_env)
     notify: NotifyConfig = field(default_factory=NotifyConfig)  # [notify] (agent/config_notify.py)
     secrets_unset: tuple[tuple[str, str], ...] = ()  # (key, VAR) of notify/http.token secrets: require_secrets()
@@ -292,6 +294,7 @@ def parse(
     alias_url = cl.url("alias_url")
     probe = cl.get("probe_conflict", bool, default_of(Config, "probe_conflict"))
     probe_timeout = cl.number(Config, "probe_timeout")
+    wake_port = cl.integer(Config, "wake_port")
     failback = cl.get("failback", str, default_of(PolicyConfig, "failback"))
     if failback not in FAILBACK_MODES:
         raise ConfigError(f"cluster.failback = {shown('', failback)} is unknown: use 'manual' or 'auto'")
@@ -405,6 +408,7 @@ def parse(
         http_listen=listen,
         probe_conflict=probe,
         probe_timeout=probe_timeout,
+        wake_port=wake_port,
         unset_env=tuple(dict.fromkeys((*unset, *(v for _, v in (*token_unset, *notify_unset))))),
         secrets_unset=(*token_unset, *notify_unset),
         notify=notify,

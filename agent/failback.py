@@ -14,6 +14,7 @@ from lease import LeaseState, StoreError
 
 from .control_rules import FAILBACK_BY, FailbackStep, plan_failback
 from .roles import HoldEvent
+from .wake import HintKind
 
 if TYPE_CHECKING:
     from .runner import Agent
@@ -130,6 +131,8 @@ class FailBack:
                     a.cfg.cluster, a.node.name, 0, FAILBACK_BY, timeout=a.call_timeout
                 )
                 a.log.info("failback_requested" if requested else "failback_not_requested", reason=why)
+                if requested and a.waker is not None:
+                    a.waker.hint(HintKind.CONTROL)  # the holder reads the request now, not at its next poll
                 if requested:
                     # Refused or failed (the holder's config disagrees, our start failed): not again before
                     # another delay, and not at all after MAX_ATTEMPTS until this node serves again, the holder

@@ -12,6 +12,7 @@ from lease import EventKind, StoreError
 
 from .renewal import renew_lease
 from .roles import Decision, Holding, RenewOutcome
+from .wake import HintKind
 
 if TYPE_CHECKING:
     from .runner import Agent
@@ -80,6 +81,7 @@ async def _give_up(agent: Agent, holding: Holding, decision: Decision, ip_gone: 
         control = await agent.ops.read_control()
         if not (control.maintenance or control.failover_off or control.disabled):
             if await agent.ops.hand_over(holding, decision.handover_to, decision.reason):
+                _wake_peers(agent, HintKind.HANDOVER)
                 return True
             # Refused (the request was cancelled or replaced meanwhile, a gate came on) or unanswered: the lease
             # is still ours (renewed until now), so keep it and resume at once from this instance (the standby's
@@ -108,8 +110,20 @@ async def release(agent: Agent, holding: Holding, detail: str, ip_gone: bool) ->
             agent.cfg.cluster, agent.node.name, holding.epoch, detail=detail[:200], timeout=agent.call_timeout
         )
         agent.log.info("lease_released" if released else "lease_already_gone", epoch=holding.epoch)
+        if released:
+            _wake_peers(agent, HintKind.RELEASED)
     except StoreError as exc:
         agent.log.warning("lease_release_failed", epoch=holding.epoch, error=str(exc))
+
+
+def _wake_peers(agent: Agent, kind: HintKind) -> None:
+    """Tell the others at once that the lease is free or theirs (a hint: each reads the database and judges by
+    it; sending never waits, and never fails the let-go)."""
+    if agent.waker is not None:
+        try:
+            agent.waker.hint(kind)
+        except Exception as exc:  # an optimisation: nothing about it may disturb letting go
+            agent.log.debug("wake_hint_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 async def emergency_let_go(agent: Agent, detail: str) -> None:

@@ -39,6 +39,15 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.wake_hints_sent = Counter("fos_wake_hints_sent", "wake-up hints sent to other nodes", registry=r)
+        self.wake_hints_received = Counter(
+            "fos_wake_hints_received", "wake-up hints received from another node or a command", registry=r
+        )
+        self.wake_hints_ignored = Counter(
+            "fos_wake_hints_ignored",
+            "datagrams on the wake port ignored: malformed, of another cluster or from an unknown sender",
+            registry=r,
+        )
         for role in Role:
             self.role.labels(role=role.value).set(0)
         for state in CONTROL_STATES:

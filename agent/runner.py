@@ -30,7 +30,7 @@ from lease import (
 from netops import AddressBinder, NetopsError
 
 from .app import AppError, Application
-from .clock import Clock, wait_event
+from .clock import Clock
 from .common_ip import CommonIp
 from .config import Config, NodeConfig
 from .control_rules import left_app_must_stop, standby_poll
@@ -56,10 +56,12 @@ from .roles import (
     warm_gate,
 )
 from .timing import MIN_RETRY_S
+from .wake import wait_either
 from .warm import WarmSupervisor
 
 if TYPE_CHECKING:
     from .replication_schedule import ReplicationSchedule
+    from .wake_send import Waker
 
 
 IP_FAILURES_TO_STEP_DOWN = 2  # reconciliations in a row that could not manage the address (a lapse is not one)
@@ -103,6 +105,8 @@ class Agent:
         self.restart_own_stop = False
         self.last_tick = clock.now()
         self.stop_requested = asyncio.Event()
+        self.wake = asyncio.Event()  # a wake-up hint came (agent/wake.py): read the database now, as on a poll
+        self.waker: Waker | None = None  # sends hints to the other nodes (wired by service.py; None: no hints)
         self.stop_reason = ""
         self.transition_reason = "starting"
         self.not_before = 0.0
@@ -217,9 +221,14 @@ class Agent:
         self.metrics.epoch.set(self.epoch or 0)
         self.ops.report_now.set()
 
-    async def _sleep_until(self, when: float) -> None:
-        """Sleep until local time `when`, or until a stop is requested."""
-        await wait_event(self.stop_requested, when - self.clock.now())
+    async def _sleep_until(self, when: float) -> bool:
+        """Sleep until local time `when`, until a stop is requested, or until a wake-up hint came (then the caller
+        reads the database at once and judges by it, as on a poll: a hint alone decides nothing). True if a hint
+        ended it."""
+        await wait_either(self.stop_requested, self.wake, when - self.clock.now())
+        hinted = self.wake.is_set()
+        self.wake.clear()
+        return hinted
 
     # ---- standby ------------------------------------------------------------------------------------------
 
@@ -312,9 +321,9 @@ class Agent:
         probing = self.ip.probes and not self.ip.probing_ahead and self.app_ready()
         start = probe_ahead_at(plan, self.clock.now(), self.cfg.probe_timeout, probing)
         if start is not None:
-            await self._sleep_until(start)
-            if not self.stop_requested.is_set():
-                self.ip.start_probe_ahead()
+            if await self._sleep_until(start) or self.stop_requested.is_set():
+                return  # a hint: read now (the round is planned again from what the read shows)
+            self.ip.start_probe_ahead()
         await self._standby_sleep(plan.wake_at)
 
     def _saw(self, state: LeaseState | None) -> None:
@@ -346,6 +355,8 @@ class Agent:
         control_at: float | None = self.clock.now()  # when to read the control state (besides after a renewal)
         half_beat = self.cfg.lease.heartbeat / 2
         tasks: dict[str, asyncio.Task[Any]] = {"stop": asyncio.create_task(self.stop_requested.wait())}
+        tasks["wake"] = asyncio.create_task(self.wake.wait())
+        hinted = False  # a wake-up hint asks for a control read (a command wrote a request): as soon as none runs
         if work is not None:
             tasks["work"] = asyncio.create_task(work)
         if watch_app:  # warm: the supervisor's verdict (it is the only one checking the app)
@@ -391,10 +402,13 @@ class Agent:
                 # waits for it, and a read uses its own connection): right after a renewal, and half a heartbeat
                 # later (or at a scheduled switchover's time) while renewals succeed, so a request is seen within
                 # half a heartbeat. Not while renewals fail: no extra calls into a database that does not answer.
+                if tasks["wake"].done():  # (the listener rate-limits hints: agent/wake.py)
+                    self.wake.clear()
+                    tasks["wake"], hinted = asyncio.create_task(self.wake.wait()), True
                 timer_due = control_at is not None and now >= control_at and not self.renew_failing
-                if "control" not in tasks and (renewed or timer_due):
+                if "control" not in tasks and (renewed or timer_due or (hinted and not self.renew_failing)):
                     tasks["control"] = asyncio.create_task(self.ops.read_as_holder(acting=work is None))
-                    control_at = None
+                    control_at, hinted = None, False
                 control = tasks.get("control")
                 if control is not None and control.done():
                     del tasks["control"]
@@ -403,7 +417,7 @@ class Agent:
                     ended = self.ops.holder_event(plan, acting=work is None, app_dropped=app_dropped)
                     if ended is not None:
                         return ended
-                    control_at = now + min(plan.wake_in or half_beat, half_beat)
+                    control_at = now if hinted else now + min(plan.wake_in or half_beat, half_beat)
                 if tasks["stop"].done():
                     return HoldEvent.STOP_REQUESTED, self.stop_reason
                 if "work" in tasks and tasks["work"].done():

@@ -42,6 +42,8 @@ from .runner import Agent, AgentFailed
 from .statedir import StateDir
 from .stores import open_store
 from .timing import NODE_ROW_HEARTBEATS, check
+from .wake import WakeListener, start_listener
+from .wake_send import Waker
 
 
 def build_app(cfg: Config, node: NodeConfig, state: StateDir) -> Application:
@@ -165,6 +167,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
             )
             replication: Replication | None = None
             notifier: Notifier | None = None
+            wake: WakeListener | None = None
             runner: web.AppRunner | None = None
             if cfg.http_listen:  # before reaping an orphan: a port in use must refuse with nothing changed
                 try:
@@ -192,6 +195,9 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
                     replication = Replication.start(cfg, node, agent)
                 holder_epoch = lambda: agent.epoch if agent.role is Role.ACTIVE else None  # noqa: E731
                 notifier = start_notifier(cfg, node.name, holder_epoch, agent.stop_requested)
+                wake = await start_listener(cfg, node.name, agent.wake, agent.metrics)  # hints: agent/wake.py
+                agent.waker = Waker(cfg, node.name, agent.metrics)
+                agent.waker.prefetch()
                 await agent.run()
             except AgentFailed as exc:
                 cause = exc.__cause__
@@ -203,6 +209,10 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
                     print(f"fos: {exc}", file=sys.stderr)
                 return EXIT_FAILED
             finally:
+                if wake is not None:
+                    wake.close()
+                if agent.waker is not None:
+                    await agent.waker.close()  # a hint of the release still being resolved goes out first
                 if notifier is not None:
                     await notifier.stop()
                 if replication is not None:

@@ -338,6 +338,27 @@ def test_defaults_come_from_the_dataclasses() -> None:
     assert cfg.probe_timeout == fields_default(Config, "probe_timeout")
     assert cfg.probe_conflict == fields_default(Config, "probe_conflict")
     assert cfg.http_listen == fields_default(Config, "http_listen")
+    assert cfg.wake_port == fields_default(Config, "wake_port") == 8470  # the HTTP port's number, as UDP
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (-1, r"^cluster\.wake_port = -1 is not a port: use 1-65535, or 0 to turn hints off$"),
+        (65536, r"^cluster\.wake_port = 65536 is not a port: use 1-65535, or 0 to turn hints off$"),
+        (8470.5, r"^cluster\.wake_port = 8470\.5 must be a whole number"),
+        ("8470", r"^cluster\.wake_port = '8470' has the wrong type: expected"),
+        (True, r"^cluster\.wake_port = True has the wrong type: expected"),
+    ],
+)
+def test_a_wake_port_that_is_no_port_is_refused_in_one_line(value: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        parse(base(cluster__wake_port=value))
+    assert "\n" not in str(err.value)
+
+
+def test_any_port_and_zero_are_accepted_as_the_wake_port() -> None:
+    assert [parse(base(cluster__wake_port=p)).wake_port for p in (0, 1, 8471, 65535)] == [0, 1, 8471, 65535]
 
 
 def fields_default(cls: type, name: str) -> Any:
@@ -405,6 +426,7 @@ EFFECTS: dict[str, tuple[dict[str, Any], Any, Any]] = {
     "cluster.address_driver": ({"cluster__address_driver": "none"}, lambda c: c.address_driver, "none"),
     "cluster.probe_conflict": ({"cluster__probe_conflict": False}, lambda c: c.probe_conflict, False),
     "cluster.probe_timeout": ({"cluster__probe_timeout": 0.7}, lambda c: c.probe_timeout, 0.7),
+    "cluster.wake_port": ({"cluster__wake_port": 0}, lambda c: c.wake_port, 0),
     "cluster.failback": ({"cluster__failback": "auto"}, lambda c: c.policy.failback, "auto"),
     "cluster.failback_delay": ({"cluster__failback_delay": 60}, lambda c: c.policy.failback_delay, 60.0),
     "maintenance.remind_after": ({"maintenance__remind_after": 600}, lambda c: c.policy.remind_after, 600.0),
