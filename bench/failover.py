@@ -115,7 +115,8 @@ def app_healthy(c: Cluster, node: str) -> bool:
 
 
 def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int, mode: str = "cold") -> dict[str, Any]:
-    c = Cluster(lan, "postgresql", ttl=ttl, heartbeat=heartbeat, mode=mode)
+    # Every repetition is a take-over: more than flap.max_takeovers (3) within the hour would turn failover off.
+    c = Cluster(lan, "postgresql", ttl=ttl, heartbeat=heartbeat, mode=mode, tables="[flap]\nmax_takeovers = 1000")
     try:
         c.active_pair()
         results: list[dict[str, float]] = []
