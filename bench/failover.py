@@ -12,8 +12,8 @@ Each fos timing runs in each application mode of --modes: cold (the app starts o
 runs on both nodes, only the IP moves). "acquired to IP bound" is the conflict probe and the bind (from the
 promoting agent's log to the sampler's first sample of the address on it); "after expiry less probe" removes it.
 
-    .venv/bin/python bench/failover.py [--reps 5] [--timings 2/0.5,3/1,10/3] [--modes cold,warm] [--with-default]
-        [--no-keepalived]
+    .venv/bin/python bench/failover.py [--reps 5] [--timings 3.6/0.6,4/1,10/3] [--modes cold,warm] [--with-default]
+        [--no-keepalived] [--faults kill9,linkcut,sigterm,switchover] [--probe-timeout S] [--switchover-via cli|store]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from tests.support.netns import Host, Lan, wait_for
 FAULTS = ["kill9", "linkcut", "sigterm", "switchover"]
 MODES = ["cold", "warm"]  # application.mode
 SWITCHOVER_VIA = "cli"  # or "store": --switchover-via
+PROBE_TIMEOUT: float | None = None  # cluster.probe_timeout of the fos rows (--probe-timeout); None: the default
 TAKEOVER = re.compile(r"expired (-?\d+) ms before the read")
 APP_HEALTHY = re.compile(r"app_healthy\s+after=([0-9.]+)")
 
@@ -116,7 +117,16 @@ def app_healthy(c: Cluster, node: str) -> bool:
 
 def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int, mode: str = "cold") -> dict[str, Any]:
     # Every repetition is a take-over: more than flap.max_takeovers (3) within the hour would turn failover off.
-    c = Cluster(lan, "postgresql", ttl=ttl, heartbeat=heartbeat, mode=mode, tables="[flap]\nmax_takeovers = 1000")
+    keys = "" if PROBE_TIMEOUT is None else f"probe_timeout = {PROBE_TIMEOUT:g}"
+    c = Cluster(
+        lan,
+        "postgresql",
+        ttl=ttl,
+        heartbeat=heartbeat,
+        mode=mode,
+        cluster_keys=keys,
+        tables="[flap]\nmax_takeovers = 1000",
+    )
     try:
         c.active_pair()
         results: list[dict[str, float]] = []
@@ -183,7 +193,8 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int, mod
         c.close()
         lan.close()
     via = f" ({SWITCHOVER_VIA})" if fault == "switchover" else ""
-    return summarise(f"fos {mode} ttl {ttl:g}/hb {heartbeat:g}{via}", fault, results, both)
+    probe = "" if PROBE_TIMEOUT is None else f" probe {PROBE_TIMEOUT:g}"
+    return summarise(f"fos {mode} ttl {ttl:g}/hb {heartbeat:g}{probe}{via}", fault, results, both)
 
 
 def summarise(setup: str, fault: str, results: list[dict[str, Any]], both: int) -> dict[str, Any]:
@@ -340,6 +351,7 @@ def main() -> None:
         default="cli",
         help="the switchover request: the fos switchover command (timed from its launch), or the store's statement",
     )
+    parser.add_argument("--probe-timeout", type=float, help="cluster.probe_timeout of the fos rows (default: fos's)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/failover.py needs root: it builds network namespaces")
@@ -350,8 +362,9 @@ def main() -> None:
     modes = [m for m in args.modes.split(",") if m in MODES]
     if not modes:
         sys.exit(f"--modes = {args.modes!r} names no mode: use cold, warm or cold,warm")
-    global SWITCHOVER_VIA
+    global SWITCHOVER_VIA, PROBE_TIMEOUT
     SWITCHOVER_VIA = args.switchover_via
+    PROBE_TIMEOUT = args.probe_timeout
     rows: list[dict[str, Any]] = []
     if not args.no_keepalived:
         rows += keepalived_runs(Lan, args.reps)
