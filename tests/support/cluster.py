@@ -98,7 +98,8 @@ class IpSampler:
 
 
 class Prober:
-    """The client's view: one GET of the common IP every 20 ms, recorded as (monotonic time, answer)."""
+    """The client's view: a GET of the common IP begun every 20 ms (each in its own thread: a hung one does not delay
+    the next), recorded as (monotonic time it began, answer)."""
 
     def __init__(self, client: Host, ip: str = VIP) -> None:
         self.answers: list[tuple[float, str]] = []
@@ -116,7 +117,9 @@ class Prober:
             self.answers.append((float(at), answer))
 
     def first_answer_from(self, node: str, after: float) -> float | None:
-        return next((t for t, a in list(self.answers) if t >= after and a == node), None)
+        """When the first attempt begun at or after `after` that `node` answered began (attempts overlap: the
+        lines come in the order they ended)."""
+        return min((t for t, a in list(self.answers) if t >= after and a == node), default=None)
 
     def answers_after(self, after: float) -> set[str]:
         return {a for t, a in list(self.answers) if t >= after}
