@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -34,14 +35,16 @@ from .config import Config, ConfigError, NodeConfig, check_listen
 from .config_notify import require_secrets
 from .exits import EXIT_FAILED, EXIT_OK
 from .http import start_server
-from .notifier import Notifier, start_notifier
 from .renewal import FATAL_STORE_ERRORS
-from .replication_schedule import ReplicationSchedule
 from .roles import Role, live_namesake
 from .runner import Agent, AgentFailed
 from .statedir import StateDir
 from .stores import open_store
 from .timing import NODE_ROW_HEARTBEATS, check
+
+if TYPE_CHECKING:  # imported where used: an agent without [notify] or [replication] never loads them (issue #14)
+    from .notifier import Notifier
+    from .replication_schedule import ReplicationSchedule
 
 
 def build_app(cfg: Config, node: NodeConfig, state: StateDir) -> Application:
@@ -75,6 +78,9 @@ class Replication:
 
     @classmethod
     def start(cls, cfg: Config, node: NodeConfig, agent: Agent) -> Replication:
+        # Here, not at the top: only an agent with replication on pays for the mirror code's imports (issue #14).
+        from .replication_schedule import ReplicationSchedule
+
         store = open_store(cfg)
         schedule = ReplicationSchedule(
             cfg, store, node.name, lambda: agent.epoch if agent.role is Role.ACTIVE else None
@@ -190,8 +196,13 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
             try:
                 if cfg.replication.enabled:  # last: nothing after it can refuse the start
                     replication = Replication.start(cfg, node, agent)
-                holder_epoch = lambda: agent.epoch if agent.role is Role.ACTIVE else None  # noqa: E731
-                notifier = start_notifier(cfg, node.name, holder_epoch, agent.stop_requested)
+                if cfg.notify.enabled:
+                    # Here, not at the top: the notifier's mail and webhook code (aiosmtplib, email, tenacity's
+                    # retrying) is loaded only by an agent that has [notify] configured (issue #14).
+                    from .notifier import start_notifier
+
+                    holder_epoch = lambda: agent.epoch if agent.role is Role.ACTIVE else None  # noqa: E731
+                    notifier = start_notifier(cfg, node.name, holder_epoch, agent.stop_requested)
                 await agent.run()
             except AgentFailed as exc:
                 cause = exc.__cause__
