@@ -29,6 +29,7 @@ from lease import (
 from lease.names import check_name
 from netops import Announce, NetlinkBinder, NoneBinder, validate
 
+from . import heap
 from .app import Application, NoApplication, StartStopCommands, SupervisedCommand
 from .clock import SystemClock
 from .config import Config, ConfigError, NodeConfig, check_listen
@@ -151,6 +152,7 @@ async def _holder_in_maintenance(store: SqlLeaseStore, cfg: Config, node: NodeCo
 async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
     """Run the agent until SIGTERM/SIGINT. Bad input raises ConfigError before anything is started."""
     log = structlog.get_logger("fos.run").bind(node=node.name, cluster=cfg.cluster)
+    heap.limit_arenas()  # before the database call threads start: they share the main malloc arena (agent/heap.py)
     check(cfg)
     check_listen(cfg)
     require_secrets(cfg.secrets_unset, cfg.http_listen is not None, cfg.notify.enabled, "fos run")
@@ -171,6 +173,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
             )
             replication: Replication | None = None
             notifier: Notifier | None = None
+            trimmer: asyncio.Task[None] | None = None
             runner: web.AppRunner | None = None
             if cfg.http_listen:  # before reaping an orphan: a port in use must refuse with nothing changed
                 try:
@@ -203,6 +206,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
 
                     holder_epoch = lambda: agent.epoch if agent.role is Role.ACTIVE else None  # noqa: E731
                     notifier = start_notifier(cfg, node.name, holder_epoch, agent.stop_requested)
+                trimmer = asyncio.create_task(heap.trim_every())  # an idle agent's heap never shrinks otherwise
                 await agent.run()
             except AgentFailed as exc:
                 cause = exc.__cause__
@@ -214,6 +218,8 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
                     print(f"fos: {exc}", file=sys.stderr)
                 return EXIT_FAILED
             finally:
+                if trimmer is not None:
+                    trimmer.cancel()
                 if notifier is not None:
                     await notifier.stop()
                 if replication is not None:

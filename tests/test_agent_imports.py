@@ -8,18 +8,9 @@ at start-up or later, on stderr."""
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
-import urllib.request
 from pathlib import Path
-from typing import Any
 
-from tests.support.dbservers import free_port
-from tests.support.netns import wait_for
-
-FOS = [sys.executable, "-m", "agent"]
+from tests.support.minimal_agent import renewing_agent
 
 # Modules `fos run` must not load when the features they serve are off.
 NOT_LOADED = {
@@ -51,54 +42,13 @@ def imported_modules(stderr: str) -> set[str]:
     return names
 
 
-def status(port: int) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=1) as r:
-            doc: dict[str, Any] = json.loads(r.read())
-            return doc
-    except OSError:
-        return None
-
-
 def test_fos_run_with_a_minimal_config_loads_no_code_of_other_commands_or_features_that_are_off(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    cfg = tmp_path / "fos.toml"
-    cfg.write_text(
-        "\n".join(
-            [
-                "[cluster]",
-                'name = "c1"',
-                'address_driver = "none"',
-                "[[nodes]]",
-                'name = "m1"',
-                "[database]",
-                f'dsn = "Driver=SQLite3;Database={tmp_path}/lease.db"',
-                "[lease]",
-                "ttl = 4",
-                "heartbeat = 1",
-                "[http]",
-                f'listen = "127.0.0.1:{port}"',
-            ]
-        )
-        + "\n"
-    )
-    init = subprocess.run([*FOS, "init-db", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
-    assert init.returncode == 0, init.stderr
-    run = [*FOS[:1], "-X", "importtime", *FOS[1:], "run", "--config", str(cfg), "--node", "m1"]
     with open(tmp_path / "stderr", "w+") as err:
-        agent = subprocess.Popen([*run, "--state-dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            # Active and a few heartbeats on: whatever the idle loop imports later is in the listing too.
-            wait_for(lambda: (s := status(port)) is not None and s["role"] == "active", 30, what="m1 active")
-            wait_for(lambda: (s := status(port)) is not None and s["epoch"] and s["fence_in_s"], 10, what="renewing")
-            agent.send_signal(signal.SIGTERM)
-            assert agent.wait(timeout=30) == 0
-        finally:
-            if agent.poll() is None:
-                agent.kill()
-                agent.wait()
+        # Active and renewing: whatever the idle loop imports later is in the listing too.
+        with renewing_agent(tmp_path, err, python_flags=("-X", "importtime")):
+            pass
         err.seek(0)
         modules = imported_modules(err.read())
     assert all(m in modules for m in LOADED), sorted(modules)
