@@ -20,16 +20,17 @@ from typing import Any
 from lease import StoreError
 from netops import NetopsError, find_interface, format_table, list_interfaces, probe_address, validate
 
-from . import __version__, cli_control, cli_notify, cli_ops
-from .cli_control import node_is_down
+from . import __version__
 from .config import Config, ConfigError, NodeConfig, check_listen, load
 from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .logs import configure as configure_logs
 from .node import select_node
-from .replication_schedule import freshness
 from .service import serve
 from .stores import command_store
 from .timing import check
+
+# cli_control, cli_notify, cli_ops (and through them history, doctor, mirror, mail) are imported where used, not
+# here: `fos run` never needs them, and every module it does not load is memory its agent does not hold (issue #14).
 
 DEFAULT_CONFIG = "/etc/fos/fos.toml"
 
@@ -113,6 +114,9 @@ def cmd_init_db(args: argparse.Namespace) -> int:
 
 
 async def _status(cfg: Config) -> dict[str, Any]:
+    from .cli_control import node_is_down  # here, not at the top: see the note on the imports
+    from .replication_schedule import freshness
+
     store = command_store(cfg)
     try:
         row = await store.status_row(cfg.cluster)
@@ -280,7 +284,9 @@ def _probe_seconds(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole `fos` parser; for an `argv` that starts with `run`, only what `fos run` parses (argparse picks the
+    sub-command by that first word, so the others' parsers, and their modules, are not needed: issue #14)."""
     parser = _Parser(prog="fos", description="Fail Over Service: keeps one node of a pair serving the common IP.")
     parser.add_argument("--version", action="version", version=f"fos {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -319,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interface", "-i", required=True, help="the NIC on the address's network")
     p.add_argument("--timeout", type=_probe_seconds, default=1.0, help="seconds to wait for an answer (default 1)")
     p.set_defaults(func=cmd_check_ip)
+    if argv is not None and list(argv[:1]) == ["run"]:
+        return parser
+    from . import cli_control, cli_notify, cli_ops  # here, not at the top: see the note on the imports
+
     cli_ops.register(sub, with_config)
     cli_control.register(sub, with_config)
     cli_notify.register(sub, with_config)
@@ -328,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Every refused input (ConfigError, NetopsError) is exit 2 with exactly one line on stderr,
     a failed operation (StoreError) exit 1 with one line."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -9,6 +9,7 @@ from lease.model import SEES_DISABLED, SEES_FAILOVER_OFF, SEES_MAINTENANCE
 from .roles import Role
 
 CONTROL_STATES = (SEES_MAINTENANCE, SEES_DISABLED, SEES_FAILOVER_OFF)
+_UNSET = object()  # set_holder / set_control not called yet
 
 
 class Metrics:
@@ -52,8 +53,15 @@ class Metrics:
             self.role.labels(role=role.value).set(0)
         for state in CONTROL_STATES:
             self.control.labels(state=state).set(0)
+        # What set_holder / set_control last showed: they run on every lease read (twice a heartbeat), and a read
+        # that changes nothing need not rebuild the labelled samples (set_holder made a new one each time).
+        self._holder: object = _UNSET
+        self._control: object = _UNSET
 
     def set_control(self, states: frozenset[str]) -> None:
+        if states == self._control:
+            return
+        self._control = states
         for state in CONTROL_STATES:
             self.control.labels(state=state).set(1 if state in states else 0)
 
@@ -63,6 +71,9 @@ class Metrics:
         self.transitions.labels(to=role.value).inc()
 
     def set_holder(self, holder: str | None) -> None:
+        if holder == self._holder:
+            return
+        self._holder = holder
         self.lease_holder.clear()
         if holder is not None:
             self.lease_holder.labels(holder=holder).set(1)

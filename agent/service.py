@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -28,15 +29,14 @@ from lease import (
 from lease.names import check_name
 from netops import Announce, NetlinkBinder, NoneBinder, validate
 
+from . import heap
 from .app import Application, NoApplication, StartStopCommands, SupervisedCommand
 from .clock import SystemClock
 from .config import Config, ConfigError, NodeConfig, check_listen
 from .config_notify import require_secrets
 from .exits import EXIT_FAILED, EXIT_OK
 from .http import start_server
-from .notifier import Notifier, start_notifier
 from .renewal import FATAL_STORE_ERRORS
-from .replication_schedule import ReplicationSchedule
 from .roles import Role, live_namesake
 from .runner import Agent, AgentFailed
 from .statedir import StateDir
@@ -44,6 +44,10 @@ from .stores import open_store
 from .timing import NODE_ROW_HEARTBEATS, check
 from .wake import WakeListener, start_listener
 from .wake_send import Waker
+
+if TYPE_CHECKING:  # imported where used: an agent without [notify] or [replication] never loads them (issue #14)
+    from .notifier import Notifier
+    from .replication_schedule import ReplicationSchedule
 
 
 def build_app(cfg: Config, node: NodeConfig, state: StateDir) -> Application:
@@ -77,6 +81,9 @@ class Replication:
 
     @classmethod
     def start(cls, cfg: Config, node: NodeConfig, agent: Agent) -> Replication:
+        # Here, not at the top: only an agent with replication on pays for the mirror code's imports (issue #14).
+        from .replication_schedule import ReplicationSchedule
+
         store = open_store(cfg)
         schedule = ReplicationSchedule(
             cfg, store, node.name, lambda: agent.epoch if agent.role is Role.ACTIVE else None
@@ -147,6 +154,7 @@ async def _holder_in_maintenance(store: SqlLeaseStore, cfg: Config, node: NodeCo
 async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
     """Run the agent until SIGTERM/SIGINT. Bad input raises ConfigError before anything is started."""
     log = structlog.get_logger("fos.run").bind(node=node.name, cluster=cfg.cluster)
+    heap.limit_arenas()  # before the database call threads start: they share the main malloc arena (agent/heap.py)
     check(cfg)
     check_listen(cfg)
     require_secrets(cfg.secrets_unset, cfg.http_listen is not None, cfg.notify.enabled, "fos run")
@@ -168,6 +176,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
             replication: Replication | None = None
             notifier: Notifier | None = None
             wake: WakeListener | None = None
+            trimmer: asyncio.Task[None] | None = None
             runner: web.AppRunner | None = None
             if cfg.http_listen:  # before reaping an orphan: a port in use must refuse with nothing changed
                 try:
@@ -193,11 +202,17 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
             try:
                 if cfg.replication.enabled:  # last: nothing after it can refuse the start
                     replication = Replication.start(cfg, node, agent)
-                holder_epoch = lambda: agent.epoch if agent.role is Role.ACTIVE else None  # noqa: E731
-                notifier = start_notifier(cfg, node.name, holder_epoch, agent.stop_requested)
+                if cfg.notify.enabled:
+                    # Here, not at the top: the notifier's mail and webhook code (aiosmtplib, email, tenacity's
+                    # retrying) is loaded only by an agent that has [notify] configured (issue #14).
+                    from .notifier import start_notifier
+
+                    holder_epoch = lambda: agent.epoch if agent.role is Role.ACTIVE else None  # noqa: E731
+                    notifier = start_notifier(cfg, node.name, holder_epoch, agent.stop_requested)
                 wake = await start_listener(cfg, node.name, agent.wake, agent.metrics)  # hints: agent/wake.py
                 agent.waker = Waker(cfg, node.name, agent.metrics)
                 agent.waker.prefetch()
+                trimmer = asyncio.create_task(heap.trim_every())  # an idle agent's heap never shrinks otherwise
                 await agent.run()
             except AgentFailed as exc:
                 cause = exc.__cause__
@@ -213,6 +228,8 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
                     wake.close()
                 if agent.waker is not None:
                     await agent.waker.close()  # a hint of the release still being resolved goes out first
+                if trimmer is not None:
+                    trimmer.cancel()
                 if notifier is not None:
                     await notifier.stop()
                 if replication is not None:

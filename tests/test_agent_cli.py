@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from agent.cli import build_parser, node_is_down
+from agent.cli import build_parser
+from agent.cli_control import node_is_down
 from lease import SqlLeaseStore
 from lease.schema import SCHEMA_VERSION
 from tests.conftest import unique
