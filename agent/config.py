@@ -14,6 +14,7 @@ import socket
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from lease.dialects import ALIASES, DIALECTS
 from netops.binder import DEFAULT_PROBE_TIMEOUT_S
@@ -97,6 +98,12 @@ class NodeConfig:
     interface: str = ""
     url: str | None = None
     priority: int = _bounded(0, low=-1_000_000, high=1_000_000, low_ok=True)  # fail-back: higher is preferred
+
+
+def peer_host(node: NodeConfig) -> str:
+    """Where a node is reached (ssh for replication, wake-up hints): the host of its url, else its name."""
+    host = urlsplit(node.url).hostname if node.url else None
+    return host or node.name
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import urllib.request
 from lease import StoreError
 from netops import NetopsError, probe_address, validate
 
-from .config import Config, ConfigError, NodeConfig, load
+from .config import Config, ConfigError, NodeConfig, load, peer_host
 from .doctor_checks import (
     FAIL,
     PASS,
@@ -34,7 +34,7 @@ from .doctor_checks import (
 )
 from .logs import configure as configure_logs
 from .node import select_node
-from .replication import peer_host, run_command
+from .replication import run_command
 from .stores import command_store
 
 PROBE_TIMEOUT_S = 1.0

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 from lease import NodeRecord, SchemaMissing, SqlLeaseStore, StoreAuthError, StoreError, StoreUnavailable
 
-from .config import Config, NodeConfig
-from .replication import PROBE_COMMAND, peer_host, run_command, ssh_command
+from .config import Config, NodeConfig, peer_host
+from .replication import PROBE_COMMAND, run_command, ssh_command
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13

@@ -24,13 +24,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import structlog
 
 from lease import LeaseState
 
-from .config import Config, ConfigError, NodeConfig, ReplicationConfig
+from .config import Config, ConfigError, NodeConfig, ReplicationConfig, peer_host
 
 log = structlog.get_logger("fos.replication")
 
@@ -125,12 +124,6 @@ def choose_targets(cfg: Config, me: str, lease: LeaseState, to: str | None) -> l
         if lease.held_by(t.name):  # cannot happen while we hold it; kept as the rule's own statement
             raise MirrorRefused(f"node {t.name} holds the lease: fos never copies to the active node")
     return targets
-
-
-def peer_host(node: NodeConfig) -> str:
-    """Where a node is reached by ssh: the host of its url, else its name."""
-    host = urlsplit(node.url).hostname if node.url else None
-    return host or node.name
 
 
 def ssh_command(rep: ReplicationConfig) -> list[str]:

@@ -13,8 +13,7 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .config import Config
-from .replication import peer_host
+from .config import Config, peer_host
 from .wake import COMMAND_SENDER, Hint, HintKind, encode, log
 
 if TYPE_CHECKING:  # not imported at run time: a command (fos switchover) needs no Prometheus client
