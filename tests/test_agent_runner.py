@@ -665,3 +665,123 @@ async def test_a_holder_that_renews_after_the_round_ahead_keeps_its_lease_and_th
     assert not any(e.kind == EventKind.TAKEOVER for e in store.events)
     await m1.kill()
     await m2.kill()
+
+
+# ---- adversarial review (h-rev1): warm supervisor and probe-ahead defects ---------------------------------------
+
+
+async def test_warm_a_start_raising_oserror_is_retried_like_a_failed_start_not_left_unsupervised(
+    store: MemoryLeaseStore, health_port: int
+) -> None:
+    """A transient fork failure (EAGAIN) or an unwritable pidfile raises OSError, not AppError, out of
+    Application.start. The supervisor's task must survive it (retry with its backoff) as it does an AppError: a
+    dead task leaves the node unhealthy for ever (a standby never competes again) and nobody notices."""
+    cfg = warm_config(health_port)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    real_start, failures = m1.app.start, [OSError(11, "Resource temporarily unavailable")]
+
+    async def start_failing_once(env: dict[str, str]) -> None:
+        if failures:
+            raise failures.pop()
+        await real_start(env)
+
+    m1.app.start = start_failing_once  # type: ignore[method-assign]
+    m1.app.crash()
+    await until(lambda: not failures, 3, "the restart that fails with OSError")
+    await until(lambda: m1.agent.app_ready(), 3, "the app restarted after the failed start and healthy again")
+    await m1.kill()
+
+
+async def test_warm_an_agent_stop_after_a_supervisor_error_still_stops_the_app_and_ends_cleanly(
+    store: MemoryLeaseStore, health_port: int
+) -> None:
+    """Whatever ended the supervisor's task, the agent's stop must still stop the application and end without an
+    exception (WarmSupervisor.close awaits the dead task, which re-raises its error before app.stop())."""
+    cfg = warm_config(health_port, ttl=30, heartbeat=2)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+
+    calls: list[float] = []
+
+    async def start_failing(env: dict[str, str]) -> None:
+        calls.append(time.monotonic())
+        raise OSError(11, "Resource temporarily unavailable")
+
+    m1.app.start = start_failing  # type: ignore[method-assign]
+    m1.app.crash()
+    await until(lambda: m1.agent.role is Role.STANDBY, 3, "m1 steps down for the failed app")
+    await until(lambda: bool(calls), 3, "the supervisor's restart, failing with OSError")
+    stops = len(m1.app.stopped_at)
+    m1.app._running = True  # the failed start's process is up after all (e.g. spawned, then the pidfile failed)
+    m1.agent.request_stop("test")
+    assert m1.task is not None
+    await asyncio.wait_for(m1.task, 3)  # raises the supervisor's OSError on the old code
+    assert m1.agent.role is Role.STOPPED and len(m1.app.stopped_at) > stops, "the app is stopped with the agent"
+
+
+async def test_warm_a_switchover_to_a_standby_whose_app_fell_sick_leaves_no_gap_of_a_ttl(
+    store: MemoryLeaseStore, health_port: int
+) -> None:
+    """A switchover due while its target's warm app is unhealthy (scheduled earlier, or a fail-back's request
+    seen by the holder up to half a heartbeat later; `fos switchover` checks the row only when it is given): the
+    holder checks the target's row (target_problem) for role and liveness but not for app health, hands the lease
+    over, and the target's warm gate refuses to acquire it: nobody may acquire the reserved lease for a whole ttl,
+    and nobody serves meanwhile. The holder should refuse (keep serving), or the target take the reserved lease and
+    fail its promotion at once (a release)."""
+    cfg = warm_config(health_port, ttl=3, heartbeat=0.5)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store).start()
+    await until(lambda: m2.agent.role is Role.STANDBY and m2.agent.app_ready() and ("c1", "m2") in store.nodes)
+
+    async def failing_start(env: dict[str, str]) -> None:
+        raise AppError("cannot start application.command: test")
+
+    m2.app.start = failing_start  # type: ignore[method-assign]
+    m2.app.crash()
+    await until(lambda: store.nodes[("c1", "m2")].app_healthy is False, 3, "m2's row: app unhealthy")
+    assert await store.request_switchover("c1", "m2", 0, "op@host")
+    began = last_served = boottime()
+    longest = 0.0
+    while boottime() < began + cfg.lease.ttl + 1:
+        now = boottime()
+        if m1.binder.bound or m2.binder.bound:
+            last_served = now
+        longest = max(longest, now - last_served)
+        await asyncio.sleep(0.01)
+    assert longest < 1.0, f"nobody served the common IP for {longest:.2f}s after the switchover request"
+    await m1.kill()
+    await m2.kill()
+
+
+async def test_a_clear_round_ahead_does_not_spare_the_probe_when_the_acquisition_answered_long_after_it(
+    store: MemoryLeaseStore,
+) -> None:
+    """PROBE_AHEAD_FRESH_S bounds the time between the round's end and the bind in which another host could take
+    the address unseen. claim() measures it to when the acquisition was *sent*, so a compare-and-set answered late
+    (up to the call timeout) binds with no probe that long after the round: here 0.8 s."""
+    cfg = config(ttl=4, heartbeat=2, driver="netlink")  # call timeout 1 s
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store, binder=FakeBinder(probe_seconds=cfg.probe_timeout)).start()
+    await until(lambda: m2.agent.role is Role.STANDBY)
+    real_acquire = store.try_acquire
+
+    async def slow_answer(*args: Any, **kwargs: Any) -> AcquireResult:
+        got = await real_acquire(*args, **kwargs)
+        if got.acquired:
+            await asyncio.sleep(0.8)  # the answer comes back late (a slow link), within the call timeout
+        return got
+
+    store.try_acquire = slow_answer  # type: ignore[method-assign]
+    await m1.kill()
+    await until(lambda: m2.binder.bound, 8, "m2 to bind the common IP")
+    bound = m2.binder.times("bind")[0]
+    last_round_end = max(m2.binder.times("probe")) + cfg.probe_timeout
+    from agent.common_ip import PROBE_AHEAD_FRESH_S
+
+    assert bound - last_round_end <= PROBE_AHEAD_FRESH_S + 0.05, (
+        f"bound {bound - last_round_end:.3f}s after the last probe round ended, without probing again"
+    )
+    await m2.kill()
