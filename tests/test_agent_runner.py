@@ -785,3 +785,38 @@ async def test_a_clear_round_ahead_does_not_spare_the_probe_when_the_acquisition
         f"bound {bound - last_round_end:.3f}s after the last probe round ended, without probing again"
     )
     await m2.kill()
+
+
+async def test_warm_a_holder_whose_app_fails_once_with_no_healthy_standby_is_not_left_idle_for_its_hold_off(
+    store: MemoryLeaseStore, health_port: int
+) -> None:
+    """Warm mode: the holder knows whether any standby can take over (their rows, and they compete only while
+    healthy). With the only standby's app sick, a holder whose own app fails once steps down all the same
+    (APP_FAILED -> DEMOTING with hold_off) and releases: its supervisor has the app healthy again within a fraction
+    of a second, but it may not compete for hold_off (30 s by default; 3 s here) and the sick standby never does, so
+    nobody serves for the whole hold-off: longer than a failover (ttl 2 s). Restarting in place (as with automatic
+    failover off), or competing again at once when no warm standby is healthy, would serve within ~a second."""
+    cfg = warm_config(health_port, ttl=2, heartbeat=0.5, hold_off=3)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store).start()
+    await until(lambda: m2.agent.role is Role.STANDBY and m2.agent.app_ready())
+
+    async def failing_start(env: dict[str, str]) -> None:
+        raise AppError("cannot start application.command: test")
+
+    m2.app.start = failing_start  # type: ignore[method-assign]
+    m2.app.crash()
+    await until(lambda: not m2.agent.app_ready(), 3, "m2 sick")
+    m1.app.crash()  # one crash; the restart works
+    await until(lambda: not m1.binder.bound, 3, "m1 to let go of the IP")
+    gone = boottime()
+    await until(lambda: m1.agent.app_ready(), 3, "m1's app healthy again under its supervisor")
+    healthy_after = boottime() - gone
+    await until(lambda: m1.binder.bound or m2.binder.bound, 6, "a node serving again")
+    idle = boottime() - gone
+    assert idle < cfg.lease.ttl, (
+        f"nobody served for {idle:.2f}s although m1's app was healthy again after {healthy_after:.2f}s"
+    )
+    await m1.kill()
+    await m2.kill()
