@@ -841,3 +841,23 @@ async def test_warm_a_standby_stopped_during_maintenance_leaves_its_app_running_
     await asyncio.wait_for(m2.task, 3)
     assert not m2.app.stopped_at, "the warm standby's app was stopped during maintenance"
     await m1.kill()
+
+
+async def test_warm_an_active_whose_checks_fail_drops_the_ip_before_its_app_is_stopped(
+    store: MemoryLeaseStore,
+) -> None:
+    """letgo.py's order, IP first, then the app (from then on no user traffic reaches this node): in warm mode the
+    supervisor stops the active's failing app at once (same loop step as the unhealthy verdict), while the IP is
+    still bound and the step-down has not even begun."""
+    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        m1 = Node(warm_config(port, ttl=3, heartbeat=0.5), "m1", store).start()
+        await until(lambda: m1.agent.role is Role.ACTIVE)
+        server.close()
+        await server.wait_closed()  # the checks fail from now on (the process still runs)
+        await until(lambda: bool(m1.app.stopped_at) and not m1.binder.bound, 3, "the app stopped and the IP gone")
+        assert first_unbind_after_bind(m1.binder) <= m1.app.stopped_at[0], "the app was stopped before the IP went"
+        await m1.kill()
+    finally:
+        server.close()
