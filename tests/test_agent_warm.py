@@ -227,3 +227,30 @@ async def test_a_restart_cancelled_during_its_stop_still_leaves_the_app_supervis
     finally:
         await r.sup.close()
         await r.sick()
+
+
+async def test_close_stops_the_app_even_after_the_supervisor_died_of_an_unexpected_error(rig: Rig) -> None:
+    """A supervisor task ended by an error nobody expected: close() (the agent's stop) must still stop the app and
+    not raise that error instead (it used to, before app.stop(), leaving the app running past the agent)."""
+    rig.sup.start()
+    assert (await rig.sup.wait_healthy(5))[0]
+    stops: list[int] = []
+    real_stop = rig.app.stop
+
+    async def counted_stop() -> None:
+        stops.append(1)
+        await real_stop()
+
+    async def broken_start(env: dict[str, str]) -> None:
+        raise RuntimeError("unexpected")
+
+    rig.app.stop, rig.app.start = counted_stop, broken_start  # type: ignore[method-assign]
+    first = rig.pid()
+    assert first is not None
+    os.killpg(first, signal.SIGKILL)
+    task = rig.sup._task
+    assert task is not None
+    await until(task.done, what="the supervisor's task to die of the error")
+    before = len(stops)
+    await rig.sup.close()  # must not raise
+    assert len(stops) == before + 1 and not rig.sup.healthy
