@@ -7,7 +7,8 @@ go. All changes of the address go through one lock, so a reconciliation and a dr
 
 A standby about to take over an expired lease probes for another owner during the last moments of its wait
 (`probe_ahead`, started when roles.probe_ahead_at says); `claim` then binds without probing again when that round
-heard nobody and ended at most PROBE_AHEAD_FRESH_S before the acquisition was sent (`ahead_covers`).
+heard nobody and ended at most PROBE_AHEAD_FRESH_S before the claim, i.e. once the acquisition answered
+(`ahead_covers`): measured to the send, a compare-and-set answered late would widen the blind spot unbounded.
 """
 
 from __future__ import annotations
@@ -130,7 +131,9 @@ class CommonIp:
         is fresh (`ahead_covers`): it says what this probe would. If not even a 1 s lifetime fits before F any more
         (a slow acquisition, a long probe), wait for the next successful renewal to make room: the caller's fence
         deadline bounds the wait."""
-        if self.probes and not await self._ahead_of(holding.last_sent):
+        # Freshness to now (the acquisition has answered), not to when it was sent: a slow answer (up to the
+        # call timeout) or a freeze in between must not stretch the time between the round and the bind.
+        if self.probes and not await self._ahead_of(self.clock.now()):
             window = KERNEL_LATENESS_S if holding.took_over else 0.0
             started = self.clock.now()
             mac = await self.binder.probe_until_clear(window)

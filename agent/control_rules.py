@@ -81,6 +81,8 @@ def target_problem(
         return f"{to} is holding off after an application failure"
     if row.role != "standby":
         return f"{to} is not a ready standby (role {row.role})"
+    if row.app_healthy is False:  # a warm standby whose app is sick would not take the reserved lease for a ttl
+        return f"{to} reports its application unhealthy"
     return None
 
 

@@ -9,7 +9,6 @@ its health is only reported. The application is stopped for good only when the a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 import structlog
@@ -94,8 +93,12 @@ class WarmSupervisor:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:  # the task had died: the app must still be stopped below
+                log.error("warm_supervisor_failed", error=f"{type(exc).__name__}: {exc}"[:300])
         if stop_app:
             self._mark(False, "the application is stopped: the agent stops")
             await self.app.stop()
@@ -105,8 +108,10 @@ class WarmSupervisor:
         under a keeper that would not end it with this agent."""
         await self.close(stop_app=False)
         self._mark(False, f"restarting: {why}")
-        await self.app.stop()
-        self.start()
+        try:
+            await self.app.stop()
+        finally:  # also when the caller is cancelled meanwhile (the stop runs to its end): never left unsupervised
+            self.start()
 
     def _mark(self, healthy: bool, detail: str) -> None:
         self.detail = detail
@@ -148,6 +153,8 @@ class WarmSupervisor:
                 await self.app.start(self.env)
             except AppError as exc:
                 return False, str(exc)
+            except OSError as exc:  # a fork that failed (EAGAIN), an unwritable pidfile: a failed start, retried
+                return False, f"cannot start the application: {exc}"[:300]
         return await self.health.wait_healthy(self.cfg.start_grace)
 
     async def _report_while_paused(self) -> bool:

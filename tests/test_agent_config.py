@@ -602,3 +602,13 @@ def test_every_key_in_readme_and_the_example_has_an_effect_test() -> None:
     assert readme_keys() == set(EFFECTS)
     assert example_keys() <= set(EFFECTS), example_keys() - set(EFFECTS)
     assert len(example_keys()) >= 30
+
+
+def test_warm_mode_refuses_a_health_check_through_the_common_ip() -> None:
+    """Warm mode: a standby competes only while ITS application answers healthy. A health URL on the common IP
+    reaches the active node's application from every node, so a standby whose own app is dead competes, takes
+    over and serves nothing (review h-rev1)."""
+    warm = {"mode": "warm", "command": "app", "health": {"http": "http://10.1.2.50:8080/health"}}
+    with pytest.raises(ConfigError, match=r"^application\.health\.http") as err:
+        parse(base(application=warm))
+    assert "\n" not in str(err.value)

@@ -47,6 +47,9 @@ def switchover(to: str | None = "m2", due_in_ms: int = 0, by: str = "op@h") -> C
         (switchover(), [row("m2", "stopped")], HolderAction.FAIL, "not alive"),
         (switchover(), [row("m2", "hold_off")], HolderAction.FAIL, "holding off"),
         (switchover(), [row("m2", "promoting")], HolderAction.FAIL, "not a ready standby"),
+        # a warm standby whose app fell sick after the request: it would not take the reserved lease (review h-rev1)
+        (switchover(), [NodeRecord("c", "m2", "standby", False, None, "1", 0.5)], HolderAction.FAIL, "unhealthy"),
+        (switchover(), [NodeRecord("c", "m2", "standby", True, None, "1", 0.5)], HolderAction.HAND_OVER, "m2"),
         (switchover(None), [row("m2")], HolderAction.FAIL, "names no target"),
         (Control(switchover=Switchover("m2", 0, "x", 1), maintenance_ms=5), [row("m2")], HolderAction.FAIL, "mainten"),
         (Control(switchover=Switchover("m2", 0, "x", 1), failover_off_ms=5), [row("m2")], HolderAction.FAIL, "enable"),

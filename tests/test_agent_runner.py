@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from agent.app import AppError
+from agent.common_ip import PROBE_AHEAD_FRESH_S
 from agent.roles import Role
 from agent.runner import AgentFailed
 from agent.timing import KERNEL_LATENESS_S, NODE_ROW_HEARTBEATS
@@ -665,3 +666,198 @@ async def test_a_holder_that_renews_after_the_round_ahead_keeps_its_lease_and_th
     assert not any(e.kind == EventKind.TAKEOVER for e in store.events)
     await m1.kill()
     await m2.kill()
+
+
+# ---- adversarial review (h-rev1): warm supervisor and probe-ahead defects ---------------------------------------
+
+
+async def test_warm_a_start_raising_oserror_is_retried_like_a_failed_start_not_left_unsupervised(
+    store: MemoryLeaseStore, health_port: int
+) -> None:
+    """A transient fork failure (EAGAIN) or an unwritable pidfile raises OSError, not AppError, out of
+    Application.start. The supervisor's task must survive it (retry with its backoff) as it does an AppError: a
+    dead task leaves the node unhealthy for ever (a standby never competes again) and nobody notices."""
+    cfg = warm_config(health_port)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    real_start, failures = m1.app.start, [OSError(11, "Resource temporarily unavailable")]
+
+    async def start_failing_once(env: dict[str, str]) -> None:
+        if failures:
+            raise failures.pop()
+        await real_start(env)
+
+    m1.app.start = start_failing_once  # type: ignore[method-assign]
+    m1.app.crash()
+    await until(lambda: not failures, 3, "the restart that fails with OSError")
+    await until(lambda: m1.agent.app_ready(), 3, "the app restarted after the failed start and healthy again")
+    await m1.kill()
+
+
+async def test_warm_an_agent_stop_after_a_supervisor_error_still_stops_the_app_and_ends_cleanly(
+    store: MemoryLeaseStore, health_port: int
+) -> None:
+    """Whatever ended the supervisor's task, the agent's stop must still stop the application and end without an
+    exception (WarmSupervisor.close awaits the dead task, which re-raises its error before app.stop())."""
+    cfg = warm_config(health_port, ttl=30, heartbeat=2)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+
+    calls: list[float] = []
+
+    async def start_failing(env: dict[str, str]) -> None:
+        calls.append(time.monotonic())
+        raise OSError(11, "Resource temporarily unavailable")
+
+    m1.app.start = start_failing  # type: ignore[method-assign]
+    m1.app.crash()
+    await until(lambda: m1.agent.role is Role.STANDBY, 3, "m1 steps down for the failed app")
+    await until(lambda: bool(calls), 3, "the supervisor's restart, failing with OSError")
+    stops = len(m1.app.stopped_at)
+    m1.app._running = True  # the failed start's process is up after all (e.g. spawned, then the pidfile failed)
+    m1.agent.request_stop("test")
+    assert m1.task is not None
+    await asyncio.wait_for(m1.task, 3)  # raises the supervisor's OSError on the old code
+    assert m1.agent.role is Role.STOPPED and len(m1.app.stopped_at) > stops, "the app is stopped with the agent"
+
+
+async def test_warm_a_switchover_to_a_standby_whose_app_fell_sick_leaves_no_gap_of_a_ttl(
+    store: MemoryLeaseStore, health_port: int
+) -> None:
+    """A switchover due while its target's warm app is unhealthy (scheduled earlier, or a fail-back's request
+    seen by the holder up to half a heartbeat later; `fos switchover` checks the row only when it is given): the
+    holder checks the target's row (target_problem) for role and liveness but not for app health, hands the lease
+    over, and the target's warm gate refuses to acquire it: nobody may acquire the reserved lease for a whole ttl,
+    and nobody serves meanwhile. The holder should refuse (keep serving), or the target take the reserved lease and
+    fail its promotion at once (a release)."""
+    cfg = warm_config(health_port, ttl=3, heartbeat=0.5)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store).start()
+    await until(lambda: m2.agent.role is Role.STANDBY and m2.agent.app_ready() and ("c1", "m2") in store.nodes)
+
+    async def failing_start(env: dict[str, str]) -> None:
+        raise AppError("cannot start application.command: test")
+
+    m2.app.start = failing_start  # type: ignore[method-assign]
+    m2.app.crash()
+    await until(lambda: store.nodes[("c1", "m2")].app_healthy is False, 3, "m2's row: app unhealthy")
+    assert await store.request_switchover("c1", "m2", 0, "op@host")
+    began = last_served = boottime()
+    longest = 0.0
+    while boottime() < began + cfg.lease.ttl + 1:
+        now = boottime()
+        if m1.binder.bound or m2.binder.bound:
+            last_served = now
+        longest = max(longest, now - last_served)
+        await asyncio.sleep(0.01)
+    assert longest < 1.0, f"nobody served the common IP for {longest:.2f}s after the switchover request"
+    await m1.kill()
+    await m2.kill()
+
+
+async def test_a_clear_round_ahead_does_not_spare_the_probe_when_the_acquisition_answered_long_after_it(
+    store: MemoryLeaseStore,
+) -> None:
+    """PROBE_AHEAD_FRESH_S bounds the time between the round's end and the bind in which another host could take
+    the address unseen. claim() measured it to when the acquisition was *sent*, so a compare-and-set answered late
+    (up to the call timeout; here 0.8 s) bound with no probe that long after the round."""
+    cfg = config(ttl=6, heartbeat=2, driver="netlink")  # call timeout 1 s; room for a lifetime after a slow answer
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store, binder=FakeBinder(probe_seconds=cfg.probe_timeout)).start()
+    await until(lambda: m2.agent.role is Role.STANDBY)
+    real_acquire, answered = store.try_acquire, []
+
+    async def slow_answer(*args: Any, **kwargs: Any) -> AcquireResult:
+        got = await real_acquire(*args, **kwargs)
+        if got.acquired:
+            await asyncio.sleep(0.8)  # the answer comes back late (a slow link), within the call timeout
+            answered.append(time.monotonic())
+        return got
+
+    store.try_acquire = slow_answer  # type: ignore[method-assign]
+    await m1.kill()
+    await until(lambda: m2.binder.bound, 10, "m2 to bind the common IP")
+    last_round_end = max(m2.binder.times("probe")) + cfg.probe_timeout
+    assert last_round_end >= answered[0] - PROBE_AHEAD_FRESH_S, (
+        f"the last probe round ended {answered[0] - last_round_end:.3f}s before the acquisition answered, and the "
+        "claim bound without probing again"
+    )
+    await m2.kill()
+
+
+async def test_warm_a_holder_whose_app_fails_once_with_no_healthy_standby_is_not_left_idle_for_its_hold_off(
+    store: MemoryLeaseStore, health_port: int
+) -> None:
+    """Warm mode: the holder knows whether any standby can take over (their rows, and they compete only while
+    healthy). With the only standby's app sick, a holder whose own app fails once steps down all the same
+    (APP_FAILED -> DEMOTING with hold_off) and releases: its supervisor has the app healthy again within a fraction
+    of a second, but it may not compete for hold_off (30 s by default; 3 s here) and the sick standby never does, so
+    nobody serves for the whole hold-off: longer than a failover (ttl 2 s). Restarting in place (as with automatic
+    failover off), or competing again at once when no warm standby is healthy, would serve within ~a second."""
+    cfg = warm_config(health_port, ttl=2, heartbeat=0.5, hold_off=3)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store).start()
+    await until(lambda: m2.agent.role is Role.STANDBY and m2.agent.app_ready())
+
+    async def failing_start(env: dict[str, str]) -> None:
+        raise AppError("cannot start application.command: test")
+
+    m2.app.start = failing_start  # type: ignore[method-assign]
+    m2.app.crash()
+    await until(lambda: not m2.agent.app_ready(), 3, "m2 sick")
+    m1.app.crash()  # one crash; the restart works
+    await until(lambda: not m1.binder.bound, 3, "m1 to let go of the IP")
+    gone = boottime()
+    await until(lambda: m1.agent.app_ready(), 3, "m1's app healthy again under its supervisor")
+    healthy_after = boottime() - gone
+    await until(lambda: m1.binder.bound or m2.binder.bound, 6, "a node serving again")
+    idle = boottime() - gone
+    assert idle < cfg.lease.ttl, (
+        f"nobody served for {idle:.2f}s although m1's app was healthy again after {healthy_after:.2f}s"
+    )
+    await m1.kill()
+    await m2.kill()
+
+
+async def test_warm_a_standby_stopped_during_maintenance_leaves_its_app_running_as_the_holder_does(
+    store: MemoryLeaseStore, health_port: int
+) -> None:
+    """warm.py: "During maintenance the application is neither stopped nor restarted". The holder's agent stopped
+    during maintenance leaves its app running (detached, adopted by the next agent); a warm standby's agent stopped
+    then (a fos upgrade, node by node) stops its app, and its next agent does not start it before maintenance
+    ends: the standby is not ready for the first failover after maintenance."""
+    cfg = warm_config(health_port, ttl=3, heartbeat=0.5)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE)
+    m2 = Node(cfg, "m2", store).start()
+    await until(lambda: m2.agent.role is Role.STANDBY and m2.agent.app_ready())
+    assert await store.set_maintenance("c1", True, "op@host")
+    await until(lambda: m2.agent.ops.control.maintenance, 3, "m2 to see maintenance")
+    m2.agent.request_stop("upgrade")
+    assert m2.task is not None
+    await asyncio.wait_for(m2.task, 3)
+    assert not m2.app.stopped_at, "the warm standby's app was stopped during maintenance"
+    await m1.kill()
+
+
+async def test_warm_an_active_whose_checks_fail_drops_the_ip_before_its_app_is_stopped(
+    store: MemoryLeaseStore,
+) -> None:
+    """letgo.py's order, IP first, then the app (from then on no user traffic reaches this node): in warm mode the
+    supervisor stops the active's failing app at once (same loop step as the unhealthy verdict), while the IP is
+    still bound and the step-down has not even begun."""
+    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        m1 = Node(warm_config(port, ttl=3, heartbeat=0.5), "m1", store).start()
+        await until(lambda: m1.agent.role is Role.ACTIVE)
+        server.close()
+        await server.wait_closed()  # the checks fail from now on (the process still runs)
+        await until(lambda: bool(m1.app.stopped_at) and not m1.binder.bound, 3, "the app stopped and the IP gone")
+        assert first_unbind_after_bind(m1.binder) <= m1.app.stopped_at[0], "the app was stopped before the IP went"
+        await m1.kill()
+    finally:
+        server.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.app import SupervisedCommand
+from agent.app import SupervisedCommand, _to_the_end
 from agent.clock import SystemClock
 from agent.config import HealthConfig
 from agent.health import HealthCheck
@@ -195,3 +195,62 @@ async def test_restart_replaces_the_running_app_and_supervises_the_new_one(rig: 
     assert first is not None and not group_alive(first)
     assert (await rig.sup.wait_healthy(5))[0] and rig.pid() not in (None, first)
     assert rig.changes == [True, False, True]
+
+
+async def test_a_restart_cancelled_during_its_stop_still_leaves_the_app_supervised(tmp_path: Path) -> None:
+    """WarmSupervisor.restart runs inside the runner's resume work (an app adopted under an older keeper), which
+    the hold loop cancels on a fence deadline, a lost lease or `fos disable`. The stop runs to its end (it is
+    shielded), but the cancellation then skips start(): no task supervises the application any more, nothing
+    restarts it, and the node stays unhealthy (never competes) for the rest of the agent's life."""
+    r = Rig(tmp_path)
+    real_stop = r.app.stop
+
+    async def slow_stop() -> None:  # an application that takes a second to stop; run to its end, as stop() is
+        async def stopping() -> None:
+            await asyncio.sleep(1.0)
+            await real_stop()
+
+        await _to_the_end(stopping())
+
+    r.app.stop = slow_stop  # type: ignore[method-assign]
+    await r.well()
+    r.sup.start()
+    try:
+        assert (await r.sup.wait_healthy(5))[0]
+        restarting = asyncio.create_task(r.sup.restart("adopted under an older keeper"))
+        await until(lambda: not r.sup.healthy, what="the restart's stop to begin")
+        await asyncio.sleep(0.2)
+        restarting.cancel()  # the hold loop ends the resume work
+        with pytest.raises(asyncio.CancelledError):
+            await restarting
+        await until(lambda: r.sup.healthy, 5, "the application supervised and healthy again")
+    finally:
+        await r.sup.close()
+        await r.sick()
+
+
+async def test_close_stops_the_app_even_after_the_supervisor_died_of_an_unexpected_error(rig: Rig) -> None:
+    """A supervisor task ended by an error nobody expected: close() (the agent's stop) must still stop the app and
+    not raise that error instead (it used to, before app.stop(), leaving the app running past the agent)."""
+    rig.sup.start()
+    assert (await rig.sup.wait_healthy(5))[0]
+    stops: list[int] = []
+    real_stop = rig.app.stop
+
+    async def counted_stop() -> None:
+        stops.append(1)
+        await real_stop()
+
+    async def broken_start(env: dict[str, str]) -> None:
+        raise RuntimeError("unexpected")
+
+    rig.app.stop, rig.app.start = counted_stop, broken_start  # type: ignore[method-assign]
+    first = rig.pid()
+    assert first is not None
+    os.killpg(first, signal.SIGKILL)
+    task = rig.sup._task
+    assert task is not None
+    await until(task.done, what="the supervisor's task to die of the error")
+    before = len(stops)
+    await rig.sup.close()  # must not raise
+    assert len(stops) == before + 1 and not rig.sup.healthy
