@@ -129,8 +129,9 @@ async def start_listener(cfg: Config, me: str, wake: asyncio.Event, metrics: Met
     listener = WakeListener(cfg.cluster, senders, wake, metrics)
     loop = asyncio.get_running_loop()
     for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
+        sock: socket.socket | None = None
+        try:  # socket() too: a kernel without IPv6 (ipv6.disable=1) refuses the family itself
+            sock = socket.socket(family, socket.SOCK_DGRAM)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.setblocking(False)
@@ -138,7 +139,8 @@ async def start_listener(cfg: Config, me: str, wake: asyncio.Event, metrics: Met
             transport, _ = await loop.create_datagram_endpoint(lambda: listener, sock=sock)
             listener.transports.append(transport)
         except OSError as exc:
-            sock.close()
+            if sock is not None:
+                sock.close()
             (log.debug if family == socket.AF_INET6 else log.warning)(
                 "wake_port_not_bound", port=cfg.wake_port, family=family.name, error=exc.strerror
             )
