@@ -516,3 +516,23 @@ async def test_a_standby_whose_database_fails_is_not_made_to_retry_by_hints(
     attempts = len(failing.began) - before
     print(f"a 1 s flood at the gate's rate: {attempts} reads of a failing database (poll: one per 2 s)")
     assert attempts <= 1
+
+
+async def test_a_flood_of_hints_after_a_step_down_never_brings_the_acquisition_before_the_hold_off(
+    store: MemoryLeaseStore, nodes: list[Node]
+) -> None:
+    """A node that stepped down for an application failure holds off (application.hold_off) even though the lease
+    is free and hints keep waking it: each wake-up reads, and the read's plan still says wait."""
+    m1 = Node(config(**SLOW, hold_off=1.5), "m1", store).start()  # alone: nobody else takes the released lease
+    nodes.append(m1)
+    await until(lambda: m1.agent.role is Role.ACTIVE, 5, "m1 active")
+    m1.app.crash()
+    await until(lambda: any(e.kind == EventKind.RELEASED for e in store.events), 5, "m1 to release")
+    released = store.event_times[[e.kind for e in store.events].index(EventKind.RELEASED)]
+    while boottime() - released < 2.0:  # hints at the gate's rate through the hold-off and past it
+        m1.agent.wake.set()
+        await asyncio.sleep(HINT_INTERVAL_S)
+    await until(lambda: m1.agent.role is Role.ACTIVE, 5, "m1 active again")
+    acquired = [t for e, t in zip(store.events, store.event_times, strict=True) if e.kind == EventKind.ACQUIRED]
+    print(f"released -> acquired again: {acquired[-1] - released:.3f}s (hold_off 1.5 s, hinted every 50 ms)")
+    assert acquired[-1] - released >= 1.5 - 0.05
