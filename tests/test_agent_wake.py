@@ -536,3 +536,40 @@ async def test_a_flood_of_hints_after_a_step_down_never_brings_the_acquisition_b
     acquired = [t for e, t in zip(store.events, store.event_times, strict=True) if e.kind == EventKind.ACQUIRED]
     print(f"released -> acquired again: {acquired[-1] - released:.3f}s (hold_off 1.5 s, hinted every 50 ms)")
     assert acquired[-1] - released >= 1.5 - 0.05
+
+
+class ReadsFailingLater(CountingStore):
+    """Lease reads fail at once (a read-only problem: a lock, a replica lagging, a permission) once `failing`
+    is set; renewals still succeed."""
+
+    failing = False
+
+    async def read(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.failing:
+            return await super().read(*args, **kwargs)
+        from lease import StoreUnavailable
+
+        self.began.append(time.monotonic())
+        raise StoreUnavailable("the read timed out")
+
+
+async def test_a_holder_whose_control_reads_fail_is_not_made_to_retry_them_by_hints(
+    store: MemoryLeaseStore, nodes: list[Node]
+) -> None:
+    """A failed control read reads as "nothing to do" and the next comes half a heartbeat later; a hint (carried
+    over by `hinted`) makes it come at once instead, so a flood makes a holder call a database whose reads fail at
+    the gate's rate (20/s) instead of about twice a heartbeat. The standby's equivalent is fixed on h-rev2
+    (Agent._pause_after_failure); the holder's needs read_as_holder to say that its read failed."""
+    counting = ReadsFailingLater(store)
+    m1 = Node(config(**SLOW), "m1", counting).start()  # heartbeat 4 s: control reads every 2 s
+    nodes.append(m1)
+    await until(lambda: m1.agent.role is Role.ACTIVE, 5, "m1 active")
+    counting.failing = True
+    before = len(counting.began)
+    for _ in range(20):  # 1 s of hints at the gate's rate
+        m1.agent.wake.set()
+        await asyncio.sleep(HINT_INTERVAL_S)
+    attempts = len(counting.began) - before
+    print(f"a 1 s flood at the gate's rate: {attempts} failing control reads (timer: one per 2 s)")
+    assert m1.agent.role is Role.ACTIVE
+    assert attempts <= 2
