@@ -30,7 +30,7 @@ from lease import (
 from netops import AddressBinder, NetopsError
 
 from .app import AppError, Application
-from .clock import Clock
+from .clock import Clock, wait_event
 from .common_ip import CommonIp
 from .config import Config, NodeConfig
 from .control_rules import left_app_must_stop, standby_poll
@@ -230,6 +230,14 @@ class Agent:
         self.wake.clear()
         return hinted
 
+    async def _pause_after_failure(self, seconds: float) -> None:
+        """The wait after a failed database call: only a stop request ends it, never a wake-up hint (a flood of
+        hints must not make a standby call a database that does not answer more often than it polls, as a holder
+        reads no control state while its renewals fail). A hint that came meanwhile is spent: the read that
+        follows comes after it."""
+        await wait_event(self.stop_requested, seconds)
+        self.wake.clear()
+
     # ---- standby ------------------------------------------------------------------------------------------
 
     async def _standby(self, _: Decision) -> Decision:
@@ -251,7 +259,7 @@ class Agent:
                 self.failback.not_ready()
                 if not leftovers_checked:
                     leftovers_checked = await self.ip.drop()
-                await self._sleep_until(self.clock.now() + poll)
+                await self._pause_after_failure(poll)
                 continue
             self._db_up()
             self._saw(state)
@@ -284,7 +292,7 @@ class Agent:
                 raise
             except StoreError as exc:
                 self._db_down(exc)
-                await self._sleep_until(self.clock.now() + min(poll, 0.1))
+                await self._pause_after_failure(min(poll, 0.1))
                 continue
             if got.acquired:
                 self.ops.acquired(state)

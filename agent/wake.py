@@ -6,7 +6,9 @@ renewal).
 A hint is only a hint, never a fact: it carries no lease state, and the receiver reacts exactly as to a poll
 falling due early: it reads the database and judges by what it reads there. So a lost, late, forged or replayed
 hint is harmless (at worst one extra read; a lost one costs the poll's delay, as without hints); a flood is
-harmless too: the extra reads it can cause are limited to one per HINT_INTERVAL_S per known sender. Datagrams that
+harmless too: the extra reads it can cause are limited to one per HINT_INTERVAL_S in all (not per sender: the
+sender's name is not authenticated, so anyone can forge every accepted name and multiply a per-name allowance;
+a real hint is delayed by at most HINT_INTERVAL_S, never lost). Datagrams that
 are malformed, name another cluster, or come from a sender that is not another node of the config (or a command)
 are ignored, and logged at debug level only. The sending side is agent/wake_send.py.
 """
@@ -33,7 +35,8 @@ log = structlog.get_logger("fos.wake")
 MAGIC = b"fosW"
 VERSION = 1
 COMMAND_SENDER = ""  # the sender a fos command names (it is no node): `fos switchover`, `fos enable`, ...
-HINT_INTERVAL_S = 0.05  # at most one wake-up per sender in this time: a flood must not hammer the database
+HINT_INTERVAL_S = 0.05  # at most one wake-up in this time, whoever sent: a flood must not hammer the database
+_ANY_SENDER = "*"  # the listener's one gate key: names are forgeable, so an allowance per name would multiply
 _HEAD = struct.Struct("!4sBB")  # magic, version, kind
 
 
@@ -108,7 +111,7 @@ class WakeListener(asyncio.DatagramProtocol):
             return
         self.metrics.wake_hints_received.inc()
         now = time.monotonic()
-        at = self.gate.when(hint.sender, now)
+        at = self.gate.when(_ANY_SENDER, now)
         log.debug("wake_hint", sender=hint.sender, kind=hint.kind.name, source=str(addr[0]), acted=at is not None)
         if at is not None and at <= now:
             self.wake.set()
@@ -129,8 +132,9 @@ async def start_listener(cfg: Config, me: str, wake: asyncio.Event, metrics: Met
     listener = WakeListener(cfg.cluster, senders, wake, metrics)
     loop = asyncio.get_running_loop()
     for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
+        sock: socket.socket | None = None
+        try:  # socket() too: a kernel without IPv6 (ipv6.disable=1) refuses the family itself
+            sock = socket.socket(family, socket.SOCK_DGRAM)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.setblocking(False)
@@ -138,7 +142,8 @@ async def start_listener(cfg: Config, me: str, wake: asyncio.Event, metrics: Met
             transport, _ = await loop.create_datagram_endpoint(lambda: listener, sock=sock)
             listener.transports.append(transport)
         except OSError as exc:
-            sock.close()
+            if sock is not None:
+                sock.close()
             (log.debug if family == socket.AF_INET6 else log.warning)(
                 "wake_port_not_bound", port=cfg.wake_port, family=family.name, error=exc.strerror
             )

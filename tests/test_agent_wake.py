@@ -416,3 +416,160 @@ async def test_a_hint_during_a_holders_control_read_makes_it_read_again_right_af
     await until(lambda: len(m1_store.began) > began + 1, 1.5, "another read")  # not 2 s later
     assert len(m1_store.reads) == ended + 1 and m1_store.running == 1  # not alongside: the first read had ended
     assert m1_store.began[-1] - m1_store.reads[-1] < 0.1  # and right after it
+
+
+# ---- review findings (h-rev2) -----------------------------------------------------------------------------------
+
+
+async def test_a_host_without_ipv6_still_listens_on_ipv4(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel booted with ipv6.disable=1 refuses AF_INET6 sockets (EAFNOSUPPORT) at socket(), not at bind():
+    the agent must still start, listening on IPv4 (hints are an optimisation, never a reason not to start)."""
+    import errno
+
+    import agent.wake as wake_module
+
+    real = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *args: Any, **kwargs: Any) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, *args, **kwargs)
+
+    monkeypatch.setattr(wake_module.socket, "socket", no_ipv6)
+    cfg = loopback_config(port)
+    wake = asyncio.Event()
+    listener = await start_listener(cfg, "m2", wake, Metrics())  # raised OSError: `fos run` died at its start
+    monkeypatch.undo()
+    assert listener is not None
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(encode(Hint("c1", "m1", HintKind.RELEASED)), ("127.0.0.1", port))
+        await asyncio.wait_for(wake.wait(), 2)
+    finally:
+        listener.close()
+
+
+async def test_a_flood_forging_every_known_sender_wakes_the_agent_at_most_once_per_interval_in_all() -> None:
+    """The sender's name is not authenticated (anyone on the LAN can put any node's name, or the command's, in a
+    datagram; the source address is not even looked at): a per-name allowance lets one attacker multiply the extra
+    database reads by the number of accepted names (20/s per name: 40/s on each agent of a pair, 20 x nodes in a
+    larger cluster). A gate over all senders keeps a real hint (delayed by at most one interval, never lost) and
+    bounds a flood at one read per interval."""
+    from agent.wake import WakeListener
+
+    wake, stop = asyncio.Event(), asyncio.Event()
+    listener = WakeListener("c1", frozenset({COMMAND_SENDER, "m1"}), wake, Metrics())
+    wake_ups = 0
+
+    async def consumer() -> None:  # as the standby's loop: one read per wake-up
+        nonlocal wake_ups
+        while not stop.is_set():
+            await wait_either(stop, wake, 10)
+            if wake.is_set():
+                wake.clear()
+                wake_ups += 1
+
+    task = asyncio.create_task(consumer())
+    forged = [encode(Hint("c1", name, HintKind.CONTROL)) for name in (COMMAND_SENDER, "m1")]
+    began = time.monotonic()
+    i = 0
+    while time.monotonic() - began < 0.5:  # half a second of a flood through the accepted names, their gates
+        late = time.monotonic() - began < HINT_INTERVAL_S / 2  # out of phase (the 2nd starts half an interval late)
+        listener.datagram_received(forged[0 if late else i % 2], ("192.0.2.66", 4242))
+        i += 1
+        if i % 10 == 0:
+            await asyncio.sleep(0.001)
+    await asyncio.sleep(2 * HINT_INTERVAL_S)
+    stop.set()
+    await task
+    lasted = time.monotonic() - began
+    allowed = lasted / HINT_INTERVAL_S + 2
+    print(f"{i} forged hints over {lasted:.2f}s naming 2 senders: {wake_ups} wake-ups (one gate: {allowed:.0f})")
+    assert wake_ups <= allowed
+
+
+class FailingStore(CountingStore):
+    """A database that refuses every lease read at once (down, or a login refused), counting the attempts."""
+
+    async def read(self, *args: Any, **kwargs: Any) -> Any:
+        from lease import StoreUnavailable
+
+        self.began.append(time.monotonic())
+        raise StoreUnavailable("connection refused")
+
+
+async def test_a_standby_whose_database_fails_is_not_made_to_retry_by_hints(
+    store: MemoryLeaseStore, nodes: list[Node]
+) -> None:
+    """After a failed read the standby waits its poll before calling a database that does not answer (as the
+    holder reads no control state while its renewals fail): a hint cuts that wait short, so a flood makes a
+    standby hammer a down database (or stack up calls into a hung one) at the gate's rate instead of heartbeat/2."""
+    failing = FailingStore(store)
+    m2 = Node(config(**SLOW), "m2", failing).start()  # poll 2 s
+    nodes.append(m2)
+    await until(lambda: len(failing.began) >= 1, 5, "m2's first read")
+    await asyncio.sleep(0.05)
+    before = len(failing.began)
+    for _ in range(20):  # 1 s of hints from one sender, at the gate's rate (what the listener does)
+        m2.agent.wake.set()
+        await asyncio.sleep(HINT_INTERVAL_S)
+    attempts = len(failing.began) - before
+    print(f"a 1 s flood at the gate's rate: {attempts} reads of a failing database (poll: one per 2 s)")
+    assert attempts <= 1
+
+
+async def test_a_flood_of_hints_after_a_step_down_never_brings_the_acquisition_before_the_hold_off(
+    store: MemoryLeaseStore, nodes: list[Node]
+) -> None:
+    """A node that stepped down for an application failure holds off (application.hold_off) even though the lease
+    is free and hints keep waking it: each wake-up reads, and the read's plan still says wait."""
+    m1 = Node(config(**SLOW, hold_off=1.5), "m1", store).start()  # alone: nobody else takes the released lease
+    nodes.append(m1)
+    await until(lambda: m1.agent.role is Role.ACTIVE, 5, "m1 active")
+    m1.app.crash()
+    await until(lambda: any(e.kind == EventKind.RELEASED for e in store.events), 5, "m1 to release")
+    released = store.event_times[[e.kind for e in store.events].index(EventKind.RELEASED)]
+    while boottime() - released < 2.0:  # hints at the gate's rate through the hold-off and past it
+        m1.agent.wake.set()
+        await asyncio.sleep(HINT_INTERVAL_S)
+    await until(lambda: m1.agent.role is Role.ACTIVE, 5, "m1 active again")
+    acquired = [t for e, t in zip(store.events, store.event_times, strict=True) if e.kind == EventKind.ACQUIRED]
+    print(f"released -> acquired again: {acquired[-1] - released:.3f}s (hold_off 1.5 s, hinted every 50 ms)")
+    assert acquired[-1] - released >= 1.5 - 0.05
+
+
+class ReadsFailingLater(CountingStore):
+    """Lease reads fail at once (a read-only problem: a lock, a replica lagging, a permission) once `failing`
+    is set; renewals still succeed."""
+
+    failing = False
+
+    async def read(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.failing:
+            return await super().read(*args, **kwargs)
+        from lease import StoreUnavailable
+
+        self.began.append(time.monotonic())
+        raise StoreUnavailable("the read timed out")
+
+
+async def test_a_holder_whose_control_reads_fail_is_not_made_to_retry_them_by_hints(
+    store: MemoryLeaseStore, nodes: list[Node]
+) -> None:
+    """A failed control read reads as "nothing to do" and the next comes half a heartbeat later; a hint (carried
+    over by `hinted`) makes it come at once instead, so a flood makes a holder call a database whose reads fail at
+    the gate's rate (20/s) instead of about twice a heartbeat. The standby's equivalent is fixed on h-rev2
+    (Agent._pause_after_failure); the holder's needs read_as_holder to say that its read failed."""
+    counting = ReadsFailingLater(store)
+    m1 = Node(config(**SLOW), "m1", counting).start()  # heartbeat 4 s: control reads every 2 s
+    nodes.append(m1)
+    await until(lambda: m1.agent.role is Role.ACTIVE, 5, "m1 active")
+    counting.failing = True
+    before = len(counting.began)
+    for _ in range(20):  # 1 s of hints at the gate's rate
+        m1.agent.wake.set()
+        await asyncio.sleep(HINT_INTERVAL_S)
+    attempts = len(counting.began) - before
+    print(f"a 1 s flood at the gate's rate: {attempts} failing control reads (timer: one per 2 s)")
+    assert m1.agent.role is Role.ACTIVE
+    assert attempts <= 2
