@@ -399,6 +399,15 @@ def parse(
             f"application.health.timeout = {health.timeout:g} is longer than application.health.interval = "
             f"{health.interval:g}: lower the timeout"
         )
+    if app.mode == "warm" and common_ip is not None and health.http:
+        # A warm standby competes only while ITS application answers: through the common IP every node would
+        # see the active node's application, and a standby whose own app is dead would take over and serve nothing.
+        host = urlsplit(health.http).hostname or ""
+        if host.strip("[]") == str(common_ip.ip):
+            raise ConfigError(
+                f"application.health.http checks the common IP {common_ip.ip}: in warm mode each node must check its "
+                "own application (e.g. http://127.0.0.1:PORT/...)"
+            )
     return Config(
         path=path,
         cluster=cluster,

@@ -39,6 +39,7 @@ class HolderPlan:
     to: str | None = None
     detail: str = ""
     wake_in: float | None = None  # seconds from the read until a scheduled switchover is due
+    read_failed: bool = False  # the read itself failed (a database error): KEEP, and no hint-driven retry
 
     @property
     def cancel_kind(self) -> EventKind | None:

@@ -162,7 +162,7 @@ class Operations:
             return plan
         except StoreError as exc:
             a.log.debug("control_read_failed", error=str(exc))
-            return HolderPlan(HolderAction.KEEP)
+            return HolderPlan(HolderAction.KEEP, read_failed=True)
 
     def _first_late(self, control: Control) -> float | None:
         """How late the pending switchover was when first seen due by this holder (None: first seen now). The

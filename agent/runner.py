@@ -365,6 +365,7 @@ class Agent:
         tasks: dict[str, asyncio.Task[Any]] = {"stop": asyncio.create_task(self.stop_requested.wait())}
         tasks["wake"] = asyncio.create_task(self.wake.wait())
         hinted = False  # a wake-up hint asks for a control read (a command wrote a request): as soon as none runs
+        control_failing = False  # the last control read failed: hints wait for the next renewal
         if work is not None:
             tasks["work"] = asyncio.create_task(work)
         if watch_app:  # warm: the supervisor's verdict (it is the only one checking the app)
@@ -407,12 +408,19 @@ class Agent:
                 elif renewed:
                     reconcile_again = True  # one is running with an older Holding: go again when it ends
                 # The control state (a switchover, maintenance, disable), read in a task of its own (the loop never
-                # waits for it, and a read uses its own connection): right after a renewal, and half a heartbeat
-                # later (or at a scheduled switchover's time) while renewals succeed, so a request is seen within
-                # half a heartbeat. Not while renewals fail: no extra calls into a database that does not answer.
+                # waits for it, and a read uses its own connection): right after a renewal, at once on a wake-up
+                # hint (a command that writes a request sends one), and at a scheduled switchover's time; with
+                # hints off (cluster.wake_port = 0) also half a heartbeat after each read, so that a request is seen
+                # within half a heartbeat without them (with them, a lost hint costs at most a heartbeat: one read
+                # less a heartbeat keeps an idle holder's CPU down, issue #14). Not while renewals fail: no extra
+                # calls into a database that does not answer.
+                if renewed:
+                    control_failing = False
                 if tasks["wake"].done():  # (the listener rate-limits hints: agent/wake.py)
                     self.wake.clear()
-                    tasks["wake"], hinted = asyncio.create_task(self.wake.wait()), True
+                    # After a failed control read a hint waits for the next renewal's read: a flood must not make
+                    # the holder call a database whose reads fail at the hints' rate.
+                    tasks["wake"], hinted = asyncio.create_task(self.wake.wait()), not control_failing
                 timer_due = control_at is not None and now >= control_at and not self.renew_failing
                 if "control" not in tasks and (renewed or timer_due or (hinted and not self.renew_failing)):
                     tasks["control"] = asyncio.create_task(self.ops.read_as_holder(acting=work is None))
@@ -421,11 +429,14 @@ class Agent:
                 if control is not None and control.done():
                     del tasks["control"]
                     plan = control.result()
+                    control_failing = plan.read_failed
+                    hinted = hinted and not control_failing
                     app_dropped = watch_app and "app" not in tasks
                     ended = self.ops.holder_event(plan, acting=work is None, app_dropped=app_dropped)
                     if ended is not None:
                         return ended
-                    control_at = now if hinted else now + min(plan.wake_in or half_beat, half_beat)
+                    between = plan.wake_in or (half_beat if self.cfg.wake_port == 0 else None)
+                    control_at = now if hinted else None if between is None else now + min(between, half_beat)
                 if tasks["stop"].done():
                     return HoldEvent.STOP_REQUESTED, self.stop_reason
                 if "work" in tasks and tasks["work"].done():

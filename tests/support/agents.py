@@ -27,7 +27,15 @@ def config(
     [maintenance]); the keyword arguments go to [application]."""
     return parse(
         {
-            "cluster": {"name": "c1", "address_driver": driver, "common_ip": "10.0.0.100/24", **(cluster or {})},
+            # wake_port 0: in-process agents have no hint listener (service.serve starts it), so they are run as
+            # with hints off (the holder reads its control state every half heartbeat); tests of hints set it.
+            "cluster": {
+                "name": "c1",
+                "address_driver": driver,
+                "common_ip": "10.0.0.100/24",
+                "wake_port": 0,
+                **(cluster or {}),
+            },
             "nodes": [
                 {"name": "m1", "interface": "eth0", "priority": priorities[0]},
                 {"name": "m2", "interface": "eth0", "priority": priorities[1]},
