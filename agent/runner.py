@@ -120,7 +120,14 @@ class Agent:
         if cfg.app.mode == "warm":
             env = {"FOS_NODE": node.name, "FOS_CLUSTER": cfg.cluster}  # no FOS_EPOCH: started before any lease
             self.warm = WarmSupervisor(
-                app, self.health, cfg.app.health, clock, env, lambda: self.ops.control.maintenance, self._app_changed
+                app,
+                self.health,
+                cfg.app.health,
+                clock,
+                env,
+                lambda: self.ops.control.maintenance,
+                self._app_changed,
+                serving=lambda: self.role is Role.ACTIVE or (self.role is Role.DEMOTING and self.ip.bound),
             )
         self.app_left_running = False  # STOPPED during maintenance with the app detached: not stopped at exit
 

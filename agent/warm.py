@@ -20,6 +20,8 @@ from .health import HealthCheck
 
 BACKOFF_CAP_S = 30.0  # the longest wait between two restarts
 BACKOFF_RESET_S = 30.0  # healthy this long: the next restart waits only the first backoff again
+SERVING_WAIT_S = 10.0  # at most this long a failed app waits for the runner to let go of the common IP
+SERVING_POLL_S = 0.02
 
 log = structlog.get_logger("fos.warm")
 
@@ -42,12 +44,14 @@ class WarmSupervisor:
         env: dict[str, str],
         paused: Callable[[], bool],
         on_change: Callable[[bool], None] = lambda _: None,
+        serving: Callable[[], bool] = lambda: False,
     ) -> None:
         """`health`: the agent's HealthCheck (its `healthy` and `last_detail` are what the node row and /status
         show; nothing else checks the application in warm mode). `paused()`: maintenance is on (no stop, no
-        restart). `on_change(healthy)`: called at each change of health (metrics, the node row at once)."""
+        restart). `on_change(healthy)`: called at each change of health (metrics, the node row at once).
+        `serving()`: this node is active with the common IP (or still letting go of it)."""
         self.app, self.health, self.cfg, self.clock, self.env = app, health, cfg, clock, env
-        self._paused, self._on_change = paused, on_change
+        self._paused, self._on_change, self._serving = paused, on_change, serving
         self.healthy = False
         self.detail = "not started yet"
         self.failure = "not started yet"  # why it last became unhealthy (the detail then moves on: restarting...)
@@ -140,10 +144,19 @@ class WarmSupervisor:
             if await self._report_while_paused():
                 continue  # healthy again during maintenance: watch it
             backoff = next_backoff(backoff, self.cfg.interval, healthy_for)
+            await self._until_not_serving()
             await self.app.stop()
             self._mark(False, f"restarting in {backoff:g}s: {detail}"[:300])
             await self.clock.sleep(backoff)
             self.restarts += 1
+
+    async def _until_not_serving(self) -> None:
+        """An active node's failed application is stopped only once the runner let go of the common IP (IP first,
+        then the app, as letgo.py does: the hold loop sees the failure and steps down). Bounded: a let-go that
+        hangs does not keep a dead application from its restart for long."""
+        deadline = self.clock.now() + SERVING_WAIT_S
+        while self._serving() and self.clock.now() < deadline:
+            await self.clock.sleep(SERVING_POLL_S)
 
     async def _bring_up(self) -> tuple[bool, str]:
         """Start the application (nothing if it runs; not during maintenance) and wait up to start_grace for
