@@ -39,7 +39,8 @@ async def let_go(agent: Agent, kind: EventKind | None, decision: Decision) -> bo
     agent.renew_failing = False
     agent.metrics.epoch.set(0)
     agent.metrics.lease_seconds_left.set(0)
-    agent.not_before = agent.clock.now() + decision.hold_off
+    agent.let_go_at = agent.clock.now()
+    agent.not_before = agent.let_go_at + decision.hold_off
     return handed
 
 

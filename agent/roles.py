@@ -129,6 +129,19 @@ def warm_gate(plan: StandbyPlan, warm: bool, app_healthy: bool, observed_at: flo
     )
 
 
+def warm_hold_off(
+    not_before: float, let_go_at: float, free: bool, warm: bool, app_healthy: bool, heartbeat: float
+) -> float:
+    """Until when this node holds off from the lease. Warm mode: the hold-off after a step-down leaves the free lease
+    to a healthy standby; one that none took within a heartbeat of the let-go (a release's hint wakes the standbys
+    at once, their poll comes within half a heartbeat) has no healthy standby to go to, so once this node's own
+    application is healthy again (its supervisor restarted it) it may take the lease back rather than leave the
+    cluster unserved for the whole hold-off. Cold mode, a held lease, an application not healthy: `not_before`."""
+    if not warm or not free or not app_healthy:
+        return not_before
+    return min(not_before, let_go_at + heartbeat)
+
+
 def plan_retry(state: LeaseState, me: str, instance: str | None, now: float, poll: float, not_before: float) -> float:
     """When to try again after an acquisition that did not succeed (a lost race, a row not as read): at the
     plan for what the store saw then, but never at once (a loop without a wait would spin a core)."""

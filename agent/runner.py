@@ -54,6 +54,7 @@ from .roles import (
     probe_ahead_at,
     renewal_due,
     warm_gate,
+    warm_hold_off,
 )
 from .timing import MIN_RETRY_S
 from .wake import wait_either
@@ -110,6 +111,7 @@ class Agent:
         self.stop_reason = ""
         self.transition_reason = "starting"
         self.not_before = 0.0
+        self.let_go_at = 0.0  # when the last let-go ended (warm: roles.warm_hold_off)
         self._db_down_logged = False
         self._base_log = structlog.get_logger("fos.agent").bind(node=node.name, cluster=cfg.cluster)
         self.log = self._base_log.bind(role=self.role.value)
@@ -275,10 +277,18 @@ class Agent:
                 self.log.warning("left_app_stopped", why=why)  # adopted under maintenance; another may serve now
                 await self.app.stop()
             poll = standby_poll(state, self.node.name, self.cfg.lease.heartbeat)
-            plan = plan_standby(state, self.node.name, self.instance, self.clock.now(), poll, self.not_before)
+            hold_off = warm_hold_off(
+                self.not_before,
+                self.let_go_at,
+                not state.held,
+                self.warm is not None,
+                self.app_ready(),
+                self.cfg.lease.heartbeat,
+            )
+            plan = plan_standby(state, self.node.name, self.instance, self.clock.now(), poll, hold_off)
             plan = warm_gate(plan, self.warm is not None, self.app_ready(), self.clock.now(), poll)
             if plan.action is StandbyAction.WAIT:
-                not_ready = self.clock.now() < self.not_before or not self.app_ready()
+                not_ready = self.clock.now() < hold_off or not self.app_ready()
                 await self.failback.consider(state, holding_off=not_ready)
             if plan.action is StandbyAction.WAIT:
                 if not leftovers_checked:

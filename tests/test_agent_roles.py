@@ -22,6 +22,7 @@ from agent.roles import (
     probe_ahead_at,
     renewal_due,
     warm_gate,
+    warm_hold_off,
 )
 from agent.timing import MIN_RETRY_S, RHO, fence_deadline
 from lease import LeaseState, NodeRecord
@@ -247,3 +248,18 @@ def test_a_round_started_as_planned_ends_before_the_standby_reads_at_the_expiry(
     assert start is not None and plan.expires_at is not None
     # the round listens for the probe timeout after its own overhead (measured 0.02-0.04 s): done by the read
     assert start + 0.04 + T <= plan.expires_at == plan.wake_at
+
+
+@pytest.mark.parametrize(
+    ("free", "warm", "healthy", "expected", "why"),
+    [
+        (True, True, True, 11.0, "warm, free, healthy again: a heartbeat after the let-go, not the whole hold-off"),
+        (False, True, True, 40.0, "held by another: the hold-off as it is"),
+        (True, True, False, 40.0, "own app not healthy yet: the hold-off"),
+        (True, False, True, 40.0, "cold: the hold-off"),
+    ],
+)
+def test_warm_hold_off_ends_a_heartbeat_after_the_let_go_when_nobody_took_the_free_lease(
+    free: bool, warm: bool, healthy: bool, expected: float, why: str
+) -> None:
+    assert warm_hold_off(40.0, 10.0, free, warm, healthy, heartbeat=1.0) == expected, why

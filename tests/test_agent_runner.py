@@ -822,27 +822,6 @@ async def test_warm_a_holder_whose_app_fails_once_with_no_healthy_standby_is_not
     await m2.kill()
 
 
-async def test_warm_a_standby_stopped_during_maintenance_leaves_its_app_running_as_the_holder_does(
-    store: MemoryLeaseStore, health_port: int
-) -> None:
-    """warm.py: "During maintenance the application is neither stopped nor restarted". The holder's agent stopped
-    during maintenance leaves its app running (detached, adopted by the next agent); a warm standby's agent stopped
-    then (a fos upgrade, node by node) stops its app, and its next agent does not start it before maintenance
-    ends: the standby is not ready for the first failover after maintenance."""
-    cfg = warm_config(health_port, ttl=3, heartbeat=0.5)
-    m1 = Node(cfg, "m1", store).start()
-    await until(lambda: m1.agent.role is Role.ACTIVE)
-    m2 = Node(cfg, "m2", store).start()
-    await until(lambda: m2.agent.role is Role.STANDBY and m2.agent.app_ready())
-    assert await store.set_maintenance("c1", True, "op@host")
-    await until(lambda: m2.agent.ops.control.maintenance, 3, "m2 to see maintenance")
-    m2.agent.request_stop("upgrade")
-    assert m2.task is not None
-    await asyncio.wait_for(m2.task, 3)
-    assert not m2.app.stopped_at, "the warm standby's app was stopped during maintenance"
-    await m1.kill()
-
-
 async def test_warm_an_active_whose_checks_fail_drops_the_ip_before_its_app_is_stopped(
     store: MemoryLeaseStore,
 ) -> None:
