@@ -346,8 +346,10 @@ class Agent:
         probing = self.ip.probes and not self.ip.probing_ahead and self.app_ready()
         start = probe_ahead_at(plan, self.clock.now(), self.cfg.probe_timeout, probing)
         if start is not None:
-            if await self._sleep_until(start) or self.stop_requested.is_set():
-                return  # a hint: read now (the round is planned again from what the read shows)
+            # A hint during the wait for the round's start: read now (the round is planned again from that read).
+            # One whose start has come already starts first (the hint then ends the sleep below at once).
+            if start > self.clock.now() and (await self._sleep_until(start) or self.stop_requested.is_set()):
+                return
             self.ip.start_probe_ahead()
         await self._standby_sleep(plan.wake_at)
 
