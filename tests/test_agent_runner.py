@@ -509,6 +509,18 @@ def warm_config(port: int, **kw: Any) -> Any:
     return config(mode="warm", command="unused", health=health, **kw)
 
 
+async def warm_pair(store: MemoryLeaseStore, cfg: Any) -> tuple[Node, Node]:
+    """m1 active, then m2 a live standby whose warm app is healthy (its node row written)."""
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, what="m1 active")
+    m2 = Node(cfg, "m2", store).start()
+    await until(
+        lambda: m2.agent.role is Role.STANDBY and m2.agent.app_ready() and ("c1", "m2") in store.nodes,
+        what="m2 a healthy standby",
+    )
+    return m1, m2
+
+
 async def test_warm_the_standby_runs_the_app_and_takes_over_without_starting_a_second_copy(
     store: MemoryLeaseStore, health_port: int
 ) -> None:
@@ -530,10 +542,7 @@ async def test_warm_an_app_failure_steps_down_and_the_app_is_restarted_not_stopp
     store: MemoryLeaseStore, health_port: int
 ) -> None:
     cfg = warm_config(health_port)
-    m1 = Node(cfg, "m1", store).start()
-    await until(lambda: m1.agent.role is Role.ACTIVE)
-    m2 = Node(cfg, "m2", store).start()
-    await until(lambda: m2.agent.role is Role.STANDBY and m2.agent.app_ready())
+    m1, m2 = await warm_pair(store, cfg)
     m1.app.crash()
     await until(lambda: m2.agent.role is Role.ACTIVE, 3, "m2 active")
     await until(lambda: m1.agent.role is Role.STANDBY and m1.agent.app_ready(), 3, "m1 a healthy standby again")
@@ -582,10 +591,7 @@ async def test_warm_a_stopping_agent_lets_go_then_stops_its_app(store: MemoryLea
 
 async def test_warm_a_switchover_moves_only_the_ip(store: MemoryLeaseStore, health_port: int) -> None:
     cfg = warm_config(health_port, ttl=3, heartbeat=0.5)
-    m1 = Node(cfg, "m1", store).start()
-    await until(lambda: m1.agent.role is Role.ACTIVE)
-    m2 = Node(cfg, "m2", store).start()
-    await until(lambda: m2.agent.role is Role.STANDBY and m2.agent.app_ready() and ("c1", "m2") in store.nodes)
+    m1, m2 = await warm_pair(store, cfg)
     assert store.nodes[("c1", "m2")].app_healthy is True  # a warm standby's row: its app's real health
     assert await store.request_switchover("c1", "m2", 0, "op@host")
     await until(lambda: m2.agent.role is Role.ACTIVE, 3, "m2 active")
@@ -731,10 +737,7 @@ async def test_warm_a_switchover_to_a_standby_whose_app_fell_sick_leaves_no_gap_
     and nobody serves meanwhile. The holder should refuse (keep serving), or the target take the reserved lease and
     fail its promotion at once (a release)."""
     cfg = warm_config(health_port, ttl=3, heartbeat=0.5)
-    m1 = Node(cfg, "m1", store).start()
-    await until(lambda: m1.agent.role is Role.ACTIVE)
-    m2 = Node(cfg, "m2", store).start()
-    await until(lambda: m2.agent.role is Role.STANDBY and m2.agent.app_ready() and ("c1", "m2") in store.nodes)
+    m1, m2 = await warm_pair(store, cfg)
 
     async def failing_start(env: dict[str, str]) -> None:
         raise AppError("cannot start application.command: test")
@@ -797,10 +800,7 @@ async def test_warm_a_holder_whose_app_fails_once_with_no_healthy_standby_is_not
     nobody serves for the whole hold-off: longer than a failover (ttl 2 s). Restarting in place (as with automatic
     failover off), or competing again at once when no warm standby is healthy, would serve within ~a second."""
     cfg = warm_config(health_port, ttl=2, heartbeat=0.5, hold_off=3)
-    m1 = Node(cfg, "m1", store).start()
-    await until(lambda: m1.agent.role is Role.ACTIVE)
-    m2 = Node(cfg, "m2", store).start()
-    await until(lambda: m2.agent.role is Role.STANDBY and m2.agent.app_ready())
+    m1, m2 = await warm_pair(store, cfg)
 
     async def failing_start(env: dict[str, str]) -> None:
         raise AppError("cannot start application.command: test")

@@ -25,6 +25,7 @@ from agent.wake import (
     Hint,
     HintGate,
     HintKind,
+    WakeListener,
     decode,
     encode,
     start_listener,
@@ -287,10 +288,10 @@ def nodes() -> Iterator[list[Node]]:
 SLOW = {"ttl": 12, "heartbeat": 4}  # a standby polls every 2 s, a holder reads its control state every 2 s
 
 
-async def test_a_standby_takes_a_released_lease_at_once_on_the_hint_not_at_its_next_poll(
-    store: MemoryLeaseStore, port: int, nodes: list[Node]
-) -> None:
-    cfg = loopback_config(port, **SLOW)
+async def active_and_listening_standby(
+    cfg: Config, store: MemoryLeaseStore, nodes: list[Node]
+) -> tuple[Node, Node, CountingStore, WakeListener]:
+    """m1 active, then m2 on a store counting its reads, with a hint listener on cfg's wake port."""
     m1 = Node(cfg, "m1", store).start()
     nodes.append(m1)
     await until(lambda: m1.agent.role is Role.ACTIVE, what="m1 active")
@@ -299,6 +300,14 @@ async def test_a_standby_takes_a_released_lease_at_once_on_the_hint_not_at_its_n
     nodes.append(m2)
     listener = await start_listener(cfg, "m2", m2.agent.wake, m2.agent.metrics)
     assert listener is not None
+    return m1, m2, m2_store, listener
+
+
+async def test_a_standby_takes_a_released_lease_at_once_on_the_hint_not_at_its_next_poll(
+    store: MemoryLeaseStore, port: int, nodes: list[Node]
+) -> None:
+    cfg = loopback_config(port, **SLOW)
+    m1, m2, m2_store, listener = await active_and_listening_standby(cfg, store, nodes)
     m1.agent.waker = Waker(cfg, "m1", m1.agent.metrics)
     try:
         await until(lambda: m2.agent.role is Role.STANDBY and len(m2_store.reads) >= 2, what="m2 standby, polling")
@@ -347,14 +356,7 @@ async def test_a_flood_of_hints_causes_at_most_one_extra_read_per_interval_and_s
     store: MemoryLeaseStore, port: int, nodes: list[Node]
 ) -> None:
     cfg = loopback_config(port, **SLOW)
-    m1 = Node(cfg, "m1", store).start()
-    nodes.append(m1)
-    await until(lambda: m1.agent.role is Role.ACTIVE, what="m1 active")
-    m2_store = CountingStore(store)
-    m2 = Node(cfg, "m2", m2_store).start()
-    nodes.append(m2)
-    listener = await start_listener(cfg, "m2", m2.agent.wake, m2.agent.metrics)
-    assert listener is not None
+    m1, m2, m2_store, listener = await active_and_listening_standby(cfg, store, nodes)
     try:
         await until(lambda: m2.agent.role is Role.STANDBY, what="m2 standby")
         before, began = len(m2_store.reads), time.monotonic()
@@ -455,7 +457,6 @@ async def test_a_flood_forging_every_known_sender_wakes_the_agent_at_most_once_p
     database reads by the number of accepted names (20/s per name: 40/s on each agent of a pair, 20 x nodes in a
     larger cluster). A gate over all senders keeps a real hint (delayed by at most one interval, never lost) and
     bounds a flood at one read per interval."""
-    from agent.wake import WakeListener
 
     wake, stop = asyncio.Event(), asyncio.Event()
     listener = WakeListener("c1", frozenset({COMMAND_SENDER, "m1"}), wake, Metrics())
