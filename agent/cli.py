@@ -25,7 +25,6 @@ from .config import Config, ConfigError, NodeConfig, check_listen, load
 from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .logs import configure as configure_logs
 from .node import select_node
-from .service import serve
 from .stores import command_store
 from .timing import check
 
@@ -270,6 +269,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack: for a stuck agent
     cfg = load(args.config)
     node = select_node(cfg, args.node)
+    # Here, not at the top: the agent's service (aiohttp: its client builds two TLS contexts at import, about
+    # 0.25 s) is not loaded by the other commands, e.g. `fos switchover`, whose start-up is part of a planned move.
+    from .service import serve
+
     return asyncio.run(serve(cfg, node, args.state_dir))  # serve() checks timing, http.listen, the state dir first
 
 

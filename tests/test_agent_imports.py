@@ -8,9 +8,14 @@ at start-up or later, on stderr."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.support.minimal_agent import renewing_agent
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Modules `fos run` must not load when the features they serve are off.
 NOT_LOADED = {
@@ -54,3 +59,21 @@ def test_fos_run_with_a_minimal_config_loads_no_code_of_other_commands_or_featur
     assert all(m in modules for m in LOADED), sorted(modules)
     loaded = {m: why for m, why in NOT_LOADED.items() if m in modules}
     assert not loaded, f"fos run loaded modules it does not use: {loaded}"
+
+
+def test_fos_switchover_loads_neither_the_agents_service_nor_aiohttp(tmp_path: Path) -> None:
+    """A command's start-up is part of the planned move it makes (`fos switchover`): the agent's service and
+    aiohttp (its client builds two TLS contexts at import, about 0.25 s here) load only for `fos run` and
+    `fos notify test`. (The command fails at once: no such config; its imports happen before.)"""
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "agent", "switchover", "--config", str(tmp_path / "none.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    modules = imported_modules(out.stderr)
+    assert "agent.cli_control" in modules, sorted(modules)  # the listing is real: the command's own module
+    assert out.returncode == 2, out.stderr[-500:]
+    loaded = sorted(m for m in modules if m == "agent.service" or m == "aiohttp" or m.startswith("aiohttp."))
+    assert not loaded, f"fos switchover loaded {loaded}"
