@@ -150,7 +150,11 @@ async def test_a_message_whose_sender_died_mid_way_is_taken_over_and_each_channe
     # The receiver has the mail a moment before the sender records the answer: wait for that record too.
     await wait_until(lambda: n2.delivered, 5, "m2's record of the delivery")
     assert [c for _, c, _ in n2.delivered] == ["mail"]
-    row = await outbox.read_message("nt", rows[0].key)
+    # ...and the outbox row marked sent, which the sender writes after its in-memory record (failed under load).
+    deadline = time.monotonic() + 5
+    while (row := await outbox.read_message("nt", rows[0].key)) is not None and not row.sent:
+        assert time.monotonic() < deadline, f"the row was not marked sent within 5 s: {row}"
+        await asyncio.sleep(0.05)
     await outbox.close()
     assert row is not None and row.sent and row.claimed_by == "m2" and row.attempts == 2
 
