@@ -156,8 +156,9 @@ def fos_fault(lan: Lan, ttl: float, heartbeat: float, fault: str, reps: int, mod
             if acquired_wall is not None and match:
                 expiry_wall = acquired_wall - int(match.group(1)) / 1000.0
                 after_expiry = served - (t0 + (expiry_wall - w0))
-            app_start = app_start_of(c.log_text(standby), w0)
-            spawned = first_log_time(c.log_text(standby), "app_started", w0)
+            # Warm: the new holder starts nothing (a start logged after the fault is the old node's app restarting).
+            app_start = app_start_of(c.log_text(standby), w0) if mode == "cold" else None
+            spawned = first_log_time(c.log_text(standby), "app_started", w0) if mode == "cold" else None
             # From the acquisition to the app's spawn: the conflict probe, the bind and the spawn itself.
             claim = None if spawned is None or acquired_wall is None else spawned - acquired_wall
             # Whether the promotion bound without a probe round of its own (a clear round ahead of the expiry).
