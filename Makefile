@@ -20,7 +20,7 @@ test: lint
 demo: bootstrap
 	$(PY) examples/demo.py
 
-# About 30 minutes: lease store ops, lease store scale, failover versus keepalived, a 10-minute footprint run.
+# About 40 minutes: lease store ops, lease store scale, failover versus keepalived, a 10-minute footprint run.
 bench: bootstrap
 	$(PY) bench/lease_ops.py
 	$(PY) bench/lease_scale.py
