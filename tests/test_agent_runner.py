@@ -907,3 +907,32 @@ async def test_an_idle_holder_with_hints_on_leaves_the_stall_rule_a_heartbeat_of
     await m1.kill()
     print(f"longest time between two ticks of an idle holder: {longest:.3f}s (heartbeat {heartbeat}s)")
     assert longest + heartbeat <= 1.5 * heartbeat + 0.05, f"{longest:.3f}s without a tick"
+
+
+async def test_warm_a_fenced_holder_waits_min_hold_before_taking_its_expired_lease_back(
+    store: MemoryLeaseStore, health_port: int
+) -> None:
+    """roles.warm_hold_off (README: "If no standby took the free lease within a heartbeat of the release ... instead
+    of waiting out the hold-off") is meant for a step-down after an application failure, but let_go sets
+    agent.let_go_at for every let-go, so a fence's hold-off (lease.min_hold, "minimum seconds between two transitions
+    of one node") shrinks to a heartbeat as soon as the lease is free: a holder with a flaky database link fences and
+    takes its lease back a heartbeat later, again and again, whatever min_hold says."""
+    base = warm_config(health_port, ttl=2, heartbeat=0.5)
+    cfg = dataclasses.replace(base, lease=dataclasses.replace(base.lease, min_hold=3.0))
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, what="m1 active")
+    epoch = store.rows["c1"].epoch
+    renew = store.renew
+
+    async def renewal_fails(*args: Any, **kwargs: Any) -> bool:
+        raise StoreUnavailable("the holder's database link is down")
+
+    store.renew = renewal_fails  # type: ignore[method-assign]
+    await until(lambda: m1.agent.let_go_at > 0, 5, "m1 fenced and let go")
+    let_go_at = m1.agent.let_go_at
+    assert any(e.kind == EventKind.FENCED for e in store.events)
+    store.renew = renew  # type: ignore[method-assign]  # the link is back
+    await until(lambda: store.rows["c1"].epoch > epoch, 10, "m1 to acquire again")
+    after = boottime() - let_go_at
+    await m1.kill()
+    assert after >= cfg.lease.min_hold - 0.05, f"took the lease back {after:.2f}s after the fence (min_hold 3 s)"
