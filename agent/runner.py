@@ -129,7 +129,9 @@ class Agent:
                 env,
                 lambda: self.ops.control.maintenance,
                 self._app_changed,
-                serving=lambda: self.role is Role.ACTIVE or (self.role is Role.DEMOTING and self.ip.bound),
+                serving=lambda: (
+                    self.role is Role.ACTIVE or (self.role in (Role.DEMOTING, Role.FENCED) and self.ip.bound)
+                ),
             )
         self.app_left_running = False  # STOPPED during maintenance with the app detached: not stopped at exit
 

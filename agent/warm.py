@@ -145,6 +145,8 @@ class WarmSupervisor:
                 continue  # healthy again during maintenance: watch it
             backoff = next_backoff(backoff, self.cfg.interval, healthy_for)
             await self._until_not_serving()
+            if await self._report_while_paused():  # maintenance came on meanwhile (the holder then serves on)
+                continue
             await self.app.stop()
             self._mark(False, f"restarting in {backoff:g}s: {detail}"[:300])
             await self.clock.sleep(backoff)

@@ -4,6 +4,7 @@ role transitions and their order (IP before app), including hung and failing dat
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -840,3 +841,98 @@ async def test_warm_an_active_whose_checks_fail_drops_the_ip_before_its_app_is_s
         await m1.kill()
     finally:
         server.close()
+
+
+# ---- review h-rev3 ------------------------------------------------------------------------------------------------
+
+
+class _SlowUnbind(FakeBinder):
+    """A removal of the address that takes `seconds` (a loaded host's netlink call); recorded once it is gone."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    async def unbind(self) -> bool:
+        await asyncio.sleep(self.seconds)
+        return await super().unbind()
+
+
+async def test_warm_a_fenced_holder_drops_the_ip_before_its_failed_app_is_stopped(
+    store: MemoryLeaseStore, health_port: int
+) -> None:
+    """letgo.py's order, IP first, then the app, holds for a fence as for a step-down. The warm supervisor waits for
+    the let-go only while serving() says ACTIVE or DEMOTING with the IP bound: a FENCED node is still removing the
+    address, yet an application failing then (it lost the same database link as the renewals) was stopped at once,
+    with the IP still bound."""
+    cfg = warm_config(health_port, ttl=2, heartbeat=0.5)
+    binder = _SlowUnbind(0.5)
+    m1 = Node(cfg, "m1", store, binder=binder).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE and binder.bound, what="m1 active")
+    bound_at = binder.times("bind")[0]
+
+    async def renewal_fails(*args: Any, **kwargs: Any) -> bool:
+        raise StoreUnavailable("the holder's database link is down")
+
+    store.renew = renewal_fails  # type: ignore[method-assign]
+    await until(lambda: m1.agent.role is Role.FENCED, 5, "m1 fencing")
+    m1.app.crash()  # while the address is being removed
+    await until(
+        lambda: bool(m1.app.stopped_at) and any(t > bound_at for t in binder.times("unbind")),
+        5,
+        "the IP gone and the app stopped",
+    )
+    unbound = min(t for t in binder.times("unbind") if t > bound_at)
+    assert unbound <= m1.app.stopped_at[0], (
+        f"the app was stopped {unbound - m1.app.stopped_at[0]:.3f}s before the IP went"
+    )
+    await m1.kill()
+
+
+async def test_an_idle_holder_with_hints_on_leaves_the_stall_rule_a_heartbeat_of_slack(store: MemoryLeaseStore) -> None:
+    """GET /health and /active call the agent stalled once its loop has not ticked for 1.5 heartbeats
+    (http.loop_stalled: "the loop ticks at least every heartbeat / 2 in every role; three missed ticks"). With hints
+    on (cluster.wake_port, the default) the holder no longer reads its control state half a heartbeat after each
+    read, and its loop sleeps from one renewal to the next: up to a heartbeat between ticks, so an event-loop delay of
+    half a heartbeat (not one, as the rule assumes) already makes the active node answer 503 on /active (a load
+    balancer's check with address_driver = "none")."""
+    heartbeat = 0.4
+    cfg = dataclasses.replace(config(ttl=1.6, heartbeat=heartbeat), wake_port=47999)
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, what="m1 active")
+    longest, end = 0.0, time.monotonic() + 6 * heartbeat
+    while time.monotonic() < end:  # sampling the loop's age over six heartbeats (a rate: not a condition)
+        longest = max(longest, m1.agent.clock.now() - m1.agent.last_tick)
+        await asyncio.sleep(0.01)
+    await m1.kill()
+    print(f"longest time between two ticks of an idle holder: {longest:.3f}s (heartbeat {heartbeat}s)")
+    assert longest + heartbeat <= 1.5 * heartbeat + 0.05, f"{longest:.3f}s without a tick"
+
+
+async def test_warm_a_fenced_holder_waits_min_hold_before_taking_its_expired_lease_back(
+    store: MemoryLeaseStore, health_port: int
+) -> None:
+    """roles.warm_hold_off (README: "If no standby took the free lease within a heartbeat of the release ... instead
+    of waiting out the hold-off") is meant for a step-down after an application failure, but let_go sets
+    agent.let_go_at for every let-go, so a fence's hold-off (lease.min_hold, "minimum seconds between two transitions
+    of one node") shrinks to a heartbeat as soon as the lease is free: a holder with a flaky database link fences and
+    takes its lease back a heartbeat later, again and again, whatever min_hold says."""
+    base = warm_config(health_port, ttl=2, heartbeat=0.5)
+    cfg = dataclasses.replace(base, lease=dataclasses.replace(base.lease, min_hold=3.0))
+    m1 = Node(cfg, "m1", store).start()
+    await until(lambda: m1.agent.role is Role.ACTIVE, what="m1 active")
+    epoch = store.rows["c1"].epoch
+    renew = store.renew
+
+    async def renewal_fails(*args: Any, **kwargs: Any) -> bool:
+        raise StoreUnavailable("the holder's database link is down")
+
+    store.renew = renewal_fails  # type: ignore[method-assign]
+    await until(lambda: m1.agent.let_go_at > 0, 5, "m1 fenced and let go")
+    let_go_at = m1.agent.let_go_at
+    assert any(e.kind == EventKind.FENCED for e in store.events)
+    store.renew = renew  # type: ignore[method-assign]  # the link is back
+    await until(lambda: store.rows["c1"].epoch > epoch, 10, "m1 to acquire again")
+    after = boottime() - let_go_at
+    await m1.kill()
+    assert after >= cfg.lease.min_hold - 0.05, f"took the lease back {after:.2f}s after the fence (min_hold 3 s)"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import warm
 from agent.app import SupervisedCommand, _to_the_end
 from agent.clock import SystemClock
 from agent.config import HealthConfig
@@ -254,3 +255,31 @@ async def test_close_stops_the_app_even_after_the_supervisor_died_of_an_unexpect
     before = len(stops)
     await rig.sup.close()  # must not raise
     assert len(stops) == before + 1 and not rig.sup.healthy
+
+
+async def test_a_failed_app_waiting_for_the_let_go_is_not_stopped_once_maintenance_came_on(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review h-rev3. The supervisor checks maintenance once, at the unhealthy verdict, then waits for the runner to
+    let go of the common IP (_until_not_serving, SERVING_WAIT_S) and stops the app without looking again. When the
+    holder's control read saw maintenance on in between (it lands between the verdict and the hold loop's handling of
+    it), the runner keeps holding (no step-down during maintenance: `app_failed_during_maintenance`), so the node
+    stays serving; the supervisor then stopped the app at the end of the wait, during maintenance, and did not start
+    it again (_bring_up starts nothing during maintenance): the active node kept the IP with no application until
+    maintenance ended, against "during maintenance it neither stops nor restarts it"."""
+    monkeypatch.setattr(warm, "SERVING_WAIT_S", 0.3)  # (10 s in production: the same stop, later)
+
+    def serving() -> bool:
+        rig.maintenance = True  # the runner saw maintenance on and stays active: it serves on
+        return True
+
+    rig.sup._serving = serving
+    rig.sup.start()
+    assert (await rig.sup.wait_healthy(5))[0]
+    first = rig.pid()
+    assert first is not None
+    await rig.sick()
+    await asyncio.wait_for(rig.sup.wait_unhealthy(), 5)
+    await asyncio.sleep(0.3 + 20 * INTERVAL)  # past the wait, and many intervals in which a stop would have happened
+    assert rig.maintenance, "the supervisor waited for the let-go"
+    assert rig.pid() == first, "the app was stopped during maintenance (and nothing starts it before its end)"
