@@ -80,7 +80,8 @@ def lease_seen(agent: Agent) -> dict[str, Any]:
 
 
 def loop_stalled(agent: Agent) -> bool:
-    # The loop ticks at least every heartbeat / 2 in every role; three missed ticks mean it is stuck.
+    # The loop ticks at least every heartbeat / 2 in every role (the holder's hold loop passes at least every half
+    # heartbeat for this, even when it has nothing to read); three missed ticks mean it is stuck.
     return agent.clock.now() - agent.last_tick > max(1.5 * agent.cfg.lease.heartbeat, 1.0)
 
 

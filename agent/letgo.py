@@ -39,8 +39,9 @@ async def let_go(agent: Agent, kind: EventKind | None, decision: Decision) -> bo
     agent.renew_failing = False
     agent.metrics.epoch.set(0)
     agent.metrics.lease_seconds_left.set(0)
-    agent.let_go_at = agent.clock.now()
-    agent.not_before = agent.let_go_at + decision.hold_off
+    now = agent.clock.now()
+    agent.app_failed_at = now if decision.app_failed else None
+    agent.not_before = now + decision.hold_off
     return handed
 
 

@@ -1,5 +1,6 @@
 """The agent's side of the operator's intent stored beside the lease (switchover, maintenance, disable, anti-flap):
-what it read last, the holder's control read (after each renewal and half a heartbeat later), the handover, the
+what it read last, the holder's control read (after each renewal and on a wake-up hint; with no hint listener also
+half a heartbeat after each read), the handover, the
 node row, and the events of a switchover and of anti-flap.
 The decisions are agent/control_rules.py's; the runner calls in here at a few points and never waits for
 anything here on the path of a renewal or the fence timer (the holder's read runs as a task of its own).

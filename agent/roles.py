@@ -48,6 +48,7 @@ class Decision:
     event: EventKind | None = None  # DEMOTING: the event to record instead of STEPPED_DOWN / DEMOTED
     resume: bool = False  # PROMOTING while already serving: (re)start the app in place, the IP stays
     leave_running: bool = False  # STOPPED during maintenance: the app and the IP stay, the lease is not released
+    app_failed: bool = False  # DEMOTING for an application failure (warm: roles.warm_hold_off may shorten it)
 
 
 @dataclass(frozen=True)
@@ -130,16 +131,24 @@ def warm_gate(plan: StandbyPlan, warm: bool, app_healthy: bool, observed_at: flo
 
 
 def warm_hold_off(
-    not_before: float, let_go_at: float, free: bool, warm: bool, app_healthy: bool, heartbeat: float
+    not_before: float,
+    app_failed_at: float | None,
+    free: bool,
+    warm: bool,
+    app_healthy: bool,
+    heartbeat: float,
+    min_hold: float,
 ) -> float:
-    """Until when this node holds off from the lease. Warm mode: the hold-off after a step-down leaves the free lease
-    to a healthy standby; one that none took within a heartbeat of the let-go (a release's hint wakes the standbys
-    at once, their poll comes within half a heartbeat) has no healthy standby to go to, so once this node's own
-    application is healthy again (its supervisor restarted it) it may take the lease back rather than leave the
-    cluster unserved for the whole hold-off. Cold mode, a held lease, an application not healthy: `not_before`."""
-    if not warm or not free or not app_healthy:
+    """Until when this node holds off from the lease. Warm mode, after a step-down for an application failure
+    (`app_failed_at`: when that let-go ended): the hold-off leaves the free lease to a healthy standby; one that none
+    took within a heartbeat (a release's hint wakes the standbys at once, their poll comes within half a heartbeat)
+    has no healthy standby to go to, so once this node's own application is healthy again (its supervisor restarted
+    it) it may take the lease back, after lease.min_hold at least, rather than leave the cluster unserved for the
+    whole hold-off. Any other let-go (a fence, an IP or promotion failure), cold mode, a held lease, an application
+    not healthy: `not_before`."""
+    if app_failed_at is None or not warm or not free or not app_healthy:
         return not_before
-    return min(not_before, let_go_at + heartbeat)
+    return min(not_before, app_failed_at + max(heartbeat, min_hold))
 
 
 def plan_retry(state: LeaseState, me: str, instance: str | None, now: float, poll: float, not_before: float) -> float:
@@ -270,7 +279,8 @@ def after_holding(event: HoldEvent, detail: str, hold_off: float, min_hold: floa
             why = f"the application failed ({detail}) while automatic failover is off: restarting it here"
             return Decision(Role.PROMOTING, why, resume=True)
         case HoldEvent.APP_FAILED:
-            return Decision(Role.DEMOTING, f"the application failed ({detail}): stepping down", max(hold_off, min_hold))
+            why = f"the application failed ({detail}): stepping down"
+            return Decision(Role.DEMOTING, why, max(hold_off, min_hold), app_failed=True)
         case HoldEvent.IP_FAILED | HoldEvent.WORK_FAILED if modes.maintenance:
             # fos starts and stops no application during maintenance, and nobody else may take over: keep holding
             # (the renewals, the IP's reconciliation and the health checks go on); looked at again when it ends.

@@ -107,11 +107,12 @@ class Agent:
         self.last_tick = clock.now()
         self.stop_requested = asyncio.Event()
         self.wake = asyncio.Event()  # a wake-up hint came (agent/wake.py): read the database now, as on a poll
+        self.hints_heard = False  # a hint listener is up (service.serve): the holder's control read need not poll
         self.waker: Waker | None = None  # sends hints to the other nodes (wired by service.py; None: no hints)
         self.stop_reason = ""
         self.transition_reason = "starting"
         self.not_before = 0.0
-        self.let_go_at = 0.0  # when the last let-go ended (warm: roles.warm_hold_off)
+        self.app_failed_at: float | None = None  # the last let-go, for an app failure, ended then (warm_hold_off)
         self._db_down_logged = False
         self._base_log = structlog.get_logger("fos.agent").bind(node=node.name, cluster=cfg.cluster)
         self.log = self._base_log.bind(role=self.role.value)
@@ -281,11 +282,12 @@ class Agent:
             poll = standby_poll(state, self.node.name, self.cfg.lease.heartbeat)
             hold_off = warm_hold_off(
                 self.not_before,
-                self.let_go_at,
+                self.app_failed_at,
                 not state.held,
                 self.warm is not None,
                 self.app_ready(),
                 self.cfg.lease.heartbeat,
+                self.cfg.lease.min_hold,
             )
             plan = plan_standby(state, self.node.name, self.instance, self.clock.now(), poll, hold_off)
             plan = warm_gate(plan, self.warm is not None, self.app_ready(), self.clock.now(), poll)
@@ -387,6 +389,7 @@ class Agent:
         tasks["wake"] = asyncio.create_task(self.wake.wait())
         hinted = False  # a wake-up hint asks for a control read (a command wrote a request): as soon as none runs
         control_failing = False  # the last control read failed: hints wait for the next renewal
+        renewal_read_due = False  # a renewal succeeded since the last control read was started
         if work is not None:
             tasks["work"] = asyncio.create_task(work)
         if watch_app:  # warm: the supervisor's verdict (it is the only one checking the app)
@@ -430,22 +433,23 @@ class Agent:
                     reconcile_again = True  # one is running with an older Holding: go again when it ends
                 # The control state (a switchover, maintenance, disable), read in a task of its own (the loop never
                 # waits for it, and a read uses its own connection): right after a renewal, at once on a wake-up
-                # hint (a command that writes a request sends one), and at a scheduled switchover's time; with
-                # hints off (cluster.wake_port = 0) also half a heartbeat after each read, so that a request is seen
+                # hint (a command that writes a request sends one), and at a scheduled switchover's time; without a
+                # hint listener (wake_port = 0, or its port taken) also half a heartbeat after each read, so that a
+                # request is seen
                 # within half a heartbeat without them (with them, a lost hint costs at most a heartbeat: one read
                 # less a heartbeat keeps an idle holder's CPU down, issue #14). Not while renewals fail: no extra
                 # calls into a database that does not answer.
-                if renewed:
-                    control_failing = False
+                if renewed:  # a read after each renewal, also when one was running then (it goes after it)
+                    control_failing, renewal_read_due = False, True
                 if tasks["wake"].done():  # (the listener rate-limits hints: agent/wake.py)
                     self.wake.clear()
                     # After a failed control read a hint waits for the next renewal's read: a flood must not make
                     # the holder call a database whose reads fail at the hints' rate.
                     tasks["wake"], hinted = asyncio.create_task(self.wake.wait()), not control_failing
                 timer_due = control_at is not None and now >= control_at and not self.renew_failing
-                if "control" not in tasks and (renewed or timer_due or (hinted and not self.renew_failing)):
+                if "control" not in tasks and (renewal_read_due or timer_due or (hinted and not self.renew_failing)):
                     tasks["control"] = asyncio.create_task(self.ops.read_as_holder(acting=work is None))
-                    control_at, hinted = None, False
+                    control_at, hinted, renewal_read_due = None, False, False
                 control = tasks.get("control")
                 if control is not None and control.done():
                     del tasks["control"]
@@ -456,8 +460,9 @@ class Agent:
                     ended = self.ops.holder_event(plan, acting=work is None, app_dropped=app_dropped)
                     if ended is not None:
                         return ended
-                    between = plan.wake_in or (half_beat if self.cfg.wake_port == 0 else None)
-                    control_at = now if hinted else None if between is None else now + min(between, half_beat)
+                    between = plan.wake_in or (None if self.hints_heard else half_beat)
+                    again = hinted or renewal_read_due
+                    control_at = now if again else None if between is None else now + min(between, half_beat)
                 if tasks["stop"].done():
                     return HoldEvent.STOP_REQUESTED, self.stop_reason
                 if "work" in tasks and tasks["work"].done():
@@ -480,6 +485,9 @@ class Agent:
                 deadline = self.holding.fence_at if "renew" in tasks else min(self.holding.fence_at, due)
                 if control_at is not None and not self.renew_failing:
                     deadline = min(deadline, max(control_at, now + MIN_RETRY_S))
+                # A pass at least every half heartbeat (it reads nothing): /health's stall rule (http.loop_stalled)
+                # allows 1.5 heartbeats without a tick, so a loop late by half a heartbeat is not called stalled.
+                deadline = min(deadline, now + half_beat)
                 timer = asyncio.create_task(self.clock.sleep_until(deadline))
                 try:
                     await asyncio.wait([*tasks.values(), timer], return_when=asyncio.FIRST_COMPLETED)

@@ -210,6 +210,7 @@ async def serve(cfg: Config, node: NodeConfig, state_dir: str) -> int:
                     holder_epoch = lambda: agent.epoch if agent.role is Role.ACTIVE else None  # noqa: E731
                     notifier = start_notifier(cfg, node.name, holder_epoch, agent.stop_requested)
                 wake = await start_listener(cfg, node.name, agent.wake, agent.metrics)  # hints: agent/wake.py
+                agent.hints_heard = wake is not None  # none bound (port taken, hints off): the holder polls
                 agent.waker = Waker(cfg, node.name, agent.metrics)
                 agent.waker.prefetch()
                 trimmer = asyncio.create_task(heap.trim_every())  # an idle agent's heap never shrinks otherwise

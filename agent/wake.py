@@ -1,7 +1,8 @@
 """Wake-up hints: a planned move (a release, a handover, a command's control request) tells the other nodes at
 once, by a UDP datagram to their wake port (`cluster.wake_port`, default 8470, 0 = off), instead of letting them
-notice at their next poll (a standby reads every heartbeat/2, a holder its control state half a heartbeat after a
-renewal).
+notice at their next poll (a standby reads every heartbeat/2, a holder its control state after its next renewal:
+with a listener up, the holder reads only after each renewal and on a hint; without one, also every half
+heartbeat, see runner._hold).
 
 A hint is only a hint, never a fact: it carries no lease state, and the receiver reacts exactly as to a poll
 falling due early: it reads the database and judges by what it reads there. So a lost, late, forged or replayed

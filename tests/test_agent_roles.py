@@ -251,15 +251,17 @@ def test_a_round_started_as_planned_ends_before_the_standby_reads_at_the_expiry(
 
 
 @pytest.mark.parametrize(
-    ("free", "warm", "healthy", "expected", "why"),
+    ("failed_at", "free", "warm", "healthy", "min_hold", "expected", "why"),
     [
-        (True, True, True, 11.0, "warm, free, healthy again: a heartbeat after the let-go, not the whole hold-off"),
-        (False, True, True, 40.0, "held by another: the hold-off as it is"),
-        (True, True, False, 40.0, "own app not healthy yet: the hold-off"),
-        (True, False, True, 40.0, "cold: the hold-off"),
+        (10.0, True, True, True, 0.5, 11.0, "warm app failure, free, healthy again: a heartbeat, not the hold-off"),
+        (10.0, True, True, True, 5.0, 15.0, "...but never sooner than lease.min_hold"),
+        (None, True, True, True, 0.5, 40.0, "another let-go (a fence, an IP failure): the hold-off as it is"),
+        (10.0, False, True, True, 0.5, 40.0, "held by another: the hold-off as it is"),
+        (10.0, True, True, False, 0.5, 40.0, "own app not healthy yet: the hold-off"),
+        (10.0, True, False, True, 0.5, 40.0, "cold: the hold-off"),
     ],
 )
-def test_warm_hold_off_ends_a_heartbeat_after_the_let_go_when_nobody_took_the_free_lease(
-    free: bool, warm: bool, healthy: bool, expected: float, why: str
+def test_warm_hold_off_ends_a_heartbeat_after_an_app_failures_let_go_when_nobody_took_the_free_lease(
+    failed_at: float | None, free: bool, warm: bool, healthy: bool, min_hold: float, expected: float, why: str
 ) -> None:
-    assert warm_hold_off(40.0, 10.0, free, warm, healthy, heartbeat=1.0) == expected, why
+    assert warm_hold_off(40.0, failed_at, free, warm, healthy, heartbeat=1.0, min_hold=min_hold) == expected, why

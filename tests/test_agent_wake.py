@@ -576,23 +576,28 @@ async def test_a_holder_whose_control_reads_fail_is_not_made_to_retry_them_by_hi
     assert attempts <= 2
 
 
-@pytest.mark.parametrize(("wake_port", "per_heartbeat"), [(0, 2), (47999, 1)])
+@pytest.mark.parametrize(("hints", "per_heartbeat"), [(False, 2), (True, 1)])
 async def test_an_idle_holder_reads_its_control_state_once_a_heartbeat_with_hints_on_and_twice_with_them_off(
-    store: MemoryLeaseStore, nodes: list[Node], wake_port: int, per_heartbeat: int
+    store: MemoryLeaseStore, nodes: list[Node], hints: bool, per_heartbeat: int
 ) -> None:
-    """With hints a command's request wakes the holder at once, so between renewals it need not read again (one
-    read a heartbeat less for an idle holder, issue #14's footprint); with wake_port = 0 it reads half a heartbeat
-    after each read too, so that a request is seen within half a heartbeat without hints."""
+    """With a hint listener up a command's request wakes the holder at once, so between renewals it need not read
+    again (one read a heartbeat less for an idle holder, issue #14's footprint); with wake_port = 0 (no listener,
+    as when its port is taken) it reads half a heartbeat after each read too, so that a request is seen within half
+    a heartbeat without hints."""
     heartbeat = 0.4
-    cfg = dataclasses.replace(config(ttl=1.6, heartbeat=heartbeat), wake_port=wake_port)
+    cfg = loopback_config(free_udp_port() if hints else 0, ttl=1.6, heartbeat=heartbeat)
     counting = CountingStore(store)
     m1 = Node(cfg, "m1", counting).start()
     nodes.append(m1)
+    listener = await start_listener(cfg, "m1", m1.agent.wake, m1.agent.metrics)  # None with wake_port 0
+    m1.agent.hints_heard = listener is not None  # as service.serve sets it
     await until(lambda: m1.agent.role is Role.ACTIVE, 5, "m1 active")
     await asyncio.sleep(heartbeat)  # (settled: the promotion's reads are behind it) not a condition: a rate is measured
     before = len(counting.reads)
     beats = 6
     await asyncio.sleep(beats * heartbeat)
     reads = len(counting.reads) - before
-    print(f"wake_port {wake_port}: {reads} control reads in {beats} heartbeats")
+    print(f"hints {'on' if hints else 'off'}: {reads} control reads in {beats} heartbeats")
+    if listener is not None:
+        listener.close()
     assert per_heartbeat * beats - 2 <= reads <= per_heartbeat * beats + 1
