@@ -79,10 +79,14 @@ def lease_seen(agent: Agent) -> dict[str, Any]:
     return {"lease_holder": view.holder if view.held else None, "lease_epoch": view.epoch}
 
 
+STALL_HEARTBEATS = 2.0  # this long without a pass of the agent's loop: /health and /active call it stalled
+
+
 def loop_stalled(agent: Agent) -> bool:
-    # The loop ticks at least every heartbeat / 2 in every role (the holder's hold loop passes at least every half
-    # heartbeat for this, even when it has nothing to read); three missed ticks mean it is stuck.
-    return agent.clock.now() - agent.last_tick > max(1.5 * agent.cfg.lease.heartbeat, 1.0)
+    # The loop passes at least once a heartbeat in every role (a holder at each renewal: with a hint listener up it
+    # reads nothing in between, an idle holder's CPU; a standby every heartbeat / 2): two heartbeats without a pass
+    # leave a heartbeat of slack for a late loop before it is called stuck.
+    return agent.clock.now() - agent.last_tick > max(STALL_HEARTBEATS * agent.cfg.lease.heartbeat, 1.0)
 
 
 def is_active(agent: Agent) -> bool:

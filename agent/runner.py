@@ -485,9 +485,6 @@ class Agent:
                 deadline = self.holding.fence_at if "renew" in tasks else min(self.holding.fence_at, due)
                 if control_at is not None and not self.renew_failing:
                     deadline = min(deadline, max(control_at, now + MIN_RETRY_S))
-                # A pass at least every half heartbeat (it reads nothing): /health's stall rule (http.loop_stalled)
-                # allows 1.5 heartbeats without a tick, so a loop late by half a heartbeat is not called stalled.
-                deadline = min(deadline, now + half_beat)
                 timer = asyncio.create_task(self.clock.sleep_until(deadline))
                 try:
                     await asyncio.wait([*tasks.values(), timer], return_when=asyncio.FIRST_COMPLETED)
