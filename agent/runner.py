@@ -30,7 +30,7 @@ from lease import (
 from netops import AddressBinder, NetopsError
 
 from .app import AppError, Application
-from .clock import Clock, wait_event
+from .clock import Clock, wait_either, wait_event
 from .common_ip import CommonIp
 from .config import Config, NodeConfig
 from .control_rules import left_app_must_stop, standby_poll
@@ -57,7 +57,6 @@ from .roles import (
     warm_hold_off,
 )
 from .timing import MIN_RETRY_S
-from .wake import wait_either
 from .warm import WarmSupervisor
 
 if TYPE_CHECKING:
@@ -435,10 +434,9 @@ class Agent:
                 # waits for it, and a read uses its own connection): right after a renewal, at once on a wake-up
                 # hint (a command that writes a request sends one), and at a scheduled switchover's time; without a
                 # hint listener (wake_port = 0, or its port taken) also half a heartbeat after each read, so that a
-                # request is seen
-                # within half a heartbeat without them (with them, a lost hint costs at most a heartbeat: one read
-                # less a heartbeat keeps an idle holder's CPU down, issue #14). Not while renewals fail: no extra
-                # calls into a database that does not answer.
+                # request is seen within half a heartbeat without them (with them, a lost hint costs at most a
+                # heartbeat: one read less a heartbeat keeps an idle holder's CPU down, issue #14). Not while
+                # renewals fail: no extra calls into a database that does not answer.
                 if renewed:  # a read after each renewal, also when one was running then (it goes after it)
                     control_failing, renewal_read_due = False, True
                 if tasks["wake"].done():  # (the listener rate-limits hints: agent/wake.py)

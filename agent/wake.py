@@ -151,15 +151,3 @@ async def start_listener(cfg: Config, me: str, wake: asyncio.Event, metrics: Met
     if not listener.transports:
         return None
     return listener
-
-
-async def wait_either(first: asyncio.Event, second: asyncio.Event, timeout: float) -> None:
-    """Wait until either event is set, at most `timeout` seconds."""
-    if first.is_set() or second.is_set():
-        return
-    waiters = [asyncio.create_task(first.wait()), asyncio.create_task(second.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import structlog
 
 from .app import AppError, Application
-from .clock import Clock, wait_event
+from .clock import Clock, wait_either, wait_event
 from .config import HealthConfig
 from .health import HealthCheck
 
@@ -72,12 +72,7 @@ class WarmSupervisor:
 
     async def wait_healthy_or(self, other: asyncio.Event, timeout: float) -> None:
         """Return once healthy, once `other` is set, or after `timeout` seconds, whichever comes first."""
-        waits = [asyncio.create_task(self.became_healthy.wait()), asyncio.create_task(other.wait())]
-        try:
-            await asyncio.wait(waits, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waits:
-                task.cancel()
+        await wait_either(self.became_healthy, other, timeout)
 
     async def wait_unhealthy(self) -> str:
         """Return (with the reason) once the application is not healthy (at once if it is not now)."""

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from agent.clock import wait_either
 from agent.config import Config
 from agent.metrics import Metrics
 from agent.roles import Role
@@ -29,7 +30,6 @@ from agent.wake import (
     decode,
     encode,
     start_listener,
-    wait_either,
 )
 from agent.wake_send import Waker, wake_peers
 from lease import EventKind
