@@ -120,12 +120,9 @@ async def release(agent: Agent, holding: Holding, detail: str, ip_gone: bool) ->
 
 def _wake_peers(agent: Agent, kind: HintKind) -> None:
     """Tell the others at once that the lease is free or theirs (a hint: each reads the database and judges by
-    it; sending never waits, and never fails the let-go)."""
+    it; Waker.hint never waits and never raises)."""
     if agent.waker is not None:
-        try:
-            agent.waker.hint(kind)
-        except Exception as exc:  # an optimisation: nothing about it may disturb letting go
-            agent.log.debug("wake_hint_failed", error=f"{type(exc).__name__}: {exc}")
+        agent.waker.hint(kind)
 
 
 async def emergency_let_go(agent: Agent, detail: str) -> None:

@@ -60,12 +60,16 @@ class Waker:
         self._spawn(self.resolve(RESOLVE_AGENT_S))
 
     def hint(self, kind: HintKind) -> None:
-        """Send the hint now (to the resolved hosts) and, in a task, to the others once resolved: never waits."""
+        """Send the hint now (to the resolved hosts) and, in a task, to the others once resolved: never waits, and
+        never raises (an optimisation: nothing about it may disturb the let-go or the fail-back that sends it)."""
         if not self.hosts:
             return
-        self._send(kind)
-        if any(h not in self._addresses for h in self.hosts) or self._stale():
-            self._spawn(self._resolve_then(kind))
+        try:
+            self._send(kind)
+            if any(h not in self._addresses for h in self.hosts) or self._stale():
+                self._spawn(self._resolve_then(kind))
+        except Exception as exc:
+            self.log.debug("wake_hint_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

@@ -88,3 +88,17 @@ def test_a_command_does_not_wait_for_a_resolver_that_hangs(monkeypatch: pytest.M
         assert time.monotonic() - began < RESOLVE_TIMEOUT_S + 0.5
     finally:
         release.set()
+
+
+async def test_hint_never_raises_whatever_sending_does(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The let-go and the fail-back send hints on their way: an error in sending must not reach them."""
+    waker = Waker(loopback_config(port), "m1")
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise ValueError("a hint that cannot be encoded")
+
+    monkeypatch.setattr(waker, "_send", broken)
+    with capture_logs() as logs:
+        waker.hint(HintKind.RELEASED)  # no exception
+    assert [e["event"] for e in logs] == ["wake_hint_failed"]
+    await waker.close()
