@@ -52,7 +52,6 @@ class WarmSupervisor:
         `serving()`: this node is active with the common IP (or still letting go of it)."""
         self.app, self.health, self.cfg, self.clock, self.env = app, health, cfg, clock, env
         self._paused, self._on_change, self._serving = paused, on_change, serving
-        self.healthy = False
         self.detail = "not started yet"
         self.failure = "not started yet"  # why it last became unhealthy (the detail then moves on: restarting...)
         self.became_healthy = asyncio.Event()  # set while healthy
@@ -62,6 +61,11 @@ class WarmSupervisor:
         self._task: asyncio.Task[None] | None = None
 
     # ---- what the runner reads ------------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """The application is healthy now (the two events say it; `_mark` sets them)."""
+        return self.became_healthy.is_set()
 
     async def wait_healthy(self, timeout: float) -> tuple[bool, str]:
         """(True, detail) at once if healthy, else once it becomes healthy within `timeout`; (False, detail) if
@@ -117,7 +121,6 @@ class WarmSupervisor:
         self.health.healthy, self.health.last_detail = healthy, detail
         if healthy == self.healthy:
             return
-        self.healthy = healthy
         if not healthy:
             self.failure = detail
         (self.became_healthy if healthy else self.became_unhealthy).set()
