@@ -11,7 +11,7 @@ import pytest
 from netops import Interface, NetopsError, find_interface, list_interfaces
 from netops.rtnl import Address, DumpInterrupted, Rtnl
 from tests.support.netns import Lan
-from tests.test_netops_rtnl import CROWD, crowd
+from tests.test_netops_rtnl import CHURN, CROWD, crowd
 
 
 def test_iflist_json_inside_a_namespace_lists_exactly_its_interfaces(lan: Lan) -> None:
@@ -74,17 +74,11 @@ def test_an_interrupted_dump_is_an_oserror_with_errno_eagain() -> None:
 
 # Inside the test host: one thread adds and deletes an address on d1 as fast as netlink allows while the
 # interfaces are listed 30 times; prints the failures and how many addresses d1 had in each listing.
-CHURNED_LISTINGS = """
-import json, socket, threading
+CHURNED_LISTINGS = (
+    CHURN
+    + """
+import json
 from netops import NetopsError, list_interfaces
-from netops.rtnl import Rtnl
-stop = threading.Event()
-def churn():
-    with Rtnl() as r:
-        d1 = socket.if_nametoindex("d1")
-        while not stop.is_set():
-            r.set_address(False, d1, "10.250.0.9", 32, 100, proto=3)
-            r.delete_address(d1, "10.250.0.9", 32)
 t = threading.Thread(target=churn)
 t.start()
 failures, crowd = [], []
@@ -99,6 +93,7 @@ finally:
     t.join()
 print(json.dumps({"failures": failures, "crowd": crowd}))
 """
+)
 
 
 def test_listing_succeeds_on_a_host_with_thousands_of_addresses_changing(lan: Lan) -> None:

@@ -136,12 +136,10 @@ class DroppingSocket:
 # ---- a crowded host: thousands of addresses on another interface, and churn --------------------------------
 
 CROWD = 2000
-# Inside the test host: one thread adds and deletes an address on d1 as fast as netlink allows, while the binder
-# binds (the holder's every renewal) 100 times; prints the failures as JSON.
-CHURNED_BINDS = """
-import asyncio, ipaddress, json, socket, sys, threading, time
-from netops import NetlinkBinder, NetopsError
-from netops import rtnl as rtnl_module
+# The start of a script run inside the test host: `churn` adds and deletes an address on d1 as fast as netlink
+# allows until `stop` is set (the caller runs it in a thread beside what it measures).
+CHURN = """
+import socket, threading
 from netops.rtnl import Rtnl
 stop = threading.Event()
 def churn():
@@ -150,6 +148,15 @@ def churn():
         while not stop.is_set():
             r.set_address(False, d1, "10.250.0.9", 32, 100, proto=3)
             r.delete_address(d1, "10.250.0.9", 32)
+"""
+# Inside the test host: churn on d1 while the binder binds (the holder's every renewal) 100 times; prints the
+# failures as JSON.
+CHURNED_BINDS = (
+    CHURN
+    + """
+import asyncio, ipaddress, json, sys, time
+from netops import NetlinkBinder, NetopsError
+from netops import rtnl as rtnl_module
 async def main():
     b = NetlinkBinder("eth0", ipaddress.ip_interface(sys.argv[1]))
     failures = []
@@ -167,6 +174,7 @@ finally:
     stop.set()
     t.join()
 """
+)
 
 
 def crowd(host: Host) -> None:
